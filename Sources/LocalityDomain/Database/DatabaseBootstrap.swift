@@ -1,0 +1,109 @@
+public import EmbeddedPostgres
+import Foundation
+public import Logging
+import LocalityPostgres
+
+/// Where the database is, shared by the server and the admin CLI.
+public struct DatabaseSettings: Sendable {
+    /// The application role's connection URL; nil means the embedded cluster.
+    public var databaseURL: String?
+    /// The owner role's URL, used for migrations; defaults to `databaseURL`.
+    public var ownerDatabaseURL: String?
+    /// The embedded cluster's data directory.
+    public var dataDirectory: String
+    /// As root, the embedded PostgreSQL runs as this OS user.
+    public var postgresOSUser: String
+    public var postgresBinDirectory: String?
+
+    public init(
+        databaseURL: String? = nil,
+        ownerDatabaseURL: String? = nil,
+        dataDirectory: String = ".data/postgres",
+        postgresOSUser: String = "postgres",
+        postgresBinDirectory: String? = nil
+    ) {
+        self.databaseURL = databaseURL
+        self.ownerDatabaseURL = ownerDatabaseURL
+        self.dataDirectory = dataDirectory
+        self.postgresOSUser = postgresOSUser
+        self.postgresBinDirectory = postgresBinDirectory
+    }
+}
+
+/// The two roles every deployment has: the owner runs migrations; the application role owns nothing
+/// and cannot bypass row-level security.
+public enum DatabaseRoles {
+    public static let owner = "locality_owner"
+    public static let application = "locality_app"
+    public static let database = "locality"
+
+    /// Creates both roles and a database owned by the owner role, if missing (run as a superuser).
+    /// Safe when two processes race: "already exists" from the loser is ignored.
+    public static func ensure(superuserConninfo: String, database: String = DatabaseRoles.database, template: String? = nil) async throws {
+        try await PGConnection.withConnection(.init(conninfo: superuserConninfo, applicationName: "locality-bootstrap")) { connection in
+            for (role, attributes) in [(owner, "LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB"), (application, "LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOBYPASSRLS")] {
+                let exists = try await connection.query("SELECT 1 FROM pg_roles WHERE rolname = \(role)")
+                if exists.isEmpty {
+                    try await ignoringDuplicates { try await connection.execute("CREATE ROLE \(role) \(attributes)") }
+                }
+            }
+            let exists = try await connection.query("SELECT 1 FROM pg_database WHERE datname = \(database)")
+            if exists.isEmpty {
+                let templateClause = template.map { " TEMPLATE \(quoteIdentifier($0))" } ?? ""
+                try await ignoringDuplicates {
+                    try await connection.execute("CREATE DATABASE \(quoteIdentifier(database)) OWNER \(owner)\(templateClause)")
+                }
+            }
+        }
+    }
+
+    private static func ignoringDuplicates(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let error as PGError where error.sqlState == "42710" || error.sqlState == "42P04" || error.isUniqueViolation {
+            // Another process created it first.
+        }
+    }
+}
+
+/// Double-quotes an SQL identifier (for the few DDL statements that cannot take parameters).
+public func quoteIdentifier(_ identifier: String) -> String {
+    "\"" + identifier.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+}
+
+/// Connection strings for a running database, and the embedded cluster if we started one.
+public struct DatabaseEndpoints: Sendable {
+    public let applicationConninfo: String
+    public let ownerConninfo: String
+    public let embedded: EmbeddedPostgres?
+}
+
+public enum DatabaseBootstrap {
+    /// Resolves the settings to running endpoints: the given URLs, or the embedded cluster started
+    /// (and initialised with roles and database on first use).
+    public static func prepare(_ settings: DatabaseSettings, logger: Logger) async throws -> DatabaseEndpoints {
+        if let url = settings.databaseURL, !url.isEmpty {
+            return DatabaseEndpoints(applicationConninfo: url, ownerConninfo: settings.ownerDatabaseURL ?? url, embedded: nil)
+        }
+        let embedded = EmbeddedPostgres(
+            configuration: .init(
+                dataDirectory: settings.dataDirectory,
+                osUser: settings.postgresOSUser,
+                binDirectory: settings.postgresBinDirectory
+            ),
+            logger: logger
+        )
+        try await embedded.start()
+        do {
+            try await DatabaseRoles.ensure(superuserConninfo: embedded.conninfo())
+        } catch {
+            await embedded.stop()
+            throw error
+        }
+        return DatabaseEndpoints(
+            applicationConninfo: embedded.conninfo(user: DatabaseRoles.application, database: DatabaseRoles.database),
+            ownerConninfo: embedded.conninfo(user: DatabaseRoles.owner, database: DatabaseRoles.database),
+            embedded: embedded
+        )
+    }
+}

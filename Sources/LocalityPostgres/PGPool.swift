@@ -1,0 +1,333 @@
+public import Logging
+public import Metrics
+public import ServiceLifecycle
+import Synchronization
+
+public struct PGPoolConfiguration: Sendable {
+    public var connection: PGConnectionConfiguration
+    /// Upper bound on open connections.
+    public var maxConnections: Int
+    /// How long a caller waits for a free connection before `PGError.Kind.acquireTimeout`.
+    public var acquireTimeout: Duration
+
+    public init(connection: PGConnectionConfiguration, maxConnections: Int = 8, acquireTimeout: Duration = .seconds(5)) {
+        precondition(maxConnections > 0, "a pool needs at least one connection")
+        self.connection = connection
+        self.maxConnections = maxConnections
+        self.acquireTimeout = acquireTimeout
+    }
+}
+
+/// Whether `PGPool.withTransaction` re-runs the whole closure after a serialization failure or deadlock.
+public enum PGTransactionRetry: Sendable {
+    case never
+    /// Only for closures that are safe to run again from the start.
+    case onConflict(maxAttempts: Int = 5)
+
+    var maxAttempts: Int {
+        switch self {
+        case .never: 1
+        case .onConflict(let maxAttempts): max(1, maxAttempts)
+        }
+    }
+}
+
+/// A bounded, fair pool of `PGConnection`s, run as a swift-service-lifecycle `Service`.
+///
+/// Callers never hold a connection: they borrow one for the length of a closure. Waiters are served in
+/// arrival order. A broken connection is closed and its slot reopened for the next caller.
+public final class PGPool: Service, Sendable {
+    public let configuration: PGPoolConfiguration
+    private let logger: Logger
+    private let state = Mutex(State())
+    private let metrics: PoolMetrics
+
+    private struct Waiter {
+        let id: Int
+        let continuation: CheckedContinuation<Grant, any Error>
+    }
+
+    /// What a waiting caller is handed: a connection, or the right to open one.
+    private enum Grant: @unchecked Sendable {
+        case connection(PGConnection)
+        case openSlot
+    }
+
+    private struct State {
+        var idle: [PGConnection] = []
+        var open = 0
+        var inUse = 0
+        var waiters: [Waiter] = []
+        var nextWaiterID = 0
+        var closed = false
+    }
+
+    public init(configuration: PGPoolConfiguration, logger: Logger, metricsFactory: (any MetricsFactory)? = nil) {
+        self.configuration = configuration
+        self.logger = logger
+        self.metrics = PoolMetrics(factory: metricsFactory ?? MetricsSystem.factory)
+    }
+
+    // MARK: Borrowing
+
+    /// Lends a connection for the duration of `body`.
+    public func withConnection<R: Sendable>(_ body: (PGConnection) async throws -> R) async throws -> R {
+        let connection = try await acquire()
+        do {
+            let result = try await body(connection)
+            release(connection)
+            return result
+        } catch {
+            release(connection)
+            throw error
+        }
+    }
+
+    /// Runs `body` in a transaction on a borrowed connection; with `.onConflict`, a serialization failure
+    /// or deadlock re-runs the whole transaction after a short randomised backoff.
+    public func withTransaction<R: Sendable>(
+        isolation: PGIsolationLevel = .readCommitted,
+        readOnly: Bool = false,
+        retry: PGTransactionRetry = .never,
+        _ body: (PGConnection) async throws -> R
+    ) async throws -> R {
+        var attempt = 1
+        while true {
+            do {
+                return try await withConnection { connection in
+                    try await connection.withTransaction(isolation: isolation, readOnly: readOnly, body)
+                }
+            } catch let error as PGError where error.isRetryableTransactionFailure && attempt < retry.maxAttempts {
+                metrics.transactionRetries.increment()
+                logger.debug("retrying transaction", metadata: ["sqlstate": "\(error.sqlState ?? "")", "attempt": "\(attempt)"])
+                let ceiling = 5 * (1 << min(attempt, 6))
+                try await Task.sleep(for: .milliseconds(Int.random(in: 1...ceiling)))
+                attempt += 1
+            }
+        }
+    }
+
+    /// Runs one statement on a borrowed connection.
+    @discardableResult
+    public func query(_ query: PGQuery) async throws -> PGResult {
+        try await withConnection { try await $0.query(query) }
+    }
+
+    // MARK: Service
+
+    /// Keeps the pool open until graceful shutdown, then closes every connection.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await close()
+    }
+
+    /// Refuses new borrowers, fails waiters and closes idle connections; busy ones close when returned.
+    public func close() async {
+        let (idle, waiters) = state.withLock { state -> ([PGConnection], [Waiter]) in
+            state.closed = true
+            let idle = state.idle
+            state.open -= idle.count
+            state.idle = []
+            let waiters = state.waiters
+            state.waiters = []
+            return (idle, waiters)
+        }
+        for waiter in waiters {
+            waiter.continuation.resume(throwing: PGError(kind: .poolClosed, message: "the connection pool is shut down"))
+        }
+        for connection in idle { await connection.close() }
+        updateGauges()
+    }
+
+    /// Current counts, for metrics and tests.
+    public var statistics: (open: Int, inUse: Int, waiting: Int) {
+        state.withLock { ($0.open, $0.inUse, $0.waiters.count) }
+    }
+
+    // MARK: Acquire and release
+
+    private func acquire() async throws -> PGConnection {
+        let start = ContinuousClock.now
+        defer { metrics.acquireTime.recordNanoseconds(durationNanoseconds(ContinuousClock.now - start)) }
+        while true {
+            let grant = try await nextGrant()
+            switch grant {
+            case .connection(let connection):
+                if connection.looksHealthyWhileIdle() { return connection }
+                logger.debug("discarding a connection the server closed", metadata: ["pid": "\(connection.backendPID)"])
+                discard(connection, reopenForWaiter: false)
+                await connection.close()
+                // The slot was freed; ask again, which may open a replacement.
+                continue
+            case .openSlot:
+                do {
+                    return try await PGConnection.connect(configuration.connection) { [metrics] duration in
+                        metrics.queryTime.recordNanoseconds(durationNanoseconds(duration))
+                    }
+                } catch {
+                    giveBackSlot()
+                    throw error
+                }
+            }
+        }
+    }
+
+    private func nextGrant() async throws -> Grant {
+        enum Immediate {
+            case grant(Grant)
+            case wait(Int)
+            case closed
+        }
+        let immediate = state.withLock { state -> Immediate in
+            if state.closed { return .closed }
+            if let connection = state.idle.popLast() {
+                state.inUse += 1
+                return .grant(.connection(connection))
+            }
+            if state.open < configuration.maxConnections {
+                state.open += 1
+                state.inUse += 1
+                return .grant(.openSlot)
+            }
+            state.nextWaiterID += 1
+            return .wait(state.nextWaiterID)
+        }
+        switch immediate {
+        case .closed:
+            throw PGError(kind: .poolClosed, message: "the connection pool is shut down")
+        case .grant(let grant):
+            updateGauges()
+            return grant
+        case .wait(let id):
+            return try await waitForGrant(id: id)
+        }
+    }
+
+    private func waitForGrant(id: Int) async throws -> Grant {
+        let timeout = configuration.acquireTimeout
+        let timer = Task { [weak self] in
+            try await Task.sleep(for: timeout)
+            self?.failWaiter(id, PGError(
+                kind: .acquireTimeout,
+                message: "no database connection became free within \(timeout) (pool of \(self?.configuration.maxConnections ?? 0))"
+            ))
+        }
+        defer { timer.cancel() }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let enqueued = state.withLock { state -> Bool in
+                    if state.closed { return false }
+                    state.waiters.append(Waiter(id: id, continuation: continuation))
+                    return true
+                }
+                if enqueued {
+                    updateGauges()
+                } else {
+                    continuation.resume(throwing: PGError(kind: .poolClosed, message: "the connection pool is shut down"))
+                }
+            }
+        } onCancel: {
+            failWaiter(id, CancellationError())
+        }
+    }
+
+    private func failWaiter(_ id: Int, _ error: any Error) {
+        let waiter = state.withLock { state -> Waiter? in
+            guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+            return state.waiters.remove(at: index)
+        }
+        waiter?.continuation.resume(throwing: error)
+        updateGauges()
+    }
+
+    private func release(_ connection: PGConnection) {
+        if connection.isBroken {
+            logger.debug("discarding a broken connection", metadata: ["pid": "\(connection.backendPID)"])
+            discard(connection, reopenForWaiter: true)
+            Task { await connection.close() }
+            return
+        }
+        enum Next {
+            case handTo(Waiter)
+            case close
+            case idle
+        }
+        let next = state.withLock { state -> Next in
+            if state.closed {
+                state.inUse -= 1
+                state.open -= 1
+                return .close
+            }
+            if !state.waiters.isEmpty {
+                // Fairness: the longest waiter gets the connection directly.
+                return .handTo(state.waiters.removeFirst())
+            }
+            state.inUse -= 1
+            state.idle.append(connection)
+            return .idle
+        }
+        switch next {
+        case .handTo(let waiter): waiter.continuation.resume(returning: .connection(connection))
+        case .close: Task { await connection.close() }
+        case .idle: break
+        }
+        updateGauges()
+    }
+
+    /// Forgets a connection; its slot goes to the first waiter as the right to open a new one.
+    private func discard(_ connection: PGConnection, reopenForWaiter: Bool) {
+        let waiter = state.withLock { state -> Waiter? in
+            state.inUse -= 1
+            state.open -= 1
+            guard !state.closed, !state.waiters.isEmpty else { return nil }
+            state.open += 1
+            state.inUse += 1
+            return state.waiters.removeFirst()
+        }
+        waiter?.continuation.resume(returning: .openSlot)
+        updateGauges()
+    }
+
+    private func giveBackSlot() {
+        let waiter = state.withLock { state -> Waiter? in
+            state.inUse -= 1
+            state.open -= 1
+            guard !state.closed, !state.waiters.isEmpty else { return nil }
+            state.open += 1
+            state.inUse += 1
+            return state.waiters.removeFirst()
+        }
+        waiter?.continuation.resume(returning: .openSlot)
+        updateGauges()
+    }
+
+    private func updateGauges() {
+        let (open, inUse, waiting) = statistics
+        metrics.open.record(open)
+        metrics.inUse.record(inUse)
+        metrics.waiting.record(waiting)
+    }
+}
+
+private struct PoolMetrics: Sendable {
+    let open: Gauge
+    let inUse: Gauge
+    let waiting: Gauge
+    let acquireTime: Metrics.Timer
+    let queryTime: Metrics.Timer
+    let transactionRetries: Counter
+
+    init(factory: any MetricsFactory) {
+        open = Gauge(label: "locality_db_pool_connections_open", factory: factory)
+        inUse = Gauge(label: "locality_db_pool_connections_in_use", factory: factory)
+        waiting = Gauge(label: "locality_db_pool_waiters", factory: factory)
+        acquireTime = Metrics.Timer(label: "locality_db_pool_acquire_seconds", preferredDisplayUnit: .seconds, factory: factory)
+        queryTime = Metrics.Timer(label: "locality_db_query_seconds", preferredDisplayUnit: .seconds, factory: factory)
+        transactionRetries = Counter(label: "locality_db_transaction_retries_total", factory: factory)
+    }
+}
+
+private func durationNanoseconds(_ duration: Duration) -> Int64 {
+    let (seconds, attoseconds) = duration.components
+    return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+}
