@@ -81,10 +81,21 @@ let package = Package(
             swiftSettings: swiftSettings,
             plugins: [.plugin(name: "OpenAPIGenerator", package: "swift-openapi-generator")]
         ),
+        // Command-line options shared by the server and the admin CLI (flags with LOCALITY_* fallbacks).
+        .target(
+            name: "LocalityCommandLine",
+            dependencies: [
+                "LocalityDomain",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "locality-server",
             dependencies: [
                 "LocalityAPI",
+                "LocalityCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -93,7 +104,9 @@ let package = Package(
         .executableTarget(
             name: "locality-admin",
             dependencies: [
+                "EmbeddedPostgres",
                 "LocalityDomain",
+                "LocalityCommandLine",
                 "LocalityPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

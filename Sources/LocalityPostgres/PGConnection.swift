@@ -107,6 +107,8 @@ public final class PGConnection: @unchecked Sendable {
             PQfinish(handle)
             throw PGError(kind: .connection, sqlState: "08001", message: message)
         }
+        // Notices ("relation already exists, skipping") are chatter, not errors: keep them off stderr.
+        PQsetNoticeProcessor(handle, { _, _ in }, nil)
         return UnsafeSendableHandle(handle)
     }
 

@@ -1,1 +1,115 @@
-print("x")
+import ArgumentParser
+import EmbeddedPostgres
+import Foundation
+import LocalityCommandLine
+import LocalityDomain
+import Logging
+
+@main
+struct LocalityAdmin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "locality-admin",
+        abstract: "Administer a Locality Commissioning Marketplace deployment (talks to the database directly).",
+        subcommands: [Migrate.self]
+    )
+}
+
+/// Shared start-up for commands: resolve the database, stopping an embedded cluster we started when done.
+struct CommandContext {
+    let logger: Logger
+    let endpoints: DatabaseEndpoints
+
+    static func with<R>(_ database: DatabaseOptions, _ logging: LoggingOptions, _ body: (CommandContext) async throws -> R) async throws -> R {
+        let level = try logging.level(default: .warning)
+        var logger = Logger(label: "locality-admin") { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        logger.logLevel = level
+        let endpoints = try await DatabaseBootstrap.prepare(database.settings, logger: logger)
+        do {
+            let result = try await body(CommandContext(logger: logger, endpoints: endpoints))
+            await endpoints.embedded?.stop()
+            return result
+        } catch {
+            await endpoints.embedded?.stop()
+            throw error
+        }
+    }
+}
+
+/// Runs a command body, turning any failure into one line on stderr and a non-zero exit.
+func reportingFailure(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as ExitCode {
+        throw error
+    } catch {
+        FileHandle.standardError.write(Data("locality-admin: \(error)\n".utf8))
+        throw ExitCode.failure
+    }
+}
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Apply pending SQL migrations, or list applied and pending ones with --status."
+    )
+
+    @Flag(help: "List applied and pending migrations instead of applying.")
+    var status = false
+
+    @Flag(help: "Print JSON instead of text.")
+    var json = false
+
+    @Option(help: "Directory of NNNN_name.sql files [LOCALITY_MIGRATIONS_DIR] (default SQL/migrations).")
+    var migrationsDir: String?
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var logging: LoggingOptions
+
+    func run() async throws {
+        try await reportingFailure {
+            let directory = migrationsDir.map { URL(fileURLWithPath: $0) } ?? Migration.defaultDirectory()
+            let migrations = try Migration.load(from: directory)
+            try await CommandContext.with(database, logging) { context in
+                let migrator = Migrator(migrations: migrations, logger: context.logger)
+                if status {
+                    let rows = try await migrator.status(ownerConninfo: context.endpoints.ownerConninfo)
+                    printStatus(rows)
+                } else {
+                    let applied = try await migrator.apply(ownerConninfo: context.endpoints.ownerConninfo)
+                    if json {
+                        printJSON(applied.map { ["version": String($0.version), "name": $0.name] })
+                    } else {
+                        print(applied.isEmpty ? "Database is up to date." : applied.map { "applied \($0.fileName)" }.joined(separator: "\n"))
+                    }
+                }
+            }
+        }
+    }
+
+    private func printStatus(_ rows: [MigrationStatus]) {
+        if json {
+            printJSON(rows.map { row in
+                var object = ["version": String(row.version), "name": row.name, "state": row.state.rawValue]
+                if let at = row.appliedAt { object["applied_at"] = ISO8601DateFormatter().string(from: at) }
+                return object
+            })
+            return
+        }
+        for row in rows {
+            let at = row.appliedAt.map { ISO8601DateFormatter().string(from: $0) } ?? ""
+            let state = row.state.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0)
+            print("\(String(format: "%04d", row.version))  \(state)  \(row.name)  \(at)")
+        }
+    }
+}
+
+func printJSON(_ value: some Encodable) {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    if let data = try? encoder.encode(value) {
+        print(String(decoding: data, as: UTF8.self))
+    }
+}

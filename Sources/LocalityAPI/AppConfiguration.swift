@@ -1,0 +1,38 @@
+public import Logging
+public import LocalityDomain
+
+/// Everything the service needs to start; `locality-server` fills it from flags and `LOCALITY_*`
+/// environment variables, tests construct it directly.
+public struct AppConfiguration: Sendable {
+    public var host: String
+    /// 0 picks a free port (tests).
+    public var port: Int
+    public var database: DatabaseSettings
+    public var poolSize: Int
+    public var acquireTimeout: Duration
+    /// Apply pending migrations before accepting traffic.
+    public var applyMigrations: Bool
+    /// Larger request bodies are refused with 413.
+    public var maxRequestBodyBytes: Int
+    public var logLevel: Logger.Level
+
+    public init(
+        host: String = "127.0.0.1",
+        port: Int = 8080,
+        database: DatabaseSettings = DatabaseSettings(),
+        poolSize: Int = 16,
+        acquireTimeout: Duration = .seconds(5),
+        applyMigrations: Bool = true,
+        maxRequestBodyBytes: Int = 1 << 20,
+        logLevel: Logger.Level = .info
+    ) {
+        self.host = host
+        self.port = port
+        self.database = database
+        self.poolSize = poolSize
+        self.acquireTimeout = acquireTimeout
+        self.applyMigrations = applyMigrations
+        self.maxRequestBodyBytes = maxRequestBodyBytes
+        self.logLevel = logLevel
+    }
+}

@@ -1,0 +1,75 @@
+import EmbeddedPostgres
+public import Hummingbird
+import LocalityDomain
+import LocalityPostgres
+public import Logging
+import Metrics
+import NIOCore
+import OpenAPIHummingbird
+import Prometheus
+import ServiceLifecycle
+
+/// The request context every route sees.
+public struct AppRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+    }
+}
+
+/// Builds the whole service: database (embedded or given), migrations, pool, routes and middleware.
+/// `locality-server` runs what this returns; tests build the real application the same way.
+public func buildApplication(
+    _ configuration: AppConfiguration,
+    logger: Logger? = nil,
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+) async throws -> some ApplicationProtocol {
+    var logger = logger ?? Logger(label: "locality-server")
+    logger.logLevel = configuration.logLevel
+
+    let endpoints = try await DatabaseBootstrap.prepare(configuration.database, logger: logger)
+    let migrator = Migrator(migrations: try Migration.load(from: Migration.defaultDirectory()), logger: logger)
+    if configuration.applyMigrations {
+        do {
+            try await migrator.apply(ownerConninfo: endpoints.ownerConninfo)
+        } catch {
+            await endpoints.embedded?.stop()
+            throw error
+        }
+    }
+
+    let registry = PrometheusCollectorRegistry()
+    let metricsFactory = PrometheusMetricsFactory(registry: registry)
+    let pool = PGPool(
+        configuration: .init(
+            connection: .init(conninfo: endpoints.applicationConninfo, applicationName: "locality-server"),
+            maxConnections: configuration.poolSize,
+            acquireTimeout: configuration.acquireTimeout
+        ),
+        logger: logger,
+        metricsFactory: metricsFactory
+    )
+
+    let routes = RouteTable(maxBodyBytes: configuration.maxRequestBodyBytes)
+    let router = Router(context: AppRequestContext.self)
+    router.add(middleware: RequestIDMiddleware())
+    router.add(middleware: HTTPMetricsMiddleware(factory: metricsFactory))
+    router.add(middleware: ProblemMiddleware(routes: routes))
+    router.add(middleware: BodyLimitMiddleware(maxBytes: configuration.maxRequestBodyBytes))
+    let handlers = APIHandlers(pool: pool, migrator: migrator, registry: registry)
+    try handlers.registerHandlers(on: RecordingTransport(router: router, table: routes))
+
+    // Services stop in reverse order: the server first (finishing in-flight requests), then the pool,
+    // then the embedded cluster.
+    var services: [any Service] = []
+    if let embedded = endpoints.embedded { services.append(embedded) }
+    services.append(pool)
+    return Application(
+        router: router,
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),
+        services: services,
+        onServerRunning: onServerRunning,
+        logger: logger
+    )
+}

@@ -1,0 +1,52 @@
+import Foundation
+import LocalityDomain
+import LocalityPostgres
+import OpenAPIRuntime
+import Prometheus
+
+/// Implements the generated `APIProtocol`. Handlers stay thin: parse, call the domain, shape the response.
+struct APIHandlers: APIProtocol {
+    let pool: PGPool
+    let migrator: Migrator
+    let registry: PrometheusCollectorRegistry
+
+    func getHealth(_ input: Operations.GetHealth.Input) async throws -> Operations.GetHealth.Output {
+        .ok(.init(body: .json(.init(status: .ok))))
+    }
+
+    func getReadiness(_ input: Operations.GetReadiness.Input) async throws -> Operations.GetReadiness.Output {
+        let current: Bool
+        do {
+            current = try await pool.withConnection { try await migrator.isCurrent(on: $0) }
+        } catch {
+            return .serviceUnavailable(.init(body: .applicationProblemJson(.init(
+                _type: APIProblem.typeURI("not-ready"), title: "Service Unavailable", status: 503,
+                detail: "The database is not reachable.", requestId: RequestInfo.current?.requestID))))
+        }
+        guard current else {
+            return .serviceUnavailable(.init(body: .applicationProblemJson(.init(
+                _type: APIProblem.typeURI("not-ready"), title: "Service Unavailable", status: 503,
+                detail: "The database schema is not at this build's migrations; run locality-admin migrate.",
+                requestId: RequestInfo.current?.requestID))))
+        }
+        return .ok(.init(body: .json(.init(status: .ready, migrations: migrator.migrations.count))))
+    }
+
+    func getMetrics(_ input: Operations.GetMetrics.Input) async throws -> Operations.GetMetrics.Output {
+        .ok(.init(body: .plainText(HTTPBody(registry.emitToBuffer()))))
+    }
+
+    func getOpenAPIDocument(_ input: Operations.GetOpenAPIDocument.Input) async throws -> Operations.GetOpenAPIDocument.Output {
+        .ok(.init(body: .yaml(HTTPBody(OpenAPIDocument.bytes))))
+    }
+}
+
+/// The contract itself, served at `/openapi.yaml`.
+enum OpenAPIDocument {
+    static let bytes: [UInt8] = {
+        guard let url = Bundle.module.url(forResource: "openapi", withExtension: "yaml"),
+            let data = try? Data(contentsOf: url)
+        else { return Array("openapi: 3.1.0\n".utf8) }
+        return [UInt8](data)
+    }()
+}

@@ -1,0 +1,154 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import LocalityPostgres
+import Logging
+import OpenAPIRuntime
+
+/// An RFC 9457 problem the service answers with. Throw it from anywhere below the middleware.
+struct APIProblem: Error, Sendable {
+var status: HTTPResponse.Status
+var type: String
+var title: String
+var detail: String?
+var fieldErrors: [FieldError]
+var headers: HTTPFields
+
+struct FieldError: Sendable, Codable, Equatable {
+        public var field: String
+        public var message: String
+    }
+
+init(
+        status: HTTPResponse.Status,
+        type: String,
+        title: String,
+        detail: String? = nil,
+        fieldErrors: [FieldError] = [],
+        headers: HTTPFields = [:]
+    ) {
+        self.status = status
+        self.type = type
+        self.title = title
+        self.detail = detail
+        self.fieldErrors = fieldErrors
+        self.headers = headers
+    }
+
+    /// Problem type URIs are relative references under `/problems/`, stable for clients to switch on.
+    static func typeURI(_ slug: String) -> String { "/problems/\(slug)" }
+
+    static func notFound(_ path: String) -> APIProblem {
+        APIProblem(status: .notFound, type: typeURI("not-found"), title: "Not Found", detail: "No resource at \(path).")
+    }
+
+    static func methodNotAllowed(_ method: HTTPRequest.Method, allowed: [HTTPRequest.Method]) -> APIProblem {
+        let allow = allowed.map(\.rawValue).sorted().joined(separator: ", ")
+        var headers = HTTPFields()
+        headers[.allow] = allow
+        return APIProblem(
+            status: .methodNotAllowed, type: typeURI("method-not-allowed"), title: "Method Not Allowed",
+            detail: "\(method.rawValue) is not allowed here; allowed: \(allow).", headers: headers)
+    }
+
+    static func tooLarge(limit: Int) -> APIProblem {
+        APIProblem(
+            status: .contentTooLarge, type: typeURI("content-too-large"), title: "Content Too Large",
+            detail: "The request body exceeds \(limit) bytes.")
+    }
+
+    static let internalError = APIProblem(
+        status: .internalServerError, type: typeURI("internal"), title: "Internal Server Error",
+        detail: "Something went wrong on our side. Quote the request id when reporting it.")
+
+    static let databaseUnavailable = APIProblem(
+        status: .serviceUnavailable, type: typeURI("database-unavailable"), title: "Service Unavailable",
+        detail: "The database is unavailable or busy; retry shortly.")
+
+    /// The JSON body, with the request id for support.
+    func body(requestID: String?) -> ByteBuffer {
+        struct Body: Encodable {
+            var type: String
+            var title: String
+            var status: Int
+            var detail: String?
+            var request_id: String?
+            var errors: [FieldError]?
+        }
+        let body = Body(
+            type: type, title: title, status: status.code, detail: detail, request_id: requestID,
+            errors: fieldErrors.isEmpty ? nil : fieldErrors)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return ByteBuffer(bytes: (try? encoder.encode(body)) ?? Data())
+    }
+
+    func response(requestID: String?) -> Response {
+        var headers = self.headers
+        headers[.contentType] = "application/problem+json"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: body(requestID: requestID)))
+    }
+}
+
+extension HTTPField.Name {
+    static let allow = HTTPField.Name("Allow")!
+}
+
+/// Translates every error into a problem response — the one place errors become HTTP. Internals (SQL,
+/// stack traces) are logged, never sent.
+struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
+    let routes: RouteTable
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch {
+            return problem(for: error, request: request, context: context).response(requestID: RequestInfo.current?.requestID)
+        }
+    }
+
+    func problem(for error: any Error, request: Request, context: Context) -> APIProblem {
+        switch error {
+        case let problem as APIProblem:
+            return problem
+        case let error as ServerError:
+            // The generated layer wraps what handlers throw and its own decoding failures.
+            if let problem = error.underlyingError as? APIProblem { return problem }
+            if let pgError = error.underlyingError as? PGError { return databaseProblem(pgError, context: context) }
+            if error.underlyingError is DecodingError || error.causeDescription.contains("decod") {
+                return APIProblem(
+                    status: .badRequest, type: APIProblem.typeURI("malformed-request"), title: "Bad Request",
+                    detail: "The request could not be read: \(error.causeDescription)")
+            }
+            context.logger.error("unhandled server error", metadata: ["error": "\(error.underlyingError)"])
+            return .internalError
+        case let error as PGError:
+            return databaseProblem(error, context: context)
+        case let error as HTTPError:
+            switch error.status {
+            case .notFound:
+                let allowed = routes.methods(forPath: request.uri.path)
+                if !allowed.isEmpty { return .methodNotAllowed(request.method, allowed: allowed) }
+                return .notFound(request.uri.path)
+            case .contentTooLarge:
+                return .tooLarge(limit: routes.maxBodyBytes)
+            default:
+                return APIProblem(
+                    status: error.status, type: APIProblem.typeURI("http-\(error.status.code)"),
+                    title: error.status.reasonPhrase, detail: error.body)
+            }
+        default:
+            context.logger.error("unhandled error", metadata: ["error": "\(String(reflecting: error))"])
+            return .internalError
+        }
+    }
+
+    func databaseProblem(_ error: PGError, context: Context) -> APIProblem {
+        if error.kind == .acquireTimeout || error.kind == .poolClosed || error.breaksConnection {
+            context.logger.warning("database unavailable", metadata: ["error": "\(error)"])
+            return .databaseUnavailable
+        }
+        context.logger.error("database error", metadata: ["sqlstate": "\(error.sqlState ?? "")", "error": "\(error.message)"])
+        return .internalError
+    }
+}
