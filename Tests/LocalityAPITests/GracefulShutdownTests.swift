@@ -1,0 +1,63 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import LocalityAPI
+import LocalityPostgres
+import Logging
+import NIOCore
+import PostgresTestSupport
+import ServiceLifecycle
+import Testing
+
+@Suite("Graceful shutdown")
+struct GracefulShutdownTests {
+    @Test func shutdownFinishesTheInFlightRequestFirst() async throws {
+        let database = try await TestDatabase.migrated()
+        let (ports, portContinuation) = AsyncStream.makeStream(of: Int.self)
+        let app = try await buildApplication(testConfiguration(database)) { channel in
+            portContinuation.yield(channel.localAddress?.port ?? 0)
+        }
+        var logger = Logger(label: "test")
+        logger.logLevel = .warning
+        let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
+
+        try await database.withPool(conninfo: database.superuserConninfo, maxConnections: 2) { admin in
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                var iterator = ports.makeAsyncIterator()
+                let port = try #require(await iterator.next())
+
+                // Hold a lock that /readyz's query must wait for, so the request is provably in flight.
+                try await admin.withConnection { locker in
+                    try await locker.execute("BEGIN; LOCK TABLE schema_migrations IN ACCESS EXCLUSIVE MODE")
+                    let client = TestClient(host: "127.0.0.1", port: port)
+                    client.connect()
+                    let request = Task { try await client.get("/readyz") }
+                    try await waitForLockWaiter(admin)
+
+                    await group.triggerGracefulShutdown()
+                    try await locker.execute("COMMIT")
+
+                    let response = try await request.value
+                    #expect(response.status == .ok)
+                    try? await client.shutdown()
+                }
+                try await tasks.waitForAll()
+            }
+        }
+    }
+
+    /// Polls until some session waits on a lock (no fixed sleeps).
+    func waitForLockWaiter(_ admin: PGPool) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            let waiting = try await admin.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'locality-server'"
+            ).first!.decode(Int.self, at: 0)
+            if waiting > 0 { return }
+            await Task.yield()
+        }
+        Issue.record("the request never reached the database")
+    }
+}

@@ -1,0 +1,156 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import LocalityAPI
+import LocalityDomain
+import Logging
+import NIOCore
+import PostgresTestSupport
+import Testing
+
+func testConfiguration(_ database: TestDatabase, maxBody: Int = 1 << 20) -> AppConfiguration {
+    AppConfiguration(
+        host: "127.0.0.1",
+        port: 0,
+        database: DatabaseSettings(databaseURL: database.applicationConninfo, ownerDatabaseURL: database.ownerConninfo),
+        poolSize: 4,
+        acquireTimeout: .seconds(2),
+        maxRequestBodyBytes: maxBody,
+        logLevel: .warning
+    )
+}
+
+func json(_ buffer: ByteBuffer) throws -> [String: Any] {
+    try JSONSerialization.jsonObject(with: Data(buffer.readableBytesView)) as? [String: Any] ?? [:]
+}
+
+@Suite("Operations endpoints and HTTP conventions")
+struct OperationsTests {
+    @Test func healthAnswersWithoutTheDatabase() async throws {
+        var configuration = testConfiguration(try await TestDatabase.migrated())
+        configuration.database.databaseURL = "host=/nonexistent-socket-dir dbname=none connect_timeout=1"
+        configuration.applyMigrations = false
+        let app = try await buildApplication(configuration)
+        try await app.test(.live) { client in
+            let response = try await client.execute(uri: "/healthz", method: .get)
+            #expect(response.status == .ok)
+            #expect(try json(response.body)["status"] as? String == "ok")
+        }
+    }
+
+    @Test func readyWhenTheSchemaIsCurrent() async throws {
+        let app = try await buildApplication(testConfiguration(try await TestDatabase.migrated()))
+        try await app.test(.live) { client in
+            let response = try await client.execute(uri: "/readyz", method: .get)
+            #expect(response.status == .ok)
+            let body = try json(response.body)
+            #expect(body["status"] as? String == "ready")
+            #expect((body["migrations"] as? Int ?? 0) >= 1)
+        }
+    }
+
+    @Test func notReadyWhenTheDatabaseIsDown() async throws {
+        var configuration = testConfiguration(try await TestDatabase.migrated())
+        configuration.database.databaseURL = "host=/nonexistent-socket-dir dbname=none connect_timeout=1"
+        configuration.applyMigrations = false
+        let app = try await buildApplication(configuration)
+        try await app.test(.live) { client in
+            let response = try await client.execute(uri: "/readyz", method: .get)
+            #expect(response.status == .serviceUnavailable)
+            #expect(response.headers[.contentType]?.hasPrefix("application/problem+json") == true)
+            #expect(try json(response.body)["status"] as? Int == 503)
+        }
+    }
+
+    @Test func notReadyWhenMigrationsArePending() async throws {
+        var configuration = testConfiguration(try await TestDatabase.empty())
+        configuration.applyMigrations = false
+        let app = try await buildApplication(configuration)
+        try await app.test(.live) { client in
+            let response = try await client.execute(uri: "/readyz", method: .get)
+            #expect(response.status == .serviceUnavailable)
+        }
+    }
+
+    @Test func unknownRouteIsA404Problem() async throws {
+        let app = try await buildApplication(testConfiguration(try await TestDatabase.migrated()))
+        try await app.test(.live) { client in
+            let response = try await client.execute(uri: "/v1/nothing-here", method: .get)
+            #expect(response.status == .notFound)
+            #expect(response.headers[.contentType]?.hasPrefix("application/problem+json") == true)
+            let body = try json(response.body)
+            #expect(body["status"] as? Int == 404)
+            #expect(body["type"] as? String == "/problems/not-found")
+            #expect(body["title"] as? String == "Not Found")
+        }
+    }
+
+    @Test func wrongMethodIsA405ProblemWithAllow() async throws {
+        let app = try await buildApplication(testConfiguration(try await TestDatabase.migrated()))
+        try await app.test(.live) { client in
+            let response = try await client.execute(uri: "/readyz", method: .delete)
+            #expect(response.status == .methodNotAllowed)
+            #expect(response.headers[HTTPField.Name("Allow")!] == "GET")
+            #expect(response.headers[.contentType]?.hasPrefix("application/problem+json") == true)
+            #expect(try json(response.body)["status"] as? Int == 405)
+        }
+    }
+
+    @Test func oversizedBodyIsA413Problem() async throws {
+        let app = try await buildApplication(testConfiguration(try await TestDatabase.migrated(), maxBody: 1024))
+        try await app.test(.live) { client in
+            let big = ByteBuffer(repeating: UInt8(ascii: "x"), count: 4096)
+            let response = try await client.execute(uri: "/healthz", method: .post, body: big)
+            #expect(response.status == .contentTooLarge)
+            #expect(response.headers[.contentType]?.hasPrefix("application/problem+json") == true)
+            #expect(try json(response.body)["status"] as? Int == 413)
+        }
+    }
+
+    @Test func requestIDIsEchoedOrGenerated() async throws {
+        let app = try await buildApplication(testConfiguration(try await TestDatabase.migrated()))
+        try await app.test(.live) { client in
+            let echoed = try await client.execute(uri: "/healthz", method: .get, headers: [HTTPField.Name("X-Request-Id")!: "trace-42"])
+            #expect(echoed.headers[HTTPField.Name("X-Request-Id")!] == "trace-42")
+            let generated = try await client.execute(uri: "/healthz", method: .get)
+            let id = generated.headers[HTTPField.Name("X-Request-Id")!]
+            #expect(id != nil && id != "trace-42" && UUID(uuidString: id ?? "") != nil)
+            // Problems carry it too, for support.
+            let missing = try await client.execute(uri: "/nope", method: .get, headers: [HTTPField.Name("X-Request-Id")!: "trace-43"])
+            #expect(try json(missing.body)["request_id"] as? String == "trace-43")
+            // A hostile id (control characters, huge) is replaced, not echoed.
+            let hostile = try await client.execute(uri: "/healthz", method: .get, headers: [HTTPField.Name("X-Request-Id")!: String(repeating: "a", count: 500)])
+            #expect(hostile.headers[HTTPField.Name("X-Request-Id")!]?.count == 36)
+        }
+    }
+
+    @Test func metricsReportRequestsByRouteTemplateAndThePool() async throws {
+        let app = try await buildApplication(testConfiguration(try await TestDatabase.migrated()))
+        try await app.test(.live) { client in
+            _ = try await client.execute(uri: "/readyz", method: .get)
+            _ = try await client.execute(uri: "/no/such/thing", method: .get)
+            let response = try await client.execute(uri: "/metrics", method: .get)
+            #expect(response.status == .ok)
+            let text = String(buffer: response.body)
+            #expect(text.contains(#"http_requests_total{route="/readyz",method="GET",status="200"} 1"#))
+            #expect(text.contains("http_request_duration_seconds_bucket"))
+            #expect(text.contains("locality_db_pool_connections_open"))
+            #expect(text.contains("locality_db_pool_acquire_seconds"))
+            #expect(text.contains("locality_db_query_seconds"))
+            // Raw unmatched paths never become label values.
+            #expect(!text.contains("/no/such/thing"))
+        }
+    }
+
+    @Test func servesTheOpenAPIDocument() async throws {
+        let app = try await buildApplication(testConfiguration(try await TestDatabase.migrated()))
+        try await app.test(.live) { client in
+            let response = try await client.execute(uri: "/openapi.yaml", method: .get)
+            #expect(response.status == .ok)
+            let text = String(buffer: response.body)
+            #expect(text.hasPrefix("openapi: 3.1"))
+            #expect(text.contains("/readyz:"))
+        }
+    }
+}
