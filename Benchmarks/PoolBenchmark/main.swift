@@ -1,1 +1,149 @@
-print("x")
+// Pool benchmark: primary-key SELECTs through PGPool versus `pgbench -S -M prepared` on the same cluster,
+// the same 100,000-row table (pgbench_accounts, scale 1) and the same client counts.
+//
+//   swift run -c release locality-bench [--duration 10] [--concurrency 1,8,32] [--database-url URL]
+//
+// Without --database-url a throwaway embedded cluster is started in a temporary directory and removed after.
+import ArgumentParser
+import EmbeddedPostgres
+import Foundation
+import LocalityPostgres
+import Logging
+import Synchronization
+
+@main
+struct PoolBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "locality-bench",
+        abstract: "Compare PGPool primary-key SELECT throughput with pgbench -S -M prepared."
+    )
+
+    @Option(help: "Seconds per measurement.")
+    var duration: Int = 10
+
+    @Option(help: "Comma-separated client counts.")
+    var concurrency: String = "1,8,32"
+
+    @Option(help: "A superuser conninfo/URL of an existing server (default: a throwaway embedded cluster).")
+    var databaseURL: String?
+
+    @Option(help: "Directory holding pgbench (default: found on PATH or beside the server binaries).")
+    var pgbenchBinDir: String?
+
+    func run() async throws {
+        var logger = Logger(label: "bench")
+        logger.logLevel = .warning
+        let clientCounts = concurrency.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+
+        var embedded: EmbeddedPostgres?
+        var scratch: String?
+        let conninfo: String
+        if let databaseURL {
+            conninfo = databaseURL
+        } else {
+            let root = FileManager.default.temporaryDirectory.appendingPathComponent("locality-bench-\(getpid())").path
+            try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+            scratch = root
+            let cluster = EmbeddedPostgres(
+                configuration: .init(dataDirectory: root + "/pg", settings: ["max_connections": "200", "shared_buffers": "'256MB'"]),
+                logger: logger
+            )
+            try await cluster.start()
+            embedded = cluster
+            conninfo = cluster.conninfo()
+        }
+        defer {
+            if let scratch { try? FileManager.default.removeItem(atPath: scratch) }
+        }
+
+        let pgbench = try locatePgbench()
+        print("initialising pgbench_accounts (scale 1 = 100,000 rows)…")
+        _ = try runProcess(pgbench, ["-i", "-s", "1", "-q", conninfo])
+
+        print("clients  pgbench tps  pool tps  pool/pgbench")
+        var lines: [String] = []
+        for clients in clientCounts {
+            let threads = min(clients, ProcessInfo.processInfo.activeProcessorCount)
+            let output = try runProcess(pgbench, ["-S", "-M", "prepared", "-n", "-c", "\(clients)", "-j", "\(threads)", "-T", "\(duration)", conninfo])
+            let pgbenchTPS = parseTPS(output)
+            let poolTPS = try await measurePool(conninfo: conninfo, clients: clients, logger: logger)
+            let line = String(format: "%7d  %11.0f  %8.0f  %11.0f%%", clients, pgbenchTPS, poolTPS, 100 * poolTPS / pgbenchTPS)
+            print(line)
+            lines.append(line)
+        }
+        await embedded?.stop()
+    }
+
+    /// `clients` tasks, each borrowing a connection per query, for `duration` seconds.
+    func measurePool(conninfo: String, clients: Int, logger: Logger) async throws -> Double {
+        let pool = PGPool(
+            configuration: .init(connection: .init(conninfo: conninfo, applicationName: "bench"), maxConnections: clients, acquireTimeout: .seconds(30)),
+            logger: logger
+        )
+        // Warm up: open every connection and prepare the statement on each.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<clients {
+                group.addTask { _ = try await pool.query("SELECT abalance FROM pgbench_accounts WHERE aid = \(1)") }
+            }
+            try await group.waitForAll()
+        }
+        let stop = ContinuousClock.now + .seconds(duration)
+        let start = ContinuousClock.now
+        let total = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<clients {
+                group.addTask {
+                    var count = 0
+                    var generator = SystemRandomNumberGenerator()
+                    while ContinuousClock.now < stop {
+                        let aid = Int.random(in: 1...100_000, using: &generator)
+                        let result = try await pool.query("SELECT abalance FROM pgbench_accounts WHERE aid = \(aid)")
+                        _ = try result.first?.decode(Int32.self, at: 0)
+                        count += 1
+                    }
+                    return count
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        let elapsed = ContinuousClock.now - start
+        await pool.close()
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        return Double(total) / seconds
+    }
+
+    func locatePgbench() throws -> String {
+        var candidates: [String] = []
+        if let pgbenchBinDir { candidates.append(pgbenchBinDir) }
+        candidates += (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
+        candidates += ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []).map { "/usr/lib/postgresql/\($0)/bin" }
+        guard let found = candidates.map({ $0 + "/pgbench" }).first(where: FileManager.default.isExecutableFile(atPath:)) else {
+            throw ValidationError("pgbench not found; install postgresql-contrib or pass --pgbench-bin-dir")
+        }
+        return found
+    }
+
+    func runProcess(_ executable: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        guard process.terminationStatus == 0 else {
+            throw ValidationError("\(executable) failed:\n\(text)")
+        }
+        return text
+    }
+
+    func parseTPS(_ output: String) -> Double {
+        for line in output.split(separator: "\n") where line.hasPrefix("tps = ") {
+            let number = line.dropFirst(6).split(separator: " ").first ?? ""
+            return Double(number) ?? 0
+        }
+        return 0
+    }
+}
