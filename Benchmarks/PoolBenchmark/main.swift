@@ -58,13 +58,13 @@ struct PoolBenchmark: AsyncParsableCommand {
 
         let pgbench = try locatePgbench()
         print("initialising pgbench_accounts (scale 1 = 100,000 rows)…")
-        _ = try runProcess(pgbench, ["-i", "-s", "1", "-q", conninfo])
+        _ = try await runProcess(pgbench, ["-i", "-s", "1", "-q", conninfo])
 
         print("clients  pgbench tps  pool tps  pool/pgbench")
         var lines: [String] = []
         for clients in clientCounts {
             let threads = min(clients, ProcessInfo.processInfo.activeProcessorCount)
-            let output = try runProcess(pgbench, ["-S", "-M", "prepared", "-n", "-c", "\(clients)", "-j", "\(threads)", "-T", "\(duration)", conninfo])
+            let output = try await runProcess(pgbench, ["-S", "-M", "prepared", "-n", "-c", "\(clients)", "-j", "\(threads)", "-T", "\(duration)", conninfo])
             let pgbenchTPS = parseTPS(output)
             let poolTPS = try await measurePool(conninfo: conninfo, clients: clients, logger: logger)
             let line = String(format: "%7d  %11.0f  %8.0f  %11.0f%%", clients, pgbenchTPS, poolTPS, 100 * poolTPS / pgbenchTPS)
@@ -122,21 +122,10 @@ struct PoolBenchmark: AsyncParsableCommand {
         return found
     }
 
-    func runProcess(_ executable: String, _ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            throw ValidationError("\(executable) failed:\n\(text)")
-        }
-        return text
+    func runProcess(_ executable: String, _ arguments: [String]) async throws -> String {
+        let output = try await ProcessRunner.run(executable, arguments)
+        guard output.status == 0 else { throw ValidationError("\(executable) failed:\n\(output.text)") }
+        return output.text
     }
 
     func parseTPS(_ output: String) -> Double {
