@@ -116,8 +116,14 @@ public final class PGPool: Service, Sendable {
     // MARK: Service
 
     /// Keeps the pool open until graceful shutdown, then closes every connection.
+    /// Gauges are refreshed here, once a second, rather than on every borrow: the hot path stays cheap.
     public func run() async throws {
-        try? await gracefulShutdown()
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                self.updateGauges()
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
         await close()
     }
 
@@ -196,7 +202,6 @@ public final class PGPool: Service, Sendable {
         case .closed:
             throw PGError(kind: .poolClosed, message: "the connection pool is shut down")
         case .grant(let grant):
-            updateGauges()
             return grant
         case .wait(let id):
             return try await waitForGrant(id: id)
@@ -220,9 +225,7 @@ public final class PGPool: Service, Sendable {
                     state.waiters.append(Waiter(id: id, continuation: continuation))
                     return true
                 }
-                if enqueued {
-                    updateGauges()
-                } else {
+                if !enqueued {
                     continuation.resume(throwing: PGError(kind: .poolClosed, message: "the connection pool is shut down"))
                 }
             }
@@ -237,7 +240,6 @@ public final class PGPool: Service, Sendable {
             return state.waiters.remove(at: index)
         }
         waiter?.continuation.resume(throwing: error)
-        updateGauges()
     }
 
     private func release(_ connection: PGConnection) {
@@ -271,7 +273,6 @@ public final class PGPool: Service, Sendable {
         case .close: Task { await connection.close() }
         case .idle: break
         }
-        updateGauges()
     }
 
     /// Forgets a connection; its slot goes to the first waiter as the right to open a new one.
@@ -285,7 +286,6 @@ public final class PGPool: Service, Sendable {
             return state.waiters.removeFirst()
         }
         waiter?.continuation.resume(returning: .openSlot)
-        updateGauges()
     }
 
     private func giveBackSlot() {
@@ -298,7 +298,6 @@ public final class PGPool: Service, Sendable {
             return state.waiters.removeFirst()
         }
         waiter?.continuation.resume(returning: .openSlot)
-        updateGauges()
     }
 
     private func updateGauges() {

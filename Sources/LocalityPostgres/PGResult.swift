@@ -1,4 +1,5 @@
 internal import CLibPQ
+import Foundation
 
 /// The rows of one statement's result. Owns its `PGresult` and frees it when the last reference goes.
 ///
@@ -8,7 +9,7 @@ public final class PGResult: @unchecked Sendable {
     public let rowCount: Int
     public let columnCount: Int
     /// Column names in order.
-    public let columns: [String]
+    public var columns: [String] { (0..<columnCount).map(columnName) }
 
     var handlePointer: OpaquePointer { handle }
 
@@ -16,7 +17,6 @@ public final class PGResult: @unchecked Sendable {
         self.handle = handle
         self.rowCount = Int(PQntuples(handle))
         self.columnCount = Int(PQnfields(handle))
-        self.columns = (0..<columnCount).map { String(cString: PQfname(handle, Int32($0))) }
     }
 
     deinit {
@@ -38,8 +38,13 @@ public final class PGResult: @unchecked Sendable {
         rowCount > 0 ? PGRow(result: self, index: 0) : nil
     }
 
+    public func columnName(_ index: Int) -> String {
+        String(cString: PQfname(handle, Int32(index)))
+    }
+
     public func columnIndex(_ name: String) -> Int? {
-        columns.firstIndex(of: name)
+        let index = Int(PQfnumber(handle, "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\""))
+        return index >= 0 ? index : nil
     }
 
     func isNull(row: Int, column: Int) -> Bool {
@@ -71,7 +76,7 @@ public struct PGRow: Sendable {
         guard column >= 0, column < result.columnCount else {
             throw PGError(kind: .decoding, message: "column \(column) does not exist (the result has \(result.columnCount))")
         }
-        let name = result.columns[column]
+        let name = result.columnName(column)
         if result.isNull(row: index, column: column) {
             if let optionalType = T.self as? any PGOptionalDecodable.Type {
                 return optionalType.pgNull as! T

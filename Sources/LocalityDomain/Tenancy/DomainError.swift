@@ -1,0 +1,61 @@
+import Foundation
+
+/// The failures the domain reports; the API turns each into a problem response, the CLI into one line.
+public enum DomainError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Missing, or belonging to someone the caller may not see (indistinguishable on purpose).
+    case notFound(String)
+    case forbidden(String)
+    case unauthenticated(String)
+    case invalid([FieldIssue])
+    case conflict(String)
+    /// A ledger entry would take a budget's available amount below zero.
+    case insufficientFunds(String)
+
+    public static func invalid(_ field: String, _ message: String) -> DomainError {
+        .invalid([FieldIssue(field: field, message: message)])
+    }
+
+    public var description: String {
+        switch self {
+        case .notFound(let what): "\(what) not found"
+        case .forbidden(let detail), .unauthenticated(let detail), .conflict(let detail), .insufficientFunds(let detail):
+            detail
+        case .invalid(let issues): issues.map { "\($0.field): \($0.message)" }.joined(separator: "; ")
+        }
+    }
+}
+
+public struct FieldIssue: Sendable, Equatable, Codable {
+    public var field: String
+    public var message: String
+
+    public init(field: String, message: String) {
+        self.field = field
+        self.message = message
+    }
+}
+
+/// Collects field errors so a request reports all of them at once.
+public struct Validator {
+    public private(set) var issues: [FieldIssue] = []
+
+    public init() {}
+
+    public mutating func check(_ condition: Bool, _ field: String, _ message: String) {
+        if !condition { issues.append(FieldIssue(field: field, message: message)) }
+    }
+
+    public mutating func text(_ value: String?, _ field: String, required: Bool = true, max: Int) {
+        guard let value else {
+            if required { issues.append(FieldIssue(field: field, message: "is required")) }
+            return
+        }
+        let trimmed = value.trimmingCharacters(in: .whitespacesAndNewlines)
+        if required && trimmed.isEmpty { issues.append(FieldIssue(field: field, message: "must not be blank")) }
+        if value.count > max { issues.append(FieldIssue(field: field, message: "must be at most \(max) characters")) }
+    }
+
+    public func throwIfInvalid() throws {
+        if !issues.isEmpty { throw DomainError.invalid(issues) }
+    }
+}

@@ -1,0 +1,104 @@
+import Foundation
+public import LocalityPostgres
+
+/// The one way domain code reaches tenant data: a transaction that first states who is acting, so that
+/// PostgreSQL's row-level security applies the same scope the service checked.
+public struct ScopedDatabase: Sendable {
+    public let pool: PGPool
+
+    public init(pool: PGPool) {
+        self.pool = pool
+    }
+
+    static let setContextSQL = """
+        SELECT set_config('app.authority_id', $1, true), set_config('app.supplier_id', $2, true),
+               set_config('app.user_id', $3, true), set_config('app.roles', $4, true),
+               set_config('app.board_ids', $5, true), set_config('app.actor', $6, true),
+               set_config('app.request_id', $7, true)
+        """
+
+    /// Runs `body` in a transaction carrying `scope`'s context; known constraint violations become domain
+    /// errors (for example, a budget that would go below zero becomes `insufficientFunds`).
+    public func transaction<R: Sendable>(
+        _ scope: AccessScope,
+        isolation: PGIsolationLevel = .readCommitted,
+        readOnly: Bool = false,
+        retry: PGTransactionRetry = .never,
+        _ body: (PGConnection) async throws -> R
+    ) async throws -> R {
+        do {
+            return try await pool.withTransaction(isolation: isolation, readOnly: readOnly, retry: retry) { connection in
+                try await Self.setContext(scope, on: connection)
+                return try await body(connection)
+            }
+        } catch let error as PGError {
+            throw ConstraintTranslation.domainError(for: error) ?? error
+        }
+    }
+
+    /// States `scope` for the current transaction (transaction-local settings).
+    public static func setContext(_ scope: AccessScope, on connection: PGConnection) async throws {
+        let boards = "{" + scope.boardIDs.map(\.uuidString).joined(separator: ",") + "}"
+        try await connection.query(PGQuery(setContextSQL, [
+            (scope.authorityID?.uuidString ?? "").pg, (scope.supplierID?.uuidString ?? "").pg,
+            (scope.userID?.uuidString ?? "").pg, scope.roles.map(\.rawValue).sorted().joined(separator: ",").pg,
+            boards.pg, scope.actor.pg, (scope.requestID ?? "").pg,
+        ]))
+    }
+}
+
+/// Maps the constraints whose violation is a user error (not a bug) to what the user should hear.
+enum ConstraintTranslation {
+    static func domainError(for error: PGError) -> DomainError? {
+        guard let constraint = error.constraint else { return nil }
+        switch constraint {
+        case "budget_available_not_negative":
+            return .insufficientFunds("The budget does not have enough available for this entry.")
+        case "budget_earmarked_not_negative":
+            return .conflict("The release is larger than the amount earmarked.")
+        case "budget_spent_within_committed":
+            return .conflict("Spend would exceed the amount committed.")
+        case "board_name_unique":
+            return .conflict("A board with this name already exists in the authority.")
+        case "board_short_code_unique":
+            return .conflict("A board with this short code already exists in the authority.")
+        case "app_user_staff_email", "app_user_supplier_email":
+            return .conflict("A user with this email already exists.")
+        case "authority_slug_key":
+            return .conflict("An authority with this slug already exists.")
+        case "role_assignment_one_board_member":
+            return .invalid("roles", "a board member sits on exactly one board")
+        case "role_assignment_authority_id_board_id_fkey":
+            return .invalid("roles", "names a board that does not exist")
+        default:
+            return nil
+        }
+    }
+}
+
+/// Writes audit events; always inside the transaction of the change, so a failed write fails the change.
+public enum AuditLog {
+    static let appendSQL = "SELECT append_audit_event($1, $2, $3, $4, $5)"
+
+    public static func record(
+        _ connection: PGConnection, action: String, entityType: String, entityID: String,
+        before: (any Encodable & Sendable)?, after: (any Encodable & Sendable)?
+    ) async throws {
+        try await connection.query(PGQuery(appendSQL, [
+            action.pg, entityType.pg, entityID.pg, try jsonBind(before), try jsonBind(after),
+        ]))
+    }
+
+    static func jsonBind(_ value: (any Encodable & Sendable)?) throws -> PGBind {
+        guard let value else { return .null(oid: PGType.jsonb) }
+        return PGBind(oid: PGType.jsonb, text: String(decoding: try auditEncoder.encode(value), as: UTF8.self))
+    }
+
+    static var auditEncoder: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }
+}
