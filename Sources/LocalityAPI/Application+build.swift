@@ -55,9 +55,12 @@ public func buildApplication(
     let router = Router(context: AppRequestContext.self)
     router.add(middleware: RequestIDMiddleware())
     router.add(middleware: HTTPMetricsMiddleware(factory: metricsFactory))
+    router.add(middleware: NoStoreMiddleware())
     router.add(middleware: ProblemMiddleware(routes: routes))
     router.add(middleware: BodyLimitMiddleware(maxBytes: configuration.maxRequestBodyBytes))
-    let handlers = APIHandlers(pool: pool, migrator: migrator, registry: registry)
+    let domain = DomainServices(database: ScopedDatabase(pool: pool))
+    router.add(middleware: AuthenticationMiddleware(tokens: domain.tokens))
+    let handlers = APIHandlers(pool: pool, migrator: migrator, registry: registry, services: domain)
     try handlers.registerHandlers(on: RecordingTransport(router: router, table: routes))
 
     // Services stop in reverse order: the server first (finishing in-flight requests), then the pool,

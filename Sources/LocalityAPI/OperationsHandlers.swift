@@ -9,6 +9,7 @@ struct APIHandlers: APIProtocol {
     let pool: PGPool
     let migrator: Migrator
     let registry: PrometheusCollectorRegistry
+    let services: DomainServices
 
     func getHealth(_ input: Operations.GetHealth.Input) async throws -> Operations.GetHealth.Output {
         .ok(.init(body: .json(.init(status: .ok))))

@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import LocalityDomain
 import LocalityPostgres
 import Logging
 import OpenAPIRuntime
@@ -57,6 +58,64 @@ init(
             detail: "The request body exceeds \(limit) bytes.")
     }
 
+    static func unauthenticated(_ detail: String) -> APIProblem {
+        var headers = HTTPFields()
+        headers[.wwwAuthenticate] = "Bearer"
+        return APIProblem(status: .unauthorized, type: typeURI("unauthenticated"), title: "Unauthorized", detail: detail, headers: headers)
+    }
+
+    /// How a domain failure reads over HTTP.
+    static func domain(_ error: DomainError) -> APIProblem {
+        switch error {
+        case .notFound(let what):
+            return APIProblem(status: .notFound, type: typeURI("not-found"), title: "Not Found",
+                              detail: "The \(what) was not found.")
+        case .forbidden(let detail):
+            return APIProblem(status: .forbidden, type: typeURI("forbidden"), title: "Forbidden", detail: detail)
+        case .unauthenticated(let detail):
+            return .unauthenticated(detail)
+        case .invalid(let issues):
+            return APIProblem(status: .unprocessableContent, type: typeURI("validation"), title: "Unprocessable Content",
+                              detail: "The request has invalid fields.",
+                              fieldErrors: issues.map { FieldError(field: $0.field, message: $0.message) })
+        case .conflict(let detail):
+            return APIProblem(status: .conflict, type: typeURI("conflict"), title: "Conflict", detail: detail)
+        case .insufficientFunds(let detail):
+            return APIProblem(status: .conflict, type: typeURI("insufficient-funds"), title: "Insufficient Funds", detail: detail)
+        }
+    }
+
+    /// A request body that is JSON but not the right shape: 422 naming the field; unreadable JSON: 400.
+    static func decoding(_ error: DecodingError) -> APIProblem {
+        func path(_ codingPath: [any CodingKey]) -> String {
+            codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+                .replacingOccurrences(of: ".[", with: "[")
+        }
+        let issue: FieldError
+        switch error {
+        case .keyNotFound(let key, let context):
+            issue = FieldError(field: path(context.codingPath + [key]), message: "is required")
+        case .typeMismatch(_, let context), .valueNotFound(_, let context):
+            issue = FieldError(field: path(context.codingPath).isEmpty ? "body" : path(context.codingPath),
+                               message: "has the wrong type: \(context.debugDescription)")
+        case .dataCorrupted(let context):
+            if context.underlyingError != nil && context.codingPath.isEmpty {
+                return APIProblem(status: .badRequest, type: typeURI("malformed-request"), title: "Bad Request",
+                                  detail: "The request body is not valid JSON.")
+            }
+            issue = FieldError(field: path(context.codingPath).isEmpty ? "body" : path(context.codingPath),
+                               message: context.debugDescription)
+        @unknown default:
+            issue = FieldError(field: "body", message: "could not be read")
+        }
+        return APIProblem(status: .unprocessableContent, type: typeURI("validation"), title: "Unprocessable Content",
+                          detail: "The request body does not match the schema.", fieldErrors: [issue])
+    }
+
+    static let unsupportedMediaType = APIProblem(
+        status: .unsupportedMediaType, type: typeURI("unsupported-media-type"), title: "Unsupported Media Type",
+        detail: "Send the request body as application/json.")
+
     static let internalError = APIProblem(
         status: .internalServerError, type: typeURI("internal"), title: "Internal Server Error",
         detail: "Something went wrong on our side. Quote the request id when reporting it.")
@@ -92,6 +151,7 @@ init(
 
 extension HTTPField.Name {
     static let allow = HTTPField.Name("Allow")!
+    static let wwwAuthenticate = HTTPField.Name("WWW-Authenticate")!
 }
 
 /// Translates every error into a problem response — the one place errors become HTTP. Internals (SQL,
@@ -114,14 +174,18 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         case let error as ServerError:
             // The generated layer wraps what handlers throw and its own decoding failures.
             if let problem = error.underlyingError as? APIProblem { return problem }
+            if let domainError = error.underlyingError as? DomainError { return .domain(domainError) }
             if let pgError = error.underlyingError as? PGError { return databaseProblem(pgError, context: context) }
-            if error.underlyingError is DecodingError || error.causeDescription.contains("decod") {
+            if let decodingError = Self.decodingError(in: error.underlyingError) { return .decoding(decodingError) }
+            if error.causeDescription.contains("decod") {
                 return APIProblem(
                     status: .badRequest, type: APIProblem.typeURI("malformed-request"), title: "Bad Request",
                     detail: "The request could not be read: \(error.causeDescription)")
             }
             context.logger.error("unhandled server error", metadata: ["error": "\(error.underlyingError)"])
             return .internalError
+        case let error as DomainError:
+            return .domain(error)
         case let error as PGError:
             return databaseProblem(error, context: context)
         case let error as HTTPError:
@@ -141,6 +205,15 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             context.logger.error("unhandled error", metadata: ["error": "\(String(reflecting: error))"])
             return .internalError
         }
+    }
+
+    /// The runtime may wrap a body's `DecodingError` in its own error types.
+    static func decodingError(in error: any Error) -> DecodingError? {
+        if let decodingError = error as? DecodingError { return decodingError }
+        for child in Mirror(reflecting: error).children {
+            if let nested = child.value as? any Error, let found = decodingError(in: nested) { return found }
+        }
+        return nil
     }
 
     func databaseProblem(_ error: PGError, context: Context) -> APIProblem {

@@ -1,0 +1,60 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import LocalityDomain
+import Logging
+
+/// The authenticated caller of the current request, for handlers.
+enum Authenticated {
+    @TaskLocal static var principal: Principal?
+
+    /// The caller's scope; every `/v1` handler starts here.
+    static func scope() throws -> AccessScope {
+        guard let principal else { throw APIProblem.unauthenticated("Authentication is required.") }
+        return principal.scope(requestID: RequestInfo.current?.requestID)
+    }
+}
+
+/// Resolves `Authorization: Bearer <token>` for every `/v1` route. Missing, malformed, unknown, expired and
+/// revoked tokens all get the same 401, so the answer reveals nothing about which it was. The token
+/// itself is never logged.
+struct AuthenticationMiddleware<Context: RequestContext>: RouterMiddleware {
+    let tokens: TokenService
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard request.uri.path.hasPrefix("/v1/") else { return try await next(request, context) }
+        guard let header = request.headers[.authorization] else {
+            throw APIProblem.unauthenticated("Send an API token: Authorization: Bearer <token>.")
+        }
+        guard let token = Self.bearerToken(header) else {
+            throw APIProblem.unauthenticated("The Authorization header must be \"Bearer <token>\".")
+        }
+        guard let principal = try await tokens.authenticate(token) else {
+            throw APIProblem.unauthenticated("The token is not valid: it is unknown, expired or revoked.")
+        }
+        var context = context
+        context.logger[metadataKey: "user"] = .string(principal.userID.lowercased)
+        return try await Authenticated.$principal.withValue(principal) {
+            try await next(request, context)
+        }
+    }
+
+    /// The token of a `Bearer` credential (scheme case-insensitive, RFC 9110), or nil.
+    static func bearerToken(_ header: String) -> String? {
+        let parts = header.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        let token = parts[1].trimmingCharacters(in: .whitespaces)
+        return token.isEmpty ? nil : token
+    }
+}
+
+/// Authenticated answers (and their problems) must not be cached by browsers or proxies.
+struct NoStoreMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var response = try await next(request, context)
+        if request.uri.path.hasPrefix("/v1/") {
+            response.headers[.cacheControl] = "no-store"
+        }
+        return response
+    }
+}

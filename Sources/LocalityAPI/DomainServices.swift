@@ -1,0 +1,39 @@
+import LocalityDomain
+
+/// The domain services the handlers call, all over the application role's pool.
+struct DomainServices: Sendable {
+    let authorities: AuthorityService
+    let fundingStreams: FundingStreamService
+    let boards: BoardService
+    let budgets: BudgetService
+    let users: UserService
+    let tokens: TokenService
+    let audit: AuditService
+    let suppliers: SupplierService
+
+    init(database: ScopedDatabase) {
+        authorities = AuthorityService(database: database)
+        fundingStreams = FundingStreamService(database: database)
+        boards = BoardService(database: database)
+        budgets = BudgetService(database: database)
+        users = UserService(database: database)
+        tokens = TokenService(database: database)
+        audit = AuditService(database: database)
+        suppliers = SupplierService(database: database)
+    }
+}
+
+/// Path ids that are not UUIDs name nothing: 404, like any other missing resource.
+func pathID(_ text: String, _ what: String) throws -> UUID {
+    guard let id = UUID(uuidString: text) else { throw DomainError.notFound(what) }
+    return id
+}
+
+/// A UUID in a request body: 422 naming the field when malformed.
+func bodyID(_ text: String?, field: String) throws -> UUID? {
+    guard let text else { return nil }
+    guard let id = UUID(uuidString: text) else { throw DomainError.invalid(field, "must be a UUID") }
+    return id
+}
+
+import Foundation
