@@ -295,21 +295,23 @@ CREATE POLICY budget_balance_maintain ON budget_balance FOR ALL
     USING (authority_id = app_authority_id() AND current_user = 'locality_owner')
     WITH CHECK (authority_id = app_authority_id() AND current_user = 'locality_owner');
 
+-- The envelope row is created empty, then updated: CHECK constraints are tested on the updated row, under
+-- its row lock, so racing entries are applied one at a time and each sees the others' effect. (An upsert
+-- would test the CHECKs on the proposed insert row, which for an earmark alone always fails.)
 CREATE FUNCTION apply_ledger_entry() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
 BEGIN
-    INSERT INTO budget_balance AS b (authority_id, board_id, financial_year, funding_stream_id,
-                                     allocated_pence, earmarked_pence, committed_pence, spent_pence)
-    VALUES (NEW.authority_id, NEW.board_id, NEW.financial_year, NEW.funding_stream_id,
-            CASE WHEN NEW.kind = 'allocation' THEN NEW.amount_pence ELSE 0 END,
-            CASE NEW.kind WHEN 'earmark' THEN NEW.amount_pence WHEN 'release' THEN -NEW.amount_pence ELSE 0 END,
-            CASE WHEN NEW.kind = 'commitment' THEN NEW.amount_pence ELSE 0 END,
-            CASE WHEN NEW.kind = 'spend' THEN NEW.amount_pence ELSE 0 END)
-    ON CONFLICT (authority_id, board_id, financial_year, funding_stream_id) DO UPDATE SET
-        allocated_pence = b.allocated_pence + EXCLUDED.allocated_pence,
-        earmarked_pence = b.earmarked_pence + EXCLUDED.earmarked_pence,
-        committed_pence = b.committed_pence + EXCLUDED.committed_pence,
-        spent_pence     = b.spent_pence + EXCLUDED.spent_pence;
+    INSERT INTO budget_balance (authority_id, board_id, financial_year, funding_stream_id)
+    VALUES (NEW.authority_id, NEW.board_id, NEW.financial_year, NEW.funding_stream_id)
+    ON CONFLICT (authority_id, board_id, financial_year, funding_stream_id) DO NOTHING;
+    UPDATE budget_balance SET
+        allocated_pence = allocated_pence + CASE WHEN NEW.kind = 'allocation' THEN NEW.amount_pence ELSE 0 END,
+        earmarked_pence = earmarked_pence
+            + CASE NEW.kind WHEN 'earmark' THEN NEW.amount_pence WHEN 'release' THEN -NEW.amount_pence ELSE 0 END,
+        committed_pence = committed_pence + CASE WHEN NEW.kind = 'commitment' THEN NEW.amount_pence ELSE 0 END,
+        spent_pence     = spent_pence + CASE WHEN NEW.kind = 'spend' THEN NEW.amount_pence ELSE 0 END
+    WHERE authority_id = NEW.authority_id AND board_id = NEW.board_id AND financial_year = NEW.financial_year
+      AND funding_stream_id = NEW.funding_stream_id;
     RETURN NEW;
 END;
 $$;

@@ -15,6 +15,8 @@ public struct AppConfiguration: Sendable {
     /// Larger request bodies are refused with 413.
     public var maxRequestBodyBytes: Int
     public var logLevel: Logger.Level
+    /// Seed the North Yorkshire demo when the database has no authority yet.
+    public var seedDemo = false
 
     public init(
         host: String = "127.0.0.1",

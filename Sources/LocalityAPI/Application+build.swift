@@ -1,6 +1,6 @@
 import EmbeddedPostgres
 public import Hummingbird
-import LocalityDomain
+public import LocalityDomain
 import LocalityPostgres
 public import Logging
 import Metrics
@@ -23,7 +23,8 @@ public struct AppRequestContext: RequestContext {
 public func buildApplication(
     _ configuration: AppConfiguration,
     logger: Logger? = nil,
-    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
+    onDemoSeeded: @Sendable (DemoSeed.Result?) -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
     var logger = logger ?? Logger(label: "locality-server")
     logger.logLevel = configuration.logLevel
@@ -33,6 +34,15 @@ public func buildApplication(
     if configuration.applyMigrations {
         do {
             try await migrator.apply(ownerConninfo: endpoints.ownerConninfo)
+        } catch {
+            await endpoints.embedded?.stop()
+            throw error
+        }
+    }
+
+    if configuration.seedDemo {
+        do {
+            onDemoSeeded(try await seedDemoIfEmpty(ownerConninfo: endpoints.ownerConninfo, logger: logger))
         } catch {
             await endpoints.embedded?.stop()
             throw error
@@ -59,7 +69,7 @@ public func buildApplication(
     router.add(middleware: ProblemMiddleware(routes: routes))
     router.add(middleware: BodyLimitMiddleware(maxBytes: configuration.maxRequestBodyBytes))
     let domain = DomainServices(database: ScopedDatabase(pool: pool))
-    router.add(middleware: AuthenticationMiddleware(tokens: domain.tokens))
+    router.add(middleware: AuthenticationMiddleware(tokens: domain.tokens, routes: routes))
     let handlers = APIHandlers(pool: pool, migrator: migrator, registry: registry, services: domain)
     try handlers.registerHandlers(on: RecordingTransport(router: router, table: routes))
 
@@ -75,4 +85,21 @@ public func buildApplication(
         onServerRunning: onServerRunning,
         logger: logger
     )
+}
+
+/// Seeds the demo as the operator (owner role) when no authority exists yet; nil when there was one.
+func seedDemoIfEmpty(ownerConninfo: String, logger: Logger) async throws -> DemoSeed.Result? {
+    let pool = PGPool(
+        configuration: .init(connection: .init(conninfo: ownerConninfo, applicationName: "locality-server-demo"), maxConnections: 2),
+        logger: logger)
+    do {
+        let database = ScopedDatabase(pool: pool)
+        let result: DemoSeed.Result? =
+            try await AuthorityService(database: database).list().isEmpty ? DemoSeed(database: database).run() : nil
+        await pool.close()
+        return result
+    } catch {
+        await pool.close()
+        throw error
+    }
 }

@@ -20,9 +20,13 @@ enum Authenticated {
 /// itself is never logged.
 struct AuthenticationMiddleware<Context: RequestContext>: RouterMiddleware {
     let tokens: TokenService
+    let routes: RouteTable
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard request.uri.path.hasPrefix("/v1/") else { return try await next(request, context) }
+        // Unknown routes and wrong methods fall through to their 404 / 405.
+        guard request.uri.path.hasPrefix("/v1/"), routes.methods(forPath: request.uri.path).contains(request.method) else {
+            return try await next(request, context)
+        }
         guard let header = request.headers[.authorization] else {
             throw APIProblem.unauthenticated("Send an API token: Authorization: Bearer <token>.")
         }

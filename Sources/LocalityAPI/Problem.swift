@@ -99,7 +99,7 @@ init(
             issue = FieldError(field: path(context.codingPath).isEmpty ? "body" : path(context.codingPath),
                                message: "has the wrong type: \(context.debugDescription)")
         case .dataCorrupted(let context):
-            if context.underlyingError != nil && context.codingPath.isEmpty {
+            if context.codingPath.isEmpty {
                 return APIProblem(status: .badRequest, type: typeURI("malformed-request"), title: "Bad Request",
                                   detail: "The request body is not valid JSON.")
             }

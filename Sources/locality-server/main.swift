@@ -1,7 +1,9 @@
 import ArgumentParser
+import Foundation
 import Hummingbird
 import LocalityAPI
 import LocalityCommandLine
+import LocalityDomain
 import Logging
 
 @main
@@ -27,6 +29,9 @@ struct LocalityServer: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Apply pending migrations at start [LOCALITY_MIGRATE=true|false].")
     var migrate: Bool?
 
+    @Flag(help: "On an empty database, create the North Yorkshire demo (five boards, budgets, one user per role) and print its tokens [LOCALITY_DEMO=true].")
+    var demo = false
+
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var logging: LoggingOptions
 
@@ -38,6 +43,7 @@ struct LocalityServer: AsyncParsableCommand {
         configuration.maxRequestBodyBytes = try maxBodyBytes ?? environmentValue("MAX_BODY_BYTES").map { try parseInt($0, "LOCALITY_MAX_BODY_BYTES") } ?? configuration.maxRequestBodyBytes
         configuration.applyMigrations = migrate ?? environmentValue("MIGRATE").map { $0 != "false" && $0 != "0" } ?? true
         configuration.database = database.settings
+        configuration.seedDemo = demo || environmentValue("DEMO").map { $0 == "true" || $0 == "1" } ?? false
         configuration.logLevel = try logging.level(default: .info)
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
 
@@ -49,7 +55,7 @@ struct LocalityServer: AsyncParsableCommand {
         }
         let logger = Logger(label: "locality-server")
         do {
-            let app = try await buildApplication(configuration, logger: logger)
+            let app = try await buildApplication(configuration, logger: logger, onDemoSeeded: printDemo)
             try await app.runService()
         } catch let error as ExitCode {
             throw error
@@ -57,6 +63,21 @@ struct LocalityServer: AsyncParsableCommand {
             // One line saying what went wrong (embedded cluster, migrations, port in use…), then a non-zero exit.
             logger.critical("cannot start: \(error)")
             throw ExitCode.failure
+        }
+    }
+
+    /// The demo's tokens, once: the only time they can be seen.
+    private func printDemo(_ demo: DemoSeed.Result?) {
+        guard let demo else {
+            print("Demo: the database already has authorities; nothing seeded (tokens were shown when it was first seeded).")
+            return
+        }
+        print("Demo seeded: \(demo.authority.name) with \(demo.boards.count) boards. Tokens (shown once):")
+        for user in demo.users {
+            print("  \(user.role.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0)) \(user.token)")
+        }
+        if let admin = demo.users.first(where: { $0.role == .authorityAdmin }) {
+            print("Try: curl -H 'Authorization: Bearer \(admin.token)' http://\(host ?? "127.0.0.1"):\(port ?? 8080)/v1/boards")
         }
     }
 

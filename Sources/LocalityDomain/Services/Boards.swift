@@ -65,6 +65,7 @@ public struct BoardService: Sendable {
     }
 
     public func get(_ scope: AccessScope, id: UUID) async throws -> Board {
+        try scope.require(scope.isStaff, "see boards")
         guard scope.canSee(board: id) else { throw DomainError.notFound("board") }
         return try await database.transaction(scope, readOnly: true) { connection in
             try await Self.fetch(connection, id: id)

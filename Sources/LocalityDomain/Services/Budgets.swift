@@ -64,6 +64,7 @@ public struct BudgetService: Sendable {
     public static let maxAmountPence = 10_000_000_000
 
     public func balances(_ scope: AccessScope, boardID: UUID, financialYear: String) async throws -> [BudgetBalance] {
+        try scope.require(scope.isStaff, "see budgets")
         guard scope.canSee(board: boardID) else { throw DomainError.notFound("board") }
         guard let year = FinancialYear(financialYear) else {
             throw DomainError.invalid("financial_year", "must be a financial year like 2025-26")

@@ -113,8 +113,8 @@ public struct UserService: Sendable {
             let before = try await Self.fetch(connection, id: id, forUpdate: true)
             try await connection.query("""
                 UPDATE app_user SET display_name = coalesce(\(changes.displayName), display_name),
-                    disabled_at = CASE WHEN \(changes.disabled) IS NULL THEN disabled_at
-                                       WHEN \(changes.disabled) THEN coalesce(disabled_at, now()) ELSE NULL END
+                    disabled_at = CASE WHEN \(changes.disabled)::boolean IS NULL THEN disabled_at
+                                       WHEN \(changes.disabled)::boolean THEN coalesce(disabled_at, now()) ELSE NULL END
                 WHERE id = \(id)
                 """)
             if let roles = changes.roles {
