@@ -1,0 +1,63 @@
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import LocalityAPI
+import LocalityDomain
+import Logging
+import NIOCore
+import PostgresTestSupport
+import Synchronization
+import Testing
+
+/// Keeps every log line (message and metadata) for inspection.
+final class CapturingLogHandler: LogHandler, Sendable {
+    let lines = Mutex<[String]>([])
+    var metadata: Logger.Metadata {
+        get { [:] }
+        set {}
+    }
+    var logLevel: Logger.Level {
+        get { .trace }
+        set {}
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { nil }
+        set {}
+    }
+
+    func log(event: LogEvent) {
+        let text = "\(event.level) \(event.message) \(event.metadata ?? [:])"
+        lines.withLock { $0.append(text) }
+    }
+}
+
+@Suite("Logs")
+struct LogPrivacyTests {
+    /// At trace level, after valid, invalid and failing requests with tokens in headers and bodies, no log
+    /// line holds a token's secret part.
+    @Test func tokensNeverReachTheLogs() async throws {
+        let world = try await World.make()
+        let handler = CapturingLogHandler()
+        var logger = Logger(label: "test") { _ in handler }
+        logger.logLevel = .trace
+        var configuration = testConfiguration(world.database)
+        configuration.logLevel = .trace
+        let app = try await buildApplication(configuration, logger: logger)
+        let admin = world.token(.authorityAdmin, of: world.a)
+        let issuedSecret: String = try await app.test(.live) { client in
+            _ = try await client.call(.get, "/v1/me", token: admin)
+            _ = try await client.call(.get, "/v1/me", token: admin + "x")
+            _ = try await client.call(.post, "/v1/boards", token: admin, body: ["name": admin, "short_code": "bad code"])
+            let issued = try await client.call(.post, "/v1/users/\(lower(world.a.users[.hosi]!.id))/tokens", token: admin, body: ["label": "x"])
+            _ = try await client.call(.get, "/v1/nothing", token: admin)
+            return issued.jsonObject["secret"] as? String ?? ""
+        }
+        let lines = handler.lines.withLock { $0 }
+        #expect(!lines.isEmpty)
+        for secret in [admin, issuedSecret] where !secret.isEmpty {
+            let secretPart = String(secret.dropFirst(TokenFormat.prefixLength + 1))
+            #expect(!lines.contains { $0.contains(secretPart) }, "a token's secret reached the logs")
+        }
+    }
+}
