@@ -146,6 +146,12 @@ let package = Package(
             dependencies: ["LocalityDomain", "PostgresTestSupport"],
             swiftSettings: swiftSettings
         ),
+        // Runs the built `locality-admin` binary (.build/debug/locality-admin) against a fresh test database.
+        .testTarget(
+            name: "LocalityCLITests",
+            dependencies: ["LocalityDomain", "LocalityPostgres", "PostgresTestSupport"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "LocalityAPITests",
             dependencies: [

@@ -37,7 +37,7 @@ public final class PGConnection: @unchecked Sendable {
     // Touched only on `worker`, except `PQsocket`/`PQstatus` reads while the connection is idle in the pool.
     private let handle: OpaquePointer
     private let cancelHandle: OpaquePointer?
-    private let worker: WorkerThread
+    let worker: WorkerThread
     private let cacheCapacity: Int
     private var statementCache: [String: PreparedStatement] = [:]
     private let broken = Atomic<Bool>(false)

@@ -5,8 +5,10 @@ import Synchronization
 ///
 /// libpq calls block; running them here keeps them off Swift concurrency's cooperative threads and off
 /// NIO's event loops. Each connection has its own worker, so one `PGconn` is only ever touched by one thread.
-final class WorkerThread: @unchecked Sendable {
+final class WorkerThread: TaskExecutor, @unchecked Sendable {
     private let condition = NSCondition()
+    /// The thread's pthread id, once it runs: lets `run` see that the caller is already here.
+    private let threadID = Atomic<UInt>(0)
     private var jobs: [@Sendable () -> Void] = []
     private var stopping = false
     /// Jobs submitted and not yet taken; lets the idle worker spin briefly without taking the lock.
@@ -38,9 +40,24 @@ final class WorkerThread: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Runs `body` on this thread and returns its result to the calling task.
+    /// True on this worker's own thread.
+    var isCurrent: Bool {
+        let id = threadID.load(ordering: .relaxed)
+        return id != 0 && UInt(pthread_self()) == id
+    }
+
+    /// As a task executor, the worker runs the tasks of whoever borrowed its connection (the pool sets the
+    /// preference), so their libpq calls run inline here instead of hopping threads twice per statement.
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        submit { [self] in job.runSynchronously(on: asUnownedTaskExecutor()) }
+    }
+
+    /// Runs `body` on this thread and returns its result to the calling task: inline when the task is
+    /// already running here, else by queueing it.
     func run<R: Sendable>(_ body: @escaping @Sendable () throws -> R) async throws -> R {
-        try await withCheckedThrowingContinuation { continuation in
+        if isCurrent { return try body() }
+        return try await withCheckedThrowingContinuation { continuation in
             submit {
                 continuation.resume(with: Result { try body() })
             }
@@ -48,6 +65,7 @@ final class WorkerThread: @unchecked Sendable {
     }
 
     private func runLoop() {
+        threadID.store(UInt(pthread_self()), ordering: .relaxed)
         while true {
             var spins = 0
             while pending.load(ordering: .acquiring) == 0 && spins < Self.spinChecks {

@@ -5,12 +5,16 @@ import LocalityCommandLine
 import LocalityDomain
 import Logging
 
+// Was main.swift: with several source files a file named main.swift is top-level code, where @main is not allowed.
 @main
 struct LocalityAdmin: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "locality-admin",
         abstract: "Administer a Locality Commissioning Marketplace deployment (talks to the database directly).",
-        subcommands: [Migrate.self]
+        subcommands: [
+            Migrate.self, AuthorityCommand.self, BoardCommand.self, BudgetCommand.self, UserCommand.self,
+            TokenCommand.self, AuditCommand.self, SeedCommand.self,
+        ]
     )
 }
 
@@ -106,9 +110,12 @@ struct Migrate: AsyncParsableCommand {
     }
 }
 
+/// Pretty, sorted JSON with snake_case keys and ISO 8601 dates.
 func printJSON(_ value: some Encodable) {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    encoder.keyEncodingStrategy = .convertToSnakeCase
+    encoder.dateEncodingStrategy = .iso8601
     if let data = try? encoder.encode(value) {
         print(String(decoding: data, as: UTF8.self))
     }

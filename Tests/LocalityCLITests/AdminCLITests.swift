@@ -1,0 +1,218 @@
+import Foundation
+import LocalityDomain
+import LocalityPostgres
+import PostgresTestSupport
+import Testing
+
+/// The admin CLI end to end: the built binary, run as a subprocess against a fresh migrated database.
+@Suite("Admin CLI")
+struct AdminCLITests {
+    static let tokenPattern = "^lcm_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$"
+
+    /// Creates an authority `test-la` with board CRA; returns nothing but fails the test on error.
+    func authorityWithBoard(_ db: TestDatabase) async throws {
+        try expectSuccess(await AdminCLI.run(["authority", "create", "--slug", "test-la", "--name", "Test Local Authority"], database: db))
+        try expectSuccess(await AdminCLI.run([
+            "board", "create", "--authority", "test-la", "--name", "Craven", "--short-code", "CRA", "--area", "Craven district",
+        ], database: db))
+    }
+
+    func balances(_ db: TestDatabase, board: String = "CRA") async throws -> [String: [String: Any]] {
+        let show = try expectSuccess(await AdminCLI.run(
+            ["budget", "show", "--authority", "test-la", "--board", board, "--year", "2025-26", "--json"], database: db))
+        let object = try #require(try show.json() as? [String: Any], "\(show)")
+        let rows = try #require(object["balances"] as? [[String: Any]], "\(show)")
+        return Dictionary(uniqueKeysWithValues: rows.map { ($0["funding_stream"] as? String ?? "?", $0) })
+    }
+
+    @Test func allocatedPoundsAndPenceAreStoredExactlyInPence() async throws {
+        let db = try await TestDatabase.migrated()
+        try await authorityWithBoard(db)
+        let allocate = try expectSuccess(await AdminCLI.run([
+            "budget", "allocate", "--authority", "test-la", "--board", "cra", "--year", "2025-26", "--stream", "locality",
+            "--amount", "121000.50", "--reason", "2025-26 locality budget",
+        ], database: db))
+        #expect(allocate.stdout.contains("£121,000.50"), "\(allocate)")
+
+        let streams = try await balances(db)
+        #expect(streams["locality"]?["allocated_pence"] as? Int == 12_100_050)
+        #expect(streams["locality"]?["available_pence"] as? Int == 12_100_050)
+        #expect(streams["school_improvement"]?["allocated_pence"] as? Int == 0)
+
+        let text = try expectSuccess(await AdminCLI.run(
+            ["budget", "show", "--authority", "test-la", "--board", "CRA", "--year", "2025-26"], database: db))
+        let locality = try #require(text.stdoutLines.first { $0.hasPrefix("locality") }, "\(text)")
+        #expect(locality.contains("£121,000.50"))
+        #expect(locality.contains("£0.00"))
+    }
+
+    @Test func anAmountWithMoreThanTwoDecimalPlacesIsRefusedInOneLine() async throws {
+        let db = try await TestDatabase.migrated()
+        try await authorityWithBoard(db)
+        for amount in ["1.234", "-5"] {
+            let result = try await AdminCLI.run([
+                "budget", "allocate", "--authority", "test-la", "--board", "CRA", "--year", "2025-26", "--stream", "locality",
+                "--amount", amount, "--reason", "typo",
+            ], database: db)
+            #expect(result.status != 0, "\(result)")
+            #expect(result.stderrLines.count == 1, "\(result)")
+            #expect(result.stdout.isEmpty, "\(result)")
+        }
+        let refused = try await AdminCLI.run([
+            "budget", "allocate", "--authority", "test-la", "--board", "CRA", "--year", "2025-26", "--stream", "locality",
+            "--amount", "1.234", "--reason", "typo",
+        ], database: db)
+        #expect(refused.stderr.contains("more than 2 decimal places"), "\(refused)")
+        #expect(try await balances(db)["locality"]?["allocated_pence"] as? Int == 0)
+    }
+
+    @Test func domainErrorsReachTheUserAsOneLine() async throws {
+        let db = try await TestDatabase.migrated()
+        try await authorityWithBoard(db)
+        let duplicate = try await AdminCLI.run(["authority", "create", "--slug", "test-la", "--name", "Again"], database: db)
+        #expect(duplicate.status != 0)
+        #expect(duplicate.stderrLines == ["locality-admin: An authority with this slug already exists."], "\(duplicate)")
+
+        let unknownBoard = try await AdminCLI.run(
+            ["budget", "show", "--authority", "test-la", "--board", "XYZ", "--year", "2025-26"], database: db)
+        #expect(unknownBoard.status != 0)
+        #expect(unknownBoard.stderrLines.count == 1, "\(unknownBoard)")
+        #expect(unknownBoard.stderr.contains("not found"), "\(unknownBoard)")
+    }
+
+    @Test func seedingTheDemoTwiceCreatesItOnce() async throws {
+        let db = try await TestDatabase.migrated()
+        let tokenRegex = try Regex(String(Self.tokenPattern.dropFirst().dropLast()))   // unanchored, to find them in the table
+
+        let first = try expectSuccess(await AdminCLI.run(["seed", "demo"], database: db))
+        #expect(first.stdout.contains(DemoSeed.authoritySlug), "\(first)")
+        #expect(first.stdout.matches(of: tokenRegex).count == 6, "\(first)")
+        #expect(first.stdout.contains("shown once"), "\(first)")
+
+        let boards = try expectSuccess(await AdminCLI.run(["board", "list", "--authority", DemoSeed.authoritySlug, "--json"], database: db))
+        #expect((try boards.json() as? [Any])?.count == 5, "\(boards)")
+
+        let second = try await AdminCLI.run(["seed", "demo"], database: db)
+        #expect(second.status == 0, "\(second)")
+        #expect(second.stderr.contains("already seeded"), "\(second)")
+        #expect(second.stdout.matches(of: tokenRegex).isEmpty, "\(second)")
+
+        let boardsAfter = try expectSuccess(await AdminCLI.run(["board", "list", "--authority", DemoSeed.authoritySlug, "--json"], database: db))
+        #expect((try boardsAfter.json() as? [Any])?.count == 5, "\(boardsAfter)")
+        let authorities = try expectSuccess(await AdminCLI.run(["authority", "list", "--json"], database: db))
+        #expect((try authorities.json() as? [Any])?.count == 1, "\(authorities)")
+    }
+
+    @Test func auditVerifyPassesAnIntactChainAndNamesATamperedEvent() async throws {
+        let db = try await TestDatabase.migrated()
+        try await authorityWithBoard(db)
+        let list = try expectSuccess(await AdminCLI.run(["authority", "list", "--json"], database: db))
+        let authorityID = try #require((try list.json() as? [[String: Any]])?.first?["id"] as? String, "\(list)")
+
+        let intact = try expectSuccess(await AdminCLI.run(["audit", "verify"], database: db))
+        // authority.create, two funding_stream.create, board.create
+        #expect(intact.stdoutLines == ["ok \(authorityID) (4 events)"], "\(intact)")
+        try expectSuccess(await AdminCLI.run(["audit", "verify", "--authority", "test-la"], database: db))
+
+        try await PGConnection.withConnection(.init(conninfo: db.superuserConninfo, applicationName: "t")) { connection in
+            try await connection.execute("""
+                ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only;
+                UPDATE audit_event SET action = 'tampered' WHERE seq = 2;
+                ALTER TABLE audit_event ENABLE TRIGGER audit_event_append_only;
+                """)
+        }
+
+        let broken = try await AdminCLI.run(["audit", "verify", "--authority", "test-la"], database: db)
+        #expect(broken.status != 0, "\(broken)")
+        #expect(broken.stdoutLines.count == 1, "\(broken)")
+        #expect(broken.stdout.hasPrefix("BROKEN \(authorityID): first bad event 2: "), "\(broken)")
+
+        let json = try await AdminCLI.run(["audit", "verify", "--json"], database: db)
+        #expect(json.status != 0, "\(json)")
+        let report = try #require((try json.json() as? [[String: Any]])?.first, "\(json)")
+        #expect(report["intact"] as? Bool == false)
+        #expect(report["first_bad_seq"] as? Int == 2)
+    }
+
+    @Test func anIssuedTokenIsPrintedOnceAndListedWithoutItsSecret() async throws {
+        let db = try await TestDatabase.migrated()
+        try await authorityWithBoard(db)
+        try expectSuccess(await AdminCLI.run([
+            "user", "create", "--authority", "test-la", "--email", "admin@test.example", "--name", "Test Admin",
+            "--role", "authority_admin", "--role", "lim:cra",
+        ], database: db))
+
+        let issue = try expectSuccess(await AdminCLI.run([
+            "token", "issue", "--authority", "test-la", "--user", "ADMIN@test.example", "--label", "laptop",
+            "--expires-in-days", "30",
+        ], database: db))
+        #expect(issue.stdoutLines.count == 1, "\(issue)")
+        let secret = issue.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try Regex(Self.tokenPattern).wholeMatch(in: secret) != nil, "\(issue)")
+        #expect(issue.stderrLines.count == 1, "\(issue)")
+        #expect(issue.stderr.contains("will not be shown again"), "\(issue)")
+        #expect(!issue.stderr.contains(secret))
+
+        // The token works: it authenticates as the user through the application role.
+        let principal = try await db.withPool { pool in
+            try await TokenService(database: ScopedDatabase(pool: pool)).authenticate(secret)
+        }
+        #expect(principal?.email == "admin@test.example")
+        #expect(principal?.roles == [.authorityAdmin, .lim])
+
+        let prefix = String(secret.prefix(TokenFormat.prefixLength))
+        let listed = try expectSuccess(await AdminCLI.run(
+            ["token", "list", "--authority", "test-la", "--user", "admin@test.example", "--json"], database: db))
+        #expect(!listed.stdout.contains(secret))
+        let tokens = try #require(try listed.json() as? [[String: Any]], "\(listed)")
+        #expect(tokens.count == 1)
+        #expect(tokens.first?["prefix"] as? String == prefix)
+        #expect(tokens.first?["label"] as? String == "laptop")
+        #expect(tokens.first?["status"] as? String == "active")
+        #expect(tokens.first?["token"] == nil)
+
+        let text = try expectSuccess(await AdminCLI.run(
+            ["token", "list", "--authority", "test-la", "--user", "admin@test.example"], database: db))
+        #expect(text.stdout.contains(prefix))
+        #expect(!text.stdout.contains(secret))
+
+        try expectSuccess(await AdminCLI.run(
+            ["token", "revoke", "--authority", "test-la", "--user", "admin@test.example", prefix], database: db))
+        let afterRevoke = try expectSuccess(await AdminCLI.run(
+            ["token", "list", "--authority", "test-la", "--user", "admin@test.example", "--json"], database: db))
+        #expect((try afterRevoke.json() as? [[String: Any]])?.first?["status"] as? String == "revoked")
+        let rejected = try await db.withPool { pool in
+            try await TokenService(database: ScopedDatabase(pool: pool)).authenticate(secret)
+        }
+        #expect(rejected == nil)
+    }
+
+    @Test func boardsAreUpdatedAndUsersDisabledByShortCodeAndEmail() async throws {
+        let db = try await TestDatabase.migrated()
+        try await authorityWithBoard(db)
+        let updated = try expectSuccess(await AdminCLI.run(
+            ["board", "update", "--authority", "test-la", "cra", "--chair", "Jo Bloggs", "--json"], database: db))
+        let board = try #require(try updated.json() as? [String: Any], "\(updated)")
+        #expect(board["chair"] as? String == "Jo Bloggs")
+        #expect(board["short_code"] as? String == "CRA")
+        #expect(board["area"] as? String == "Craven district")
+
+        try expectSuccess(await AdminCLI.run([
+            "user", "create", "--authority", "test-la", "--email", "member@test.example", "--name", "Member",
+            "--role", "board_member:CRA",
+        ], database: db))
+        try expectSuccess(await AdminCLI.run(["user", "disable", "--authority", "test-la", "member@test.example"], database: db))
+        let users = try expectSuccess(await AdminCLI.run(["user", "list", "--authority", "test-la", "--json"], database: db))
+        let user = try #require((try users.json() as? [[String: Any]])?.first, "\(users)")
+        #expect(user["disabled"] as? Bool == true)
+        let roles = try #require(user["roles"] as? [[String: Any]])
+        #expect(roles.first?["role"] as? String == "board_member")
+        #expect(roles.first?["board_short_code"] as? String == "CRA")
+
+        let badRole = try await AdminCLI.run([
+            "user", "create", "--authority", "test-la", "--email", "x@test.example", "--name", "X", "--role", "supplier_user",
+        ], database: db)
+        #expect(badRole.status != 0)
+        #expect(badRole.stderrLines.count == 1, "\(badRole)")
+    }
+}
