@@ -17,6 +17,8 @@ public struct AppConfiguration: Sendable {
     public var logLevel: Logger.Level
     /// Seed the North Yorkshire demo when the database has no authority yet.
     public var seedDemo = false
+    /// Public supplier registrations allowed per client address per hour.
+    public var registrationsPerHour = 10
 
     public init(
         host: String = "127.0.0.1",

@@ -4,7 +4,7 @@ public import LocalityDomain
 import LocalityPostgres
 public import Logging
 import Metrics
-import NIOCore
+public import NIOCore
 import OpenAPIHummingbird
 import Prometheus
 import ServiceLifecycle
@@ -12,9 +12,12 @@ import ServiceLifecycle
 /// The request context every route sees.
 public struct AppRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
+    /// The client's address (for per-client rate limits).
+    public let remoteAddress: SocketAddress?
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
     }
 }
 
@@ -69,6 +72,7 @@ public func buildApplication(
     router.add(middleware: ProblemMiddleware(routes: routes))
     router.add(middleware: BodyLimitMiddleware(maxBytes: configuration.maxRequestBodyBytes))
     let domain = DomainServices(database: ScopedDatabase(pool: pool))
+    router.add(middleware: RegistrationRateLimitMiddleware(limiter: RegistrationRateLimiter(perHour: configuration.registrationsPerHour)))
     router.add(middleware: AuthenticationMiddleware(tokens: domain.tokens, routes: routes))
     let handlers = APIHandlers(pool: pool, migrator: migrator, registry: registry, services: domain)
     try handlers.registerHandlers(on: RecordingTransport(router: router, table: routes))

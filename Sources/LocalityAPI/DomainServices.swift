@@ -10,6 +10,11 @@ struct DomainServices: Sendable {
     let tokens: TokenService
     let audit: AuditService
     let suppliers: SupplierService
+    let admissions: AdmissionService
+    let catalogue: CatalogueService
+    let projects: ProjectService
+    let clarifications: ClarificationService
+    let bids: BidService
 
     init(database: ScopedDatabase) {
         authorities = AuthorityService(database: database)
@@ -20,6 +25,11 @@ struct DomainServices: Sendable {
         tokens = TokenService(database: database)
         audit = AuditService(database: database)
         suppliers = SupplierService(database: database)
+        admissions = AdmissionService(database: database)
+        catalogue = CatalogueService(database: database)
+        projects = ProjectService(database: database)
+        clarifications = ClarificationService(database: database)
+        bids = BidService(database: database)
     }
 }
 

@@ -82,6 +82,12 @@ init(
             return APIProblem(status: .conflict, type: typeURI("conflict"), title: "Conflict", detail: detail)
         case .insufficientFunds(let detail):
             return APIProblem(status: .conflict, type: typeURI("insufficient-funds"), title: "Insufficient Funds", detail: detail)
+        case .preconditionFailed:
+            return APIProblem(status: .preconditionFailed, type: typeURI("stale-version"), title: "Precondition Failed",
+                              detail: error.description)
+        case .preconditionRequired:
+            return APIProblem(status: .init(code: 428, reasonPhrase: "Precondition Required"), type: typeURI("if-match-required"),
+                              title: "Precondition Required", detail: error.description)
         }
     }
 

@@ -2,7 +2,7 @@ import Foundation
 
 /// ISO 8601 text as PostgreSQL writes it with `DateStyle=ISO` and `TimeZone=UTC`, converted without
 /// Foundation's calendar machinery (it is on the hot path and must cover years 4713 BC to 294276 AD).
-enum PGDateFormat {
+public enum PGDateFormat {
     /// `2025-04-01 09:30:00.123456+00`, or `… BC` for years before 1 AD.
     static func format(_ date: Date) -> String {
         // Round to the microsecond, PostgreSQL's resolution.
@@ -162,5 +162,16 @@ enum PGDateFormat {
             }
             return count >= minDigits ? value : nil
         }
+    }
+}
+
+extension PGDateFormat {
+    /// PostgreSQL's text form of a timestamptz in UTC (stable, sortable; used in cursors).
+    public static func string(_ date: Date) -> String { format(date) }
+
+    /// Parses PostgreSQL's (or RFC 3339) timestamp text.
+    public static func date(_ text: String) -> Date? {
+        var text = text
+        return text.withUTF8 { parse($0) }
     }
 }

@@ -74,6 +74,14 @@ public struct AuthorityService: Sendable {
         return match
     }
 
+    /// The authorities a caller may name: every one for a supplier (to seek admission), their own for staff.
+    public func directory(_ scope: AccessScope) async throws -> [Authority] {
+        try scope.require(scope.isStaff || scope.supplierID != nil, "list authorities")
+        return try await database.transaction(scope, readOnly: true) { connection in
+            try await connection.query("SELECT id, slug, name, created_at FROM authority ORDER BY name").map(Self.decode)
+        }
+    }
+
     /// The caller's own authority.
     public func current(_ scope: AccessScope) async throws -> Authority? {
         guard scope.authorityID != nil else { return nil }

@@ -44,6 +44,7 @@ public struct DemoSeed: Sendable {
         let authority = try await AuthorityService(database: database)
             .create(slug: Self.authoritySlug, name: "North Yorkshire County Council", osUser: osUser)
         let scope = AccessScope.operatorScope(authorityID: authority.id, osUser: osUser)
+        try await CatalogueService(database: database).seedDefaults(scope)
         let boardService = BoardService(database: database)
         let budgets = BudgetService(database: database)
         var boards: [Board] = []
@@ -75,6 +76,13 @@ public struct DemoSeed: Sendable {
         }
         let (supplier, supplierUser) = try await SupplierService(database: database).createWithUser(
             name: "Dales Inclusion Partnership CIC", userEmail: "bids@dales-inclusion.example", userName: "Demo Supplier User",
+            osUser: osUser)
+        try await AdmissionService(database: database).admit(
+            authorityID: authority.id, supplierID: supplier.id,
+            declarations: AdmissionDeclarations(
+                safeguardingPolicy: true, safeguardingLead: "Demo Safeguarding Lead", insuranceProvider: "Demo Mutual",
+                insuranceExpiresOn: CalendarDate.format(Date() + 365 * 24 * 3600), dbsChecks: true, businessContinuityPlan: true,
+                dataProtectionCompliance: true, environmentalPolicy: true),
             osUser: osUser)
         let issued = try await tokens.issue(.operatorScope(supplierID: supplier.id, osUser: osUser), userID: supplierUser.id,
                                             label: "demo", expiresAt: nil)

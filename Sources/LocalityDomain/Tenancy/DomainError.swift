@@ -10,6 +10,10 @@ public enum DomainError: Error, Sendable, Equatable, CustomStringConvertible {
     case conflict(String)
     /// A ledger entry would take a budget's available amount below zero.
     case insufficientFunds(String)
+    /// The client edited from a stale version (`If-Match` did not match).
+    case preconditionFailed(currentVersion: Int)
+    /// The change needs `If-Match` with the version being edited.
+    case preconditionRequired
 
     public static func invalid(_ field: String, _ message: String) -> DomainError {
         .invalid([FieldIssue(field: field, message: message)])
@@ -21,6 +25,8 @@ public enum DomainError: Error, Sendable, Equatable, CustomStringConvertible {
         case .forbidden(let detail), .unauthenticated(let detail), .conflict(let detail), .insufficientFunds(let detail):
             detail
         case .invalid(let issues): issues.map { "\($0.field): \($0.message)" }.joined(separator: "; ")
+        case .preconditionFailed(let version): "the resource has changed (now version \(version)); fetch it and retry"
+        case .preconditionRequired: "send If-Match with the ETag of the version you are editing"
         }
     }
 }

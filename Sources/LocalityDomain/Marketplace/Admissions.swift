@@ -1,0 +1,215 @@
+public import Foundation
+import LocalityPostgres
+
+/// What a supplier declares when seeking admission, from the service specification.
+public struct AdmissionDeclarations: Sendable, Codable, Equatable {
+    public var safeguardingPolicy: Bool
+    public var safeguardingLead: String
+    public var insuranceProvider: String
+    public var insuranceExpiresOn: String      // YYYY-MM-DD
+    public var dbsChecks: Bool
+    public var businessContinuityPlan: Bool
+    public var dataProtectionCompliance: Bool  // DPA 2018 / UK GDPR
+    public var environmentalPolicy: Bool
+
+    public init(safeguardingPolicy: Bool, safeguardingLead: String, insuranceProvider: String, insuranceExpiresOn: String,
+                dbsChecks: Bool, businessContinuityPlan: Bool, dataProtectionCompliance: Bool, environmentalPolicy: Bool) {
+        self.safeguardingPolicy = safeguardingPolicy
+        self.safeguardingLead = safeguardingLead
+        self.insuranceProvider = insuranceProvider
+        self.insuranceExpiresOn = insuranceExpiresOn
+        self.dbsChecks = dbsChecks
+        self.businessContinuityPlan = businessContinuityPlan
+        self.dataProtectionCompliance = dataProtectionCompliance
+        self.environmentalPolicy = environmentalPolicy
+    }
+}
+
+public enum AdmissionStatus: String, Sendable, Codable, CaseIterable {
+    case pending, approved, rejected, suspended
+}
+
+public enum AdmissionDecision: String, Sendable, CaseIterable {
+    case approve, reject, suspend
+}
+
+public struct Admission: Sendable, Codable, Equatable {
+    public var authorityID: UUID
+    public var authorityName: String
+    public var supplierID: UUID
+    public var supplierName: String
+    public var status: AdmissionStatus
+    public var declarations: AdmissionDeclarations
+    public var decisionReason: String?
+    public var decidedAt: Date?
+    public var createdAt: Date
+    public var updatedAt: Date
+}
+
+/// A supplier's admission to an authority's framework: the supplier applies with declarations, the
+/// authority admin approves, rejects or suspends with a reason. Only approved suppliers see that
+/// authority's open projects in detail, ask questions and bid (enforced by RLS too).
+public struct AdmissionService: Sendable {
+    public let database: ScopedDatabase
+
+    public init(database: ScopedDatabase) {
+        self.database = database
+    }
+
+    static let selectSQL = """
+        SELECT a.authority_id, au.name, a.supplier_id, s.name, a.status::text, a.declarations::text, a.decision_reason,
+               a.decided_at, a.created_at, a.updated_at
+        FROM supplier_admission a JOIN authority au ON au.id = a.authority_id JOIN supplier s ON s.id = a.supplier_id
+        """
+
+    /// Applies (or re-applies after a rejection) to an authority, found by slug or id.
+    public func apply(_ scope: AccessScope, authority: String, _ declarations: AdmissionDeclarations) async throws -> Admission {
+        try scope.require(scope.supplierID != nil && scope.has(.supplierUser), "apply for admission")
+        let insuranceExpiry = try Self.validate(declarations)
+        return try await database.transaction(scope) { connection in
+            guard let authorityID = try await connection.query("""
+                SELECT id FROM authority WHERE slug = \(authority.lowercased()) OR id::text = \(authority.lowercased())
+                """).first?.decode(UUID.self, at: 0)
+            else { throw DomainError.invalid("authority", "is not an authority on this service") }
+            let existing = try await Self.fetch(connection, authorityID: authorityID, supplierID: scope.supplierID!, forUpdate: true)
+            if let existing {
+                guard existing.status == .rejected || existing.status == .pending else {
+                    throw DomainError.conflict("Your admission is \(existing.status.rawValue); it cannot be re-submitted.")
+                }
+                try await connection.query("""
+                    UPDATE supplier_admission SET status = 'pending', declarations = \(try Self.json(declarations))::jsonb,
+                        insurance_expires_on = \(insuranceExpiry)::date, decision_reason = NULL, decided_at = NULL
+                    WHERE authority_id = \(authorityID) AND supplier_id = app_supplier_id()
+                    """)
+            } else {
+                try await connection.query("""
+                    INSERT INTO supplier_admission (authority_id, supplier_id, declarations, insurance_expires_on)
+                    VALUES (\(authorityID), app_supplier_id(), \(try Self.json(declarations))::jsonb, \(insuranceExpiry)::date)
+                    """)
+            }
+            let after = try await Self.fetch(connection, authorityID: authorityID, supplierID: scope.supplierID!)!
+            try await AuditLog.record(connection, action: existing == nil ? "admission.apply" : "admission.reapply",
+                                      entityType: "admission", entityID: "\(authorityID.lowercased)/\(scope.supplierID!.lowercased)",
+                                      before: existing, after: after)
+            return after
+        }
+    }
+
+    /// A supplier's own admissions, or an authority's applications (staff), newest first.
+    public func list(_ scope: AccessScope, status: AdmissionStatus? = nil) async throws -> [Admission] {
+        try scope.require(scope.supplierID != nil || (scope.isStaff && scope.hasAny(.authorityAdmin, .auditor, .lim, .hosi)),
+                          "see admissions")
+        return try await database.transaction(scope, readOnly: true) { connection in
+            try await connection.query("""
+                \(unsafeSQL: Self.selectSQL)
+                WHERE (\(status?.rawValue)::text IS NULL OR a.status::text = \(status?.rawValue))
+                ORDER BY a.updated_at DESC, a.supplier_id
+                """).map(Self.decode)
+        }
+    }
+
+    /// The authority admin's decision: approve, reject or suspend, with a reason (required except to approve).
+    public func decide(_ scope: AccessScope, supplierID: UUID, decision: AdmissionDecision, reason: String?) async throws -> Admission {
+        try scope.require(scope.isStaff && scope.has(.authorityAdmin), "decide admissions")
+        var validator = Validator()
+        validator.text(reason, "reason", required: decision != .approve, max: 1000)
+        try validator.throwIfInvalid()
+        return try await database.transaction(scope) { connection in
+            guard let before = try await Self.fetch(connection, authorityID: scope.authorityID!, supplierID: supplierID, forUpdate: true) else {
+                throw DomainError.notFound("admission")
+            }
+            let next: AdmissionStatus
+            switch (decision, before.status) {
+            case (.approve, .pending), (.approve, .suspended): next = .approved
+            case (.reject, .pending): next = .rejected
+            case (.suspend, .approved): next = .suspended
+            default:
+                throw DomainError.conflict("An admission that is \(before.status.rawValue) cannot be given the decision \(decision.rawValue).")
+            }
+            try await connection.query("""
+                UPDATE supplier_admission SET status = \(next.rawValue)::admission_status, decision_reason = \(reason), decided_at = now()
+                WHERE authority_id = app_authority_id() AND supplier_id = \(supplierID)
+                """)
+            let after = try await Self.fetch(connection, authorityID: scope.authorityID!, supplierID: supplierID)!
+            try await AuditLog.record(connection, action: "admission.\(decision.rawValue)", entityType: "admission",
+                                      entityID: "\(scope.authorityID!.lowercased)/\(supplierID.lowercased)", before: before, after: after)
+            return after
+        }
+    }
+
+    /// Operator shortcut (demo data and tests): applies and approves in one go.
+    public func admit(authorityID: UUID, supplierID: UUID, declarations: AdmissionDeclarations, osUser: String = OperatorIdentity.osUser) async throws {
+        let expiry = try Self.validate(declarations)
+        try await database.transaction(.operatorScope(authorityID: authorityID, osUser: osUser)) { connection in
+            try await connection.query("""
+                INSERT INTO supplier_admission (authority_id, supplier_id, status, declarations, insurance_expires_on, decided_at, decision_reason)
+                VALUES (app_authority_id(), \(supplierID), 'approved', \(try Self.json(declarations))::jsonb, \(expiry)::date, now(), 'admitted by the operator')
+                """)
+            let after = try await Self.fetch(connection, authorityID: authorityID, supplierID: supplierID)!
+            try await AuditLog.record(connection, action: "admission.approve", entityType: "admission",
+                                      entityID: "\(authorityID.lowercased)/\(supplierID.lowercased)", before: nil, after: after)
+        }
+    }
+
+    static func fetch(_ connection: PGConnection, authorityID: UUID, supplierID: UUID, forUpdate: Bool = false) async throws -> Admission? {
+        try await connection.query("""
+            \(unsafeSQL: selectSQL) WHERE a.authority_id = \(authorityID) AND a.supplier_id = \(supplierID)
+            \(unsafeSQL: forUpdate ? "FOR UPDATE OF a" : "")
+            """).first.map(decode)
+    }
+
+    /// Returns the insurance expiry date text once validated.
+    static func validate(_ declarations: AdmissionDeclarations) throws -> String {
+        var validator = Validator()
+        validator.check(declarations.safeguardingPolicy, "declarations.safeguarding_policy", "a safeguarding policy is required")
+        validator.text(declarations.safeguardingLead, "declarations.safeguarding_lead", max: 200)
+        validator.text(declarations.insuranceProvider, "declarations.insurance_provider", max: 200)
+        let expiry = CalendarDate.parse(declarations.insuranceExpiresOn)
+        validator.check(expiry != nil, "declarations.insurance_expires_on", "must be a date (YYYY-MM-DD)")
+        if let expiry { validator.check(expiry > Date(), "declarations.insurance_expires_on", "insurance must not have expired") }
+        validator.check(declarations.dbsChecks, "declarations.dbs_checks", "DBS checks are required")
+        validator.check(declarations.businessContinuityPlan, "declarations.business_continuity_plan", "a business continuity plan is required")
+        validator.check(declarations.dataProtectionCompliance, "declarations.data_protection_compliance",
+                        "compliance with the DPA 2018 and UK GDPR is required")
+        validator.check(declarations.environmentalPolicy, "declarations.environmental_policy", "an environmental policy is required")
+        try validator.throwIfInvalid()
+        return declarations.insuranceExpiresOn
+    }
+
+    static func json(_ value: some Encodable) throws -> String {
+        String(decoding: try AuditLog.auditEncoder.encode(value), as: UTF8.self)
+    }
+
+    static func decode(_ row: PGRow) throws -> Admission {
+        let (authorityID, authorityName, supplierID, supplierName, status, declarations, reason, decidedAt, createdAt, updatedAt) =
+            try row.decode(UUID.self, String.self, UUID.self, String.self, String.self, String.self, String?.self, Date?.self,
+                           Date.self, Date.self)
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return Admission(
+            authorityID: authorityID, authorityName: authorityName, supplierID: supplierID, supplierName: supplierName,
+            status: AdmissionStatus(rawValue: status) ?? .pending,
+            declarations: try decoder.decode(AdmissionDeclarations.self, from: Data(declarations.utf8)),
+            decisionReason: reason, decidedAt: decidedAt, createdAt: createdAt, updatedAt: updatedAt)
+    }
+}
+
+/// Calendar dates (`YYYY-MM-DD`) as UTC midnights.
+public enum CalendarDate {
+    public static func parse(_ text: String) -> Date? {
+        guard text.range(of: #"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"#, options: .regularExpression) != nil else { return nil }
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = .gmt
+        let parts = text.split(separator: "-").compactMap { Int($0) }
+        let components = DateComponents(year: parts[0], month: parts[1], day: parts[2])
+        guard components.isValidDate(in: calendar), let date = calendar.date(from: components) else { return nil }
+        return date
+    }
+
+    public static func format(_ date: Date) -> String {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = .gmt
+        let parts = calendar.dateComponents([.year, .month, .day], from: date)
+        return String(format: "%04d-%02d-%02d", parts.year ?? 0, parts.month ?? 0, parts.day ?? 0)
+    }
+}

@@ -1,0 +1,417 @@
+import Crypto
+public import Foundation
+import LocalityPostgres
+
+public enum KPIUnit: String, Sendable, Codable, CaseIterable { case count, percentage, score }
+public enum ReportingFrequency: String, Sendable, Codable, CaseIterable { case monthly, termly, annual }
+
+/// A KPI a bidder proposes (aggregate figures only: never data about individual children).
+public struct ProposedKPI: Sendable, Codable, Equatable {
+    public var title: String
+    public var measure: String
+    public var unit: KPIUnit
+    public var baseline: Double
+    public var target: Double
+    public var targetDate: String
+    public var frequency: ReportingFrequency
+    public var evidenceSource: String
+
+    public init(title: String, measure: String, unit: KPIUnit, baseline: Double, target: Double, targetDate: String,
+                frequency: ReportingFrequency, evidenceSource: String) {
+        self.title = title
+        self.measure = measure
+        self.unit = unit
+        self.baseline = baseline
+        self.target = target
+        self.targetDate = targetDate
+        self.frequency = frequency
+        self.evidenceSource = evidenceSource
+    }
+}
+
+/// A social-value commitment: a measure of the authority's catalogue, a quantity, and the proxy value
+/// computed from the catalogue (never taken from the bidder).
+public struct SocialValueCommitment: Sendable, Codable, Equatable {
+    public var measureCode: String
+    public var measureName: String
+    public var unit: String
+    public var quantity: Double
+    public var proxyValuePence: Int
+}
+
+public struct BidDeclarations: Sendable, Codable, Equatable {
+    public var acceptsTerms: Bool
+    public var informationAccurate: Bool
+    /// Empty when the bidder has no conflict of interest to declare.
+    public var conflictsOfInterest: String
+
+    public init(acceptsTerms: Bool, informationAccurate: Bool, conflictsOfInterest: String) {
+        self.acceptsTerms = acceptsTerms
+        self.informationAccurate = informationAccurate
+        self.conflictsOfInterest = conflictsOfInterest
+    }
+}
+
+public enum BidStatus: String, Sendable, Codable, CaseIterable {
+    case draft, submitted, withdrawn, shortlisted, unsuccessful, awarded
+}
+
+public struct Bid: Sendable, Codable, Equatable {
+    public var id: UUID
+    public var authorityID: UUID
+    public var projectID: UUID
+    public var supplierID: UUID
+    public var supplierName: String
+    public var status: BidStatus
+    public var pricePence: Int?
+    public var approach: String
+    public var outputs: String
+    public var kpis: [ProposedKPI]
+    public var socialValue: [SocialValueCommitment]
+    public var declarations: BidDeclarations?
+    public var submittedAt: Date?
+    public var receiptSHA256: String?
+    public var version: Int
+    public var createdAt: Date
+    public var updatedAt: Date
+}
+
+public struct BidContent: Sendable {
+    public struct Commitment: Sendable {
+        public var measureCode: String
+        public var quantity: Double
+
+        public init(measureCode: String, quantity: Double) {
+            self.measureCode = measureCode
+            self.quantity = quantity
+        }
+    }
+
+    public var pricePence: Int?
+    public var approach: String?
+    public var outputs: String?
+    public var kpis: [ProposedKPI]?
+    public var socialValue: [Commitment]?
+    public var declarations: BidDeclarations?
+
+    public init(pricePence: Int? = nil, approach: String? = nil, outputs: String? = nil, kpis: [ProposedKPI]? = nil,
+                socialValue: [Commitment]? = nil, declarations: BidDeclarations? = nil) {
+        self.pricePence = pricePence
+        self.approach = approach
+        self.outputs = outputs
+        self.kpis = kpis
+        self.socialValue = socialValue
+        self.declarations = declarations
+    }
+}
+
+public struct BidReceipt: Sendable, Equatable {
+    public var bidID: UUID
+    public var submittedAt: Date
+    /// SHA-256 (hex) of the canonical bid content: the bidder can later prove what it submitted.
+    public var sha256: String
+}
+
+/// Sealed bids. A supplier keeps one bid per project: draft → submitted → withdrawn → (revised) →
+/// submitted again, all before the deadline by the database clock; after it nothing changes. Until the
+/// deadline no one but the bidder sees anything of a project's bids (service and RLS); the changes are
+/// audited in the supplier's own chain so that the authority's audit log cannot reveal them either.
+public struct BidService: Sendable {
+    public let database: ScopedDatabase
+
+    public init(database: ScopedDatabase) {
+        self.database = database
+    }
+
+    static let selectSQL = """
+        SELECT b.id, b.authority_id, b.project_id, b.supplier_id, s.name, b.status::text, b.price_pence, b.approach, b.outputs,
+               b.kpis::text, b.social_value::text, b.declarations::text, b.submitted_at, encode(b.receipt_sha256, 'hex'),
+               b.version, b.created_at, b.updated_at
+        FROM bid b JOIN supplier s ON s.id = b.supplier_id
+        """
+
+    public func create(_ scope: AccessScope, projectID: UUID, _ content: BidContent) async throws -> Bid {
+        try scope.require(scope.has(.supplierUser) && scope.supplierID != nil, "bid")
+        return try await database.transaction(scope) { connection in
+            let project = try await ProjectService.fetch(connection, id: projectID)   // 404 unless admitted
+            try await Self.requireAcceptingBids(connection, project)
+            let existing = try await connection.query("""
+                SELECT id FROM bid WHERE project_id = \(projectID) AND supplier_id = app_supplier_id()
+                """).first?.decode(UUID.self, at: 0)
+            if let existing { throw DomainError.conflict("You already have a bid on this project (\(existing.lowercased)); edit that one.") }
+            let fields = try await Self.resolve(connection, content, project: project, submitting: false)
+            let id: UUID
+            do {
+                id = try await connection.query("""
+                    INSERT INTO bid (authority_id, project_id, supplier_id, price_pence, approach, outputs, kpis, social_value, declarations)
+                    VALUES (\(project.authorityID), \(projectID), app_supplier_id(), \(fields.price), \(fields.approach), \(fields.outputs),
+                            \(fields.kpis)::jsonb, \(fields.socialValue)::jsonb, \(fields.declarations)::jsonb)
+                    RETURNING id
+                    """).first!.decode(UUID.self, at: 0)
+            } catch let error as PGError where error.isUniqueViolation {
+                throw DomainError.conflict("You already have a bid on this project; edit that one.")
+            }
+            let bid = try await Self.fetch(connection, id: id)
+            try await AuditLog.record(connection, action: "bid.create", entityType: "bid", entityID: id.lowercased, before: nil,
+                                      after: AuditedBid(bid))
+            return bid
+        }
+    }
+
+    public func update(_ scope: AccessScope, id: UUID, _ content: BidContent) async throws -> Bid {
+        try scope.require(scope.has(.supplierUser) && scope.supplierID != nil, "edit bids")
+        return try await database.transaction(scope) { connection in
+            let before = try await Self.fetch(connection, id: id, forUpdate: true)
+            guard before.supplierID == scope.supplierID else { throw DomainError.notFound("bid") }
+            let project = try await ProjectService.fetch(connection, id: before.projectID)
+            try await Self.requireAcceptingBids(connection, project)
+            guard before.status == .draft || before.status == .withdrawn else {
+                throw DomainError.conflict("A submitted bid cannot be edited; withdraw it, revise it and submit it again.")
+            }
+            var merged = content
+            merged.pricePence = content.pricePence ?? before.pricePence
+            merged.approach = content.approach ?? before.approach
+            merged.outputs = content.outputs ?? before.outputs
+            merged.kpis = content.kpis ?? before.kpis
+            merged.socialValue = content.socialValue ?? before.socialValue.map { .init(measureCode: $0.measureCode, quantity: $0.quantity) }
+            merged.declarations = content.declarations ?? before.declarations
+            let fields = try await Self.resolve(connection, merged, project: project, submitting: false)
+            try await connection.query("""
+                UPDATE bid SET price_pence = \(fields.price), approach = \(fields.approach), outputs = \(fields.outputs),
+                    kpis = \(fields.kpis)::jsonb, social_value = \(fields.socialValue)::jsonb, declarations = \(fields.declarations)::jsonb,
+                    version = version + 1
+                WHERE id = \(id)
+                """)
+            let after = try await Self.fetch(connection, id: id)
+            try await AuditLog.record(connection, action: "bid.update", entityType: "bid", entityID: id.lowercased,
+                                      before: AuditedBid(before), after: AuditedBid(after))
+            return after
+        }
+    }
+
+    /// Submits (or resubmits a withdrawn bid): complete content, before the deadline by the database clock.
+    public func submit(_ scope: AccessScope, id: UUID) async throws -> (Bid, BidReceipt) {
+        try scope.require(scope.has(.supplierUser) && scope.supplierID != nil, "submit bids")
+        return try await database.transaction(scope) { connection in
+            let before = try await Self.fetch(connection, id: id, forUpdate: true)
+            guard before.supplierID == scope.supplierID else { throw DomainError.notFound("bid") }
+            let project = try await ProjectService.fetch(connection, id: before.projectID)
+            try await Self.requireAcceptingBids(connection, project)
+            guard before.status == .draft || before.status == .withdrawn else {
+                throw DomainError.conflict("The bid is already \(before.status.rawValue).")
+            }
+            let content = BidContent(
+                pricePence: before.pricePence, approach: before.approach, outputs: before.outputs, kpis: before.kpis,
+                socialValue: before.socialValue.map { .init(measureCode: $0.measureCode, quantity: $0.quantity) },
+                declarations: before.declarations)
+            _ = try await Self.resolve(connection, content, project: project, submitting: true)
+            let submittedAt = try await connection.query("SELECT statement_timestamp()").first!.decode(Date.self, at: 0)
+            var submitted = before
+            submitted.submittedAt = submittedAt
+            let digest = Self.receiptDigest(submitted)
+            let changed = try await connection.query("""
+                UPDATE bid SET status = 'submitted', submitted_at = \(submittedAt), receipt_sha256 = decode(\(digest), 'hex'),
+                    version = version + 1
+                WHERE id = \(id)
+                """).affectedRows
+            // Row-level security refuses the write too if the deadline passed meanwhile.
+            guard changed == 1 else { throw DomainError.conflict("The bid deadline has passed; nothing was changed.") }
+            let after = try await Self.fetch(connection, id: id)
+            try await AuditLog.record(connection, action: before.status == .withdrawn ? "bid.resubmit" : "bid.submit",
+                                      entityType: "bid", entityID: id.lowercased, before: AuditedBid(before), after: AuditedBid(after))
+            return (after, BidReceipt(bidID: id, submittedAt: submittedAt, sha256: digest))
+        }
+    }
+
+    public func withdraw(_ scope: AccessScope, id: UUID) async throws -> Bid {
+        try scope.require(scope.has(.supplierUser) && scope.supplierID != nil, "withdraw bids")
+        return try await database.transaction(scope) { connection in
+            let before = try await Self.fetch(connection, id: id, forUpdate: true)
+            guard before.supplierID == scope.supplierID else { throw DomainError.notFound("bid") }
+            let project = try await ProjectService.fetch(connection, id: before.projectID)
+            try await Self.requireAcceptingBids(connection, project)
+            guard before.status == .submitted else { throw DomainError.conflict("Only a submitted bid can be withdrawn.") }
+            let changed = try await connection.query("""
+                UPDATE bid SET status = 'withdrawn', version = version + 1 WHERE id = \(id)
+                """).affectedRows
+            guard changed == 1 else { throw DomainError.conflict("The bid deadline has passed; nothing was changed.") }
+            let after = try await Self.fetch(connection, id: id)
+            try await AuditLog.record(connection, action: "bid.withdraw", entityType: "bid", entityID: id.lowercased,
+                                      before: AuditedBid(before), after: AuditedBid(after))
+            return after
+        }
+    }
+
+    public func get(_ scope: AccessScope, id: UUID) async throws -> Bid {
+        try scope.require(scope.isStaff || scope.has(.supplierUser), "see bids")
+        return try await database.transaction(scope, readOnly: true) { connection in
+            try await Self.fetch(connection, id: id)   // RLS: the bidder's own, or staff after the deadline
+        }
+    }
+
+    /// A project's bids as the caller may see them: a supplier its own; the board's LIMs and the auditor
+    /// the submitted ones after the deadline; anyone else, and everyone before the deadline, none — the
+    /// answer is the same empty list, so it reveals nothing.
+    public func list(_ scope: AccessScope, projectID: UUID) async throws -> [Bid] {
+        try scope.require(scope.isStaff || scope.has(.supplierUser), "see bids")
+        return try await database.transaction(scope, readOnly: true) { connection in
+            _ = try await ProjectService.fetch(connection, id: projectID)
+            return try await connection.query("""
+                \(unsafeSQL: Self.selectSQL) WHERE b.project_id = \(projectID) ORDER BY b.submitted_at NULLS LAST, b.id
+                """).map(Self.decode)
+        }
+    }
+
+    // MARK: Helpers
+
+    static func requireAcceptingBids(_ connection: PGConnection, _ project: Project) async throws {
+        let accepting = try await connection.query("""
+            SELECT project_accepting_bids(\(project.authorityID), \(project.id))
+            """).first!.decode(Bool.self, at: 0)
+        guard accepting else {
+            throw DomainError.conflict(project.status == .open || project.status == .closed
+                ? "The bid deadline has passed; nothing was changed." : "The project is \(project.status.rawValue) and not accepting bids.")
+        }
+    }
+
+    struct ResolvedFields {
+        var price: Int?
+        var approach: String
+        var outputs: String
+        var kpis: String
+        var socialValue: String
+        var declarations: String
+    }
+
+    /// Validates content (field-level errors) and prices social value from the authority's catalogue.
+    static func resolve(_ connection: PGConnection, _ content: BidContent, project: Project, submitting: Bool) async throws -> ResolvedFields {
+        var validator = Validator()
+        if let price = content.pricePence {
+            validator.check(price > 0, "price_pence", "must be a positive number of pence")
+            if let maximum = project.maxValuePence {
+                validator.check(price <= maximum, "price_pence", "must not exceed the project's maximum value (\(maximum) pence)")
+            }
+        } else if submitting {
+            validator.check(false, "price_pence", "is required to submit")
+        }
+        validator.text(content.approach, "approach", required: submitting, max: 50_000)
+        validator.text(content.outputs, "outputs", required: false, max: 20_000)
+        let kpis = content.kpis ?? []
+        if submitting { validator.check(!kpis.isEmpty, "kpis", "propose at least one KPI") }
+        validator.check(kpis.count <= 50, "kpis", "at most 50 KPIs")
+        for (index, kpi) in kpis.enumerated() {
+            let field = "kpis[\(index)]"
+            validator.text(kpi.title, "\(field).title", max: 200)
+            validator.text(kpi.measure, "\(field).measure", max: 1000)
+            validator.text(kpi.evidenceSource, "\(field).evidence_source", max: 1000)
+            validator.check(kpi.baseline.isFinite && kpi.target.isFinite, field, "baseline and target must be numbers")
+            if kpi.unit == .percentage {
+                validator.check((0...100).contains(kpi.baseline) && (0...100).contains(kpi.target), field,
+                                "percentages must be between 0 and 100")
+            }
+            validator.check(CalendarDate.parse(kpi.targetDate) != nil, "\(field).target_date", "must be a date (YYYY-MM-DD)")
+        }
+        let commitments = content.socialValue ?? []
+        var priced: [SocialValueCommitment] = []
+        for (index, commitment) in commitments.enumerated() {
+            let field = "social_value[\(index)]"
+            validator.check(commitment.quantity.isFinite && commitment.quantity > 0 && commitment.quantity <= 1_000_000_000,
+                            "\(field).quantity", "must be a positive number")
+            let measure = try await connection.query("""
+                SELECT name, unit, proxy_value_pence FROM social_value_measure
+                WHERE authority_id = \(project.authorityID) AND code = \(commitment.measureCode) AND retired_at IS NULL
+                """).first.map { try $0.decode(String.self, String.self, Int.self) }
+            guard let measure else {
+                validator.check(false, "\(field).measure_code", "is not a social-value measure of this authority")
+                continue
+            }
+            // Exact decimal arithmetic: quantity × proxy value, rounded half up to the penny.
+            let quantity = Decimal(string: String(commitment.quantity)) ?? 0
+            var product = quantity * Decimal(measure.2)
+            var rounded = Decimal()
+            NSDecimalRound(&rounded, &product, 0, .plain)
+            priced.append(SocialValueCommitment(measureCode: commitment.measureCode, measureName: measure.0, unit: measure.1,
+                                                quantity: commitment.quantity, proxyValuePence: NSDecimalNumber(decimal: rounded).intValue))
+        }
+        if let declarations = content.declarations {
+            validator.text(declarations.conflictsOfInterest, "declarations.conflicts_of_interest", required: false, max: 2000)
+            if submitting {
+                validator.check(declarations.acceptsTerms, "declarations.accepts_terms", "must be accepted to submit")
+                validator.check(declarations.informationAccurate, "declarations.information_accurate", "must be confirmed to submit")
+            }
+        } else if submitting {
+            validator.check(false, "declarations", "are required to submit")
+        }
+        try validator.throwIfInvalid()
+        return ResolvedFields(
+            price: content.pricePence, approach: content.approach ?? "", outputs: content.outputs ?? "",
+            kpis: try ProjectService.json(kpis), socialValue: try ProjectService.json(priced),
+            declarations: try ProjectService.json(content.declarations.map { $0 } ?? BidDeclarations(acceptsTerms: false, informationAccurate: false, conflictsOfInterest: "")))
+    }
+
+    /// SHA-256 over the canonical content: sorted-key JSON of what was submitted and when.
+    static func receiptDigest(_ bid: Bid) -> String {
+        struct Canonical: Encodable {
+            var bidID: String
+            var projectID: String
+            var supplierID: String
+            var pricePence: Int?
+            var approach: String
+            var outputs: String
+            var kpis: [ProposedKPI]
+            var socialValue: [SocialValueCommitment]
+            var declarations: BidDeclarations?
+            var submittedAt: String
+        }
+        let canonical = Canonical(
+            bidID: bid.id.lowercased, projectID: bid.projectID.lowercased, supplierID: bid.supplierID.lowercased,
+            pricePence: bid.pricePence, approach: bid.approach, outputs: bid.outputs, kpis: bid.kpis, socialValue: bid.socialValue,
+            declarations: bid.declarations, submittedAt: PGDateFormat.string(bid.submittedAt ?? Date()))
+        let data = (try? AuditLog.auditEncoder.encode(canonical)) ?? Data()
+        return SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+    }
+
+    static func fetch(_ connection: PGConnection, id: UUID, forUpdate: Bool = false) async throws -> Bid {
+        let rows = try await connection.query("""
+            \(unsafeSQL: selectSQL) WHERE b.id = \(id) \(unsafeSQL: forUpdate ? "FOR UPDATE OF b" : "")
+            """)
+        guard let row = rows.first else { throw DomainError.notFound("bid") }
+        return try decode(row)
+    }
+
+    static func decode(_ row: PGRow) throws -> Bid {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        let declarationsText = try row.decode(String.self, at: 11)
+        return Bid(
+            id: try row.decode(UUID.self, at: 0), authorityID: try row.decode(UUID.self, at: 1), projectID: try row.decode(UUID.self, at: 2),
+            supplierID: try row.decode(UUID.self, at: 3), supplierName: try row.decode(String.self, at: 4),
+            status: BidStatus(rawValue: try row.decode(String.self, at: 5)) ?? .draft, pricePence: try row.decode(Int?.self, at: 6),
+            approach: try row.decode(String.self, at: 7), outputs: try row.decode(String.self, at: 8),
+            kpis: try decoder.decode([ProposedKPI].self, from: Data(try row.decode(String.self, at: 9).utf8)),
+            socialValue: try decoder.decode([SocialValueCommitment].self, from: Data(try row.decode(String.self, at: 10).utf8)),
+            declarations: declarationsText == "{}" ? nil : try decoder.decode(BidDeclarations.self, from: Data(declarationsText.utf8)),
+            submittedAt: try row.decode(Date?.self, at: 12), receiptSHA256: try row.decode(String?.self, at: 13),
+            version: try row.decode(Int.self, at: 14), createdAt: try row.decode(Date.self, at: 15), updatedAt: try row.decode(Date.self, at: 16))
+    }
+}
+
+/// What the audit chain keeps of a bid: its state and its receipt, not its content (prices and
+/// approaches stay in the bid, whose access is sealed).
+struct AuditedBid: Encodable, Sendable {
+    var id: UUID
+    var projectID: UUID
+    var status: BidStatus
+    var version: Int
+    var submittedAt: Date?
+    var receiptSHA256: String?
+
+    init(_ bid: Bid) {
+        id = bid.id
+        projectID = bid.projectID
+        status = bid.status
+        version = bid.version
+        submittedAt = bid.submittedAt
+        receiptSHA256 = bid.receiptSHA256
+    }
+}
