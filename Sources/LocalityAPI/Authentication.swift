@@ -23,8 +23,10 @@ struct AuthenticationMiddleware<Context: RequestContext>: RouterMiddleware {
     let routes: RouteTable
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        // Unknown routes and wrong methods fall through to their 404 / 405.
-        guard request.uri.path.hasPrefix("/v1/"), routes.methods(forPath: request.uri.path).contains(request.method) else {
+        // Unknown routes and wrong methods fall through to their 404 / 405; public operations need no token.
+        guard request.uri.path.hasPrefix("/v1/"), routes.methods(forPath: request.uri.path).contains(request.method),
+            !publicOperations.contains(where: { $0.method == request.method && $0.path == request.uri.path })
+        else {
             return try await next(request, context)
         }
         guard let header = request.headers[.authorization] else {
@@ -51,6 +53,9 @@ struct AuthenticationMiddleware<Context: RequestContext>: RouterMiddleware {
         return token.isEmpty ? nil : token
     }
 }
+
+/// The `/v1` operations the OpenAPI document marks `security: []`.
+let publicOperations: [(method: HTTPRequest.Method, path: String)] = [(.post, "/v1/supplier-registrations")]
 
 /// Authenticated answers (and their problems) must not be cached by browsers or proxies.
 struct NoStoreMiddleware<Context: RequestContext>: RouterMiddleware {

@@ -18,14 +18,15 @@ struct LedgerAndAuditTests {
         configuration.poolSize = 8
         configuration.acquireTimeout = .seconds(30)
         let app = try await buildApplication(configuration)
-        let board = lower(world.a.boards[0].id)
-        let allocated = 10_000_000   // fixture allocation for boards[0]
+        // boards[1]: no projects have earmarked anything there.
+        let board = lower(world.a.boards[1].id)
+        let allocated = 10_000_001   // fixture allocation for boards[1]
         let earmark = 150_000
         try await app.test(.live) { client in
             let statuses = try await withThrowingTaskGroup(of: (Int, String).self) { group in
                 for index in 0..<100 {
                     group.addTask {
-                        let response = try await client.call(.post, "/v1/boards/\(board)/ledger", token: world.token(.lim, of: world.a), body: [
+                        let response = try await client.call(.post, "/v1/boards/\(board)/ledger", token: world.token(.authorityAdmin, of: world.a), body: [
                             "financial_year": "2025-26", "funding_stream": "locality", "kind": "earmark",
                             "amount_pence": earmark, "reference": "race:\(index)", "reason": "race",
                         ])
@@ -66,7 +67,7 @@ struct LedgerAndAuditTests {
     @Test func releasesCannotExceedEarmarksAndBadEntriesAreRefusedWithFieldErrors() async throws {
         let world = try await World.make()
         let app = try await buildApplication(testConfiguration(world.database))
-        let path = "/v1/boards/\(lower(world.a.boards[0].id))/ledger"
+        let path = "/v1/boards/\(lower(world.a.boards[1].id))/ledger"
         let admin = world.token(.authorityAdmin, of: world.a)
         try await app.test(.live) { client in
             let release = try await client.call(.post, path, token: admin, body: [
@@ -148,7 +149,7 @@ struct LedgerAndAuditTests {
         }
         try await world.database.withPool(conninfo: world.database.ownerConninfo) { pool in
             let reports = try await AuditService(database: ScopedDatabase(pool: pool)).verify()
-            #expect(reports.count == 3)   // A, B and the supplier
+            #expect(reports.count == 5)   // A, B and the three suppliers
             #expect(reports.allSatisfy { $0.isIntact }, "\(reports)")
         }
     }

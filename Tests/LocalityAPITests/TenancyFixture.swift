@@ -26,8 +26,16 @@ struct World: Sendable {
     let database: TestDatabase
     let a: TenantFixture
     let b: TenantFixture
+    /// Admitted to A (not B).
     let supplierToken: String
     let supplierUserID: UUID
+    let supplierID: UUID
+    /// Applied to A, pending.
+    let applicantToken: String
+    let applicantID: UUID
+    /// Registered, admitted nowhere.
+    let outsiderToken: String
+    let market: MarketFixture
 
     static let year = "2025-26"
 
@@ -37,17 +45,36 @@ struct World: Sendable {
             let scoped = ScopedDatabase(pool: pool)
             let a = try await tenant(scoped, slug: "alpha", name: "Alpha Council")
             let b = try await tenant(scoped, slug: "beta", name: "Beta Council")
-            let (supplier, supplierUser) = try await SupplierService(database: scoped).createWithUser(
-                name: "Supplier Ltd", userEmail: "bids@supplier.example", userName: "Supplier User", osUser: "test")
-            let issued = try await TokenService(database: scoped).issue(
-                .operatorScope(supplierID: supplier.id, osUser: "test"), userID: supplierUser.id, label: "test", expiresAt: nil)
-            return World(database: database, a: a, b: b, supplierToken: issued.secret, supplierUserID: supplierUser.id)
+            let (supplier, supplierUser, supplierToken) = try await supplierWithToken(scoped, name: "Supplier Ltd", email: "bids@supplier.example")
+            let (applicant, _, applicantToken) = try await supplierWithToken(scoped, name: "Applicant Ltd", email: "bids@applicant.example")
+            let (_, _, outsiderToken) = try await supplierWithToken(scoped, name: "Outsider Ltd", email: "bids@outsider.example")
+            let admissions = AdmissionService(database: scoped)
+            try await admissions.admit(authorityID: a.authority.id, supplierID: supplier.id, declarations: goodDeclarations, osUser: "test")
+            let applicantScope = AccessScope(authorityID: nil, supplierID: applicant.id, userID: nil, roles: [.supplierUser], boardIDs: [], actor: "test")
+            _ = try await admissions.apply(applicantScope, authority: "alpha", goodDeclarations)
+            let market = try await MarketFixture.make(database: database, scoped: scoped, a: a, supplierID: supplier.id)
+            return World(database: database, a: a, b: b, supplierToken: supplierToken, supplierUserID: supplierUser.id,
+                         supplierID: supplier.id, applicantToken: applicantToken, applicantID: applicant.id,
+                         outsiderToken: outsiderToken, market: market)
         }
+    }
+
+    static let goodDeclarations = AdmissionDeclarations(
+        safeguardingPolicy: true, safeguardingLead: "S. Lead", insuranceProvider: "Mutual", insuranceExpiresOn: "2099-01-01",
+        dbsChecks: true, businessContinuityPlan: true, dataProtectionCompliance: true, environmentalPolicy: true)
+
+    static func supplierWithToken(_ database: ScopedDatabase, name: String, email: String) async throws -> (Supplier, User, String) {
+        let (supplier, user) = try await SupplierService(database: database).createWithUser(
+            name: name, userEmail: email, userName: "\(name) user", osUser: "test")
+        let issued = try await TokenService(database: database).issue(
+            .operatorScope(supplierID: supplier.id, osUser: "test"), userID: user.id, label: "test", expiresAt: nil)
+        return (supplier, user, issued.secret)
     }
 
     static func tenant(_ database: ScopedDatabase, slug: String, name: String) async throws -> TenantFixture {
         let authority = try await AuthorityService(database: database).create(slug: slug, name: name, osUser: "test")
         let scope = AccessScope.operatorScope(authorityID: authority.id, osUser: "test")
+        try await CatalogueService(database: database).seedDefaults(scope)
         let boardService = BoardService(database: database)
         let budgets = BudgetService(database: database)
         var boards: [Board] = []
@@ -76,9 +103,10 @@ struct World: Sendable {
         return TenantFixture(authority: authority, boards: boards, users: users, tokens: tokens, spareTokenID: spare.token.id, spareToken: spare.secret)
     }
 
-    /// Every caller of the test world: authority A's and B's staff and the supplier user.
+    /// A role's token: A's or B's staff; for suppliers, the one admitted to A, or (for B) one admitted nowhere.
     func token(_ role: Role, of tenant: TenantFixture) -> String {
-        role == .supplierUser ? supplierToken : tenant.tokens[role]!
+        guard role == .supplierUser else { return tenant.tokens[role]! }
+        return tenant.authority.id == a.authority.id ? supplierToken : outsiderToken
     }
 }
 
@@ -106,3 +134,104 @@ extension TestResponse {
 }
 
 func lower(_ id: UUID) -> String { id.uuidString.lowercased() }
+
+/// Authority A's marketplace: projects in each state, and the admitted supplier's bids on them.
+struct MarketFixture: Sendable {
+    let theme: UUID
+    let spareTheme: UUID
+    /// Open, supplier has a draft bid (`draftBid`).
+    let openWithDraft: UUID
+    let draftBid: UUID
+    /// Open, supplier has a complete, unsubmitted bid (`completeBid`).
+    let openWithComplete: UUID
+    let completeBid: UUID
+    /// Open, supplier has a submitted bid (`submittedBid`).
+    let openWithSubmitted: UUID
+    let submittedBid: UUID
+    /// Open, no bids.
+    let openEmpty: UUID
+    /// Open, to be cancelled.
+    let openToCancel: UUID
+    /// Deadline passed, with the supplier's submitted bid (`closedBid`).
+    let closedWithBid: UUID
+    let closedBid: UUID
+    /// Deadline passed, no bids.
+    let closedEmpty: UUID
+    /// Drafts: to edit, to delete, complete and ready to publish.
+    let draft: UUID
+    let draftToDelete: UUID
+    let draftComplete: UUID
+    /// A question asked on `openWithDraft`, unanswered.
+    let question: UUID
+
+    static let evaluation = EvaluationModel(
+        priceWeight: 40, qualityWeight: 45, socialValueWeight: 15,
+        qualityCriteria: [.init(name: "Approach", weight: 30), .init(name: "Outcomes", weight: 15)],
+        socialValueCriteria: [.init(name: "Local benefit", weight: 15)])
+
+    static func fields(theme: UUID, title: String, deadline: Date = Date() + 14 * 86_400) -> ProjectFields {
+        ProjectFields(
+            themeID: theme, fundingStream: "locality", financialYear: "2025-26", title: title,
+            description: "Training for school staff on autism-friendly classrooms across the locality.",
+            outcomesSought: "More pupils with autism attending full time.", schoolURNs: ["121234"], maxValuePence: 100_000,
+            bidDeadline: deadline, plannedStart: CalendarDate.format(deadline + 30 * 86_400),
+            plannedEnd: CalendarDate.format(deadline + 300 * 86_400), contractManager: "Casey Manager", evaluation: evaluation)
+    }
+
+    static let completeContent = BidContent(
+        pricePence: 90_000, approach: "Twilight sessions in every school.", outputs: "Twelve sessions.",
+        kpis: [ProposedKPI(title: "Staff trained", measure: "Staff completing the course", unit: .count, baseline: 0, target: 120,
+                           targetDate: "2026-07-31", frequency: .termly, evidenceSource: "Attendance registers")],
+        socialValue: [.init(measureCode: "NT13", quantity: 2.5)],
+        declarations: BidDeclarations(acceptsTerms: true, informationAccurate: true, conflictsOfInterest: ""))
+
+    static func make(database: TestDatabase, scoped: ScopedDatabase, a: TenantFixture, supplierID: UUID) async throws -> MarketFixture {
+        let lim = AccessScope(authorityID: a.authority.id, userID: a.users[.lim]!.id, roles: [.lim], boardIDs: [a.boards[0].id],
+                              actor: "user:\(lower(a.users[.lim]!.id))")
+        let supplier = AccessScope(authorityID: nil, supplierID: supplierID, userID: nil, roles: [.supplierUser], boardIDs: [], actor: "test")
+        let catalogue = CatalogueService(database: scoped)
+        let themes = try await catalogue.themes(.operatorScope(authorityID: a.authority.id, osUser: "test"))
+        let theme = themes[0].id
+        let spare = try await catalogue.createTheme(.operatorScope(authorityID: a.authority.id, osUser: "test"), category: .send,
+                                                    name: "Spare theme", description: "", exampleOutcomes: "")
+        let projects = ProjectService(database: scoped)
+        let bids = BidService(database: scoped)
+        func published(_ title: String) async throws -> UUID {
+            let project = try await projects.create(lim, boardID: a.boards[0].id, fields(theme: theme, title: title))
+            let opened = try await projects.publish(lim, id: project.id)
+            return opened.id
+        }
+        let openWithDraft = try await published("Open with draft bid")
+        let draftBid = try await bids.create(supplier, projectID: openWithDraft, BidContent(pricePence: 50_000, approach: "Draft"))
+        let openWithComplete = try await published("Open with complete bid")
+        let completeBid = try await bids.create(supplier, projectID: openWithComplete, completeContent)
+        let openWithSubmitted = try await published("Open with submitted bid")
+        let submittedBid = try await bids.create(supplier, projectID: openWithSubmitted, completeContent)
+        _ = try await bids.submit(supplier, id: submittedBid.id)
+        let openEmpty = try await published("Open without bids")
+        let openToCancel = try await published("Open to cancel")
+        let closedWithBid = try await published("Closed with bid")
+        let closedBid = try await bids.create(supplier, projectID: closedWithBid, completeContent)
+        _ = try await bids.submit(supplier, id: closedBid.id)
+        let closedEmpty = try await published("Closed without bids")
+        try await setDeadline(database, projects: [closedWithBid, closedEmpty], "now() - interval '1 hour'")
+        let draft = try await projects.create(lim, boardID: a.boards[0].id, ProjectFields(title: "Draft to edit"))
+        let draftToDelete = try await projects.create(lim, boardID: a.boards[0].id, ProjectFields(title: "Draft to delete"))
+        let draftComplete = try await projects.create(lim, boardID: a.boards[0].id, fields(theme: theme, title: "Draft ready to publish"))
+        let question = try await ClarificationService(database: scoped).ask(supplier, projectID: openWithDraft, question: "Is travel paid?")
+        return MarketFixture(
+            theme: theme, spareTheme: spare.id, openWithDraft: openWithDraft, draftBid: draftBid.id, openWithComplete: openWithComplete,
+            completeBid: completeBid.id, openWithSubmitted: openWithSubmitted, submittedBid: submittedBid.id, openEmpty: openEmpty,
+            openToCancel: openToCancel, closedWithBid: closedWithBid, closedBid: closedBid.id, closedEmpty: closedEmpty,
+            draft: draft.id, draftToDelete: draftToDelete.id, draftComplete: draftComplete.id, question: question.id)
+    }
+
+    /// Moves deadlines (and the question cut-off with them) as the superuser: the database clock decides.
+    static func setDeadline(_ database: TestDatabase, projects: [UUID], _ expression: String) async throws {
+        _ = try await PGConnection.withConnection(.init(conninfo: database.superuserConninfo, applicationName: "t")) { connection in
+            try await connection.query(PGQuery(
+                "UPDATE project SET bid_deadline = \(expression), questions_close_at = \(expression) - interval '1 minute' WHERE id = ANY($1)",
+                [projects.pg]))
+        }
+    }
+}

@@ -14,25 +14,36 @@ struct TenantIsolationTests {
     /// without any of A's data — and A's audit chain (so every change) untouched.
     @Test func anotherAuthoritysRolesNeverSeeOrChangeIt() async throws {
         let world = try await World.make()
-        let aIDs = Set(world.a.boards.map { lower($0.id) } + world.a.users.values.map { lower($0.id) })
+        let m = world.market
+        let aProjects = [m.openWithDraft, m.openWithComplete, m.openWithSubmitted, m.openEmpty, m.openToCancel, m.closedWithBid, m.closedEmpty,
+                         m.draft, m.draftToDelete, m.draftComplete]
+        let aIDs = Set(world.a.boards.map { lower($0.id) } + world.a.users.values.map { lower($0.id) } + aProjects.map(lower)
+                       + [m.draftBid, m.completeBid, m.submittedBid, m.closedBid, m.question, m.theme, m.spareTheme].map(lower))
         let auditBefore = try await auditCount(world.database, authority: world.a.authority.id)
         let app = try await buildApplication(testConfiguration(world.database))
         try await app.test(.live) { client in
             for (operation, entry) in matrix(world).sorted(by: { $0.key < $1.key }) where entry.path.hasPrefix("/v1/") {
                 for role in everyRole {
-                    let response = try await client.call(entry.method, entry.path, token: world.token(role, of: world.b), body: entry.body(role))
+                    let response = try await client.call(entry.method, entry.path, token: world.token(role, of: world.b), body: entry.body(role),
+                                                         headers: entry.headers)
                     let text = String(buffer: response.body)
                     switch response.status.code {
                     case 403, 404:
                         break
+                    case 422 where entry.method == .post:
+                        // e.g. "board_id must be one of your boards": the same answer for A's board as for none.
+                        break
                     case 200, 201:
                         // Lists and the caller's own things: nothing of A's may appear.
                         for id in aIDs { #expect(!text.contains(id), "\(operation) as B's \(role.rawValue) leaked \(id)") }
-                        #expect(!text.contains(world.a.authority.name), "\(operation) as B's \(role.rawValue) leaked A's name")
+                        // The authority directory is public to suppliers (they need it to seek admission).
+                        if !(operation == "listAuthorities" && role == .supplierUser) {
+                            #expect(!text.contains(world.a.authority.name), "\(operation) as B's \(role.rawValue) leaked A's name")
+                        }
                     default:
                         Issue.record("\(operation) as B's \(role.rawValue): unexpected \(response.status.code) \(text)")
                     }
-                    if entry.path.contains(lower(world.a.boards[0].id)) || entry.path.contains("/users/") {
+                    if aIDs.contains(where: { entry.path.contains($0) }) || entry.path.contains("/users/") || entry.path.contains(lower(world.applicantID)) {
                         #expect([403, 404].contains(response.status.code), "\(operation) on A's resource as B's \(role.rawValue): \(response.status.code)")
                     }
                 }

@@ -161,10 +161,7 @@ public struct BidService: Sendable {
     public func update(_ scope: AccessScope, id: UUID, _ content: BidContent) async throws -> Bid {
         try scope.require(scope.has(.supplierUser) && scope.supplierID != nil, "edit bids")
         return try await database.transaction(scope) { connection in
-            let before = try await Self.fetch(connection, id: id, forUpdate: true)
-            guard before.supplierID == scope.supplierID else { throw DomainError.notFound("bid") }
-            let project = try await ProjectService.fetch(connection, id: before.projectID)
-            try await Self.requireAcceptingBids(connection, project)
+            let (before, project) = try await Self.lockOwnBid(connection, id: id, scope: scope)
             guard before.status == .draft || before.status == .withdrawn else {
                 throw DomainError.conflict("A submitted bid cannot be edited; withdraw it, revise it and submit it again.")
             }
@@ -193,10 +190,7 @@ public struct BidService: Sendable {
     public func submit(_ scope: AccessScope, id: UUID) async throws -> (Bid, BidReceipt) {
         try scope.require(scope.has(.supplierUser) && scope.supplierID != nil, "submit bids")
         return try await database.transaction(scope) { connection in
-            let before = try await Self.fetch(connection, id: id, forUpdate: true)
-            guard before.supplierID == scope.supplierID else { throw DomainError.notFound("bid") }
-            let project = try await ProjectService.fetch(connection, id: before.projectID)
-            try await Self.requireAcceptingBids(connection, project)
+            let (before, project) = try await Self.lockOwnBid(connection, id: id, scope: scope)
             guard before.status == .draft || before.status == .withdrawn else {
                 throw DomainError.conflict("The bid is already \(before.status.rawValue).")
             }
@@ -226,10 +220,7 @@ public struct BidService: Sendable {
     public func withdraw(_ scope: AccessScope, id: UUID) async throws -> Bid {
         try scope.require(scope.has(.supplierUser) && scope.supplierID != nil, "withdraw bids")
         return try await database.transaction(scope) { connection in
-            let before = try await Self.fetch(connection, id: id, forUpdate: true)
-            guard before.supplierID == scope.supplierID else { throw DomainError.notFound("bid") }
-            let project = try await ProjectService.fetch(connection, id: before.projectID)
-            try await Self.requireAcceptingBids(connection, project)
+            let (before, _) = try await Self.lockOwnBid(connection, id: id, scope: scope)
             guard before.status == .submitted else { throw DomainError.conflict("Only a submitted bid can be withdrawn.") }
             let changed = try await connection.query("""
                 UPDATE bid SET status = 'withdrawn', version = version + 1 WHERE id = \(id)
@@ -263,6 +254,20 @@ public struct BidService: Sendable {
     }
 
     // MARK: Helpers
+
+    /// The caller's bid, locked for change, and its project — refused (409, nothing changed) once the
+    /// project stops accepting bids. The row lock is taken only after that check, because row-level
+    /// security hides a bid from `FOR UPDATE` once its deadline has passed.
+    static func lockOwnBid(_ connection: PGConnection, id: UUID, scope: AccessScope) async throws -> (Bid, Project) {
+        let current = try await fetch(connection, id: id)
+        guard current.supplierID == scope.supplierID else { throw DomainError.notFound("bid") }
+        let project = try await ProjectService.fetch(connection, id: current.projectID)
+        try await requireAcceptingBids(connection, project)
+        guard let locked = try? await fetch(connection, id: id, forUpdate: true) else {
+            throw DomainError.conflict("The bid deadline has passed; nothing was changed.")
+        }
+        return (locked, project)
+    }
 
     static func requireAcceptingBids(_ connection: PGConnection, _ project: Project) async throws {
         let accepting = try await connection.query("""
@@ -346,7 +351,7 @@ public struct BidService: Sendable {
         return ResolvedFields(
             price: content.pricePence, approach: content.approach ?? "", outputs: content.outputs ?? "",
             kpis: try ProjectService.json(kpis), socialValue: try ProjectService.json(priced),
-            declarations: try ProjectService.json(content.declarations.map { $0 } ?? BidDeclarations(acceptsTerms: false, informationAccurate: false, conflictsOfInterest: "")))
+            declarations: try content.declarations.map(ProjectService.json) ?? "{}")
     }
 
     /// SHA-256 over the canonical content: sorted-key JSON of what was submitted and when.
