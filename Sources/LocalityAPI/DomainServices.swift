@@ -15,6 +15,8 @@ struct DomainServices: Sendable {
     let projects: ProjectService
     let clarifications: ClarificationService
     let bids: BidService
+    let evaluation: EvaluationService
+    let contracts: ContractService
 
     init(database: ScopedDatabase) {
         authorities = AuthorityService(database: database)
@@ -30,6 +32,8 @@ struct DomainServices: Sendable {
         projects = ProjectService(database: database)
         clarifications = ClarificationService(database: database)
         bids = BidService(database: database)
+        evaluation = EvaluationService(database: database)
+        contracts = ContractService(database: database)
     }
 }
 

@@ -148,6 +148,12 @@ extension APIHandlers {
 }
 
 extension Components.Schemas.Project {
+    static func evaluationModel(_ model: EvaluationModel) -> Components.Schemas.EvaluationModel {
+        .init(priceWeight: model.priceWeight, qualityWeight: model.qualityWeight, socialValueWeight: model.socialValueWeight,
+              qualityCriteria: model.qualityCriteria.map { .init(name: $0.name, weight: $0.weight) },
+              socialValueCriteria: model.socialValueCriteria.map { .init(name: $0.name, weight: $0.weight) })
+    }
+
     init(_ project: Project) {
         self.init(
             id: project.id.lowercased, authorityId: project.authorityID.lowercased, boardId: project.boardID.lowercased,
@@ -155,11 +161,7 @@ extension Components.Schemas.Project {
             title: project.title, description: project.description, outcomesSought: project.outcomesSought,
             schoolUrns: project.schoolURNs, maxValuePence: project.maxValuePence.map(Int64.init), bidDeadline: project.bidDeadline,
             plannedStart: project.plannedStart, plannedEnd: project.plannedEnd, contractManager: project.contractManager,
-            evaluation: project.evaluation.map { model in
-                .init(priceWeight: model.priceWeight, qualityWeight: model.qualityWeight, socialValueWeight: model.socialValueWeight,
-                      qualityCriteria: model.qualityCriteria.map { .init(name: $0.name, weight: $0.weight) },
-                      socialValueCriteria: model.socialValueCriteria.map { .init(name: $0.name, weight: $0.weight) })
-            },
+            evaluation: project.evaluation.map(Self.evaluationModel),
             questionsCloseAt: project.questionsCloseAt,
             status: Components.Schemas.ProjectStatus(rawValue: project.status.rawValue) ?? .draft, statusReason: project.statusReason,
             version: project.version, publishedAt: project.publishedAt, createdAt: project.createdAt, updatedAt: project.updatedAt,

@@ -1,0 +1,459 @@
+public import Foundation
+import LocalityPostgres
+
+public enum ContractParty: String, Sendable, Codable { case board, supplier }
+
+public enum ContractStatus: String, Sendable, Codable { case kpiNegotiation = "kpi_negotiation", active, completed, terminated }
+
+/// An agreed (or proposed) KPI definition, with its RAG threshold.
+public struct KPIDefinition: Sendable, Codable, Equatable {
+    public var title: String
+    public var measure: String
+    public var unit: KPIUnit
+    public var baseline: Double
+    public var target: Double
+    public var targetDate: String
+    public var frequency: ReportingFrequency
+    public var evidenceSource: String
+    /// Amber from this share of the expected progress (default 80%); below it, Red.
+    public var amberThresholdPercent: Int
+
+    public init(title: String, measure: String, unit: KPIUnit, baseline: Double, target: Double, targetDate: String,
+                frequency: ReportingFrequency, evidenceSource: String, amberThresholdPercent: Int = 80) {
+        self.title = title
+        self.measure = measure
+        self.unit = unit
+        self.baseline = baseline
+        self.target = target
+        self.targetDate = targetDate
+        self.frequency = frequency
+        self.evidenceSource = evidenceSource
+        self.amberThresholdPercent = amberThresholdPercent
+    }
+
+    init(_ kpi: ProposedKPI) {
+        self.init(title: kpi.title, measure: kpi.measure, unit: kpi.unit, baseline: kpi.baseline, target: kpi.target,
+                  targetDate: kpi.targetDate, frequency: kpi.frequency, evidenceSource: kpi.evidenceSource)
+    }
+
+    func validate(into validator: inout Validator, field: String) {
+        validator.text(title, "\(field).title", max: 200)
+        validator.text(measure, "\(field).measure", max: 1000)
+        validator.text(evidenceSource, "\(field).evidence_source", max: 1000)
+        validator.check(baseline.isFinite && target.isFinite, field, "baseline and target must be numbers")
+        if unit == .percentage {
+            validator.check((0...100).contains(baseline) && (0...100).contains(target), field, "percentages must be between 0 and 100")
+        }
+        validator.check(CalendarDate.parse(targetDate) != nil, "\(field).target_date", "must be a date (YYYY-MM-DD)")
+        validator.check((1...99).contains(amberThresholdPercent), "\(field).amber_threshold_percent", "must be between 1 and 99")
+    }
+}
+
+public struct KPIRevision: Sendable, Codable, Equatable {
+    public var revision: Int
+    public var proposedBy: ContractParty
+    public var removal: Bool
+    public var definition: KPIDefinition
+    public var reason: String
+    public var acceptedBy: [ContractParty]
+    public var createdAt: Date
+}
+
+public struct ContractKPI: Sendable, Codable, Equatable {
+    public var id: UUID
+    public var revisions: [KPIRevision]
+    public var latest: KPIRevision { revisions.last! }
+    /// Both parties accepted the latest revision.
+    public var agreed: Bool { Set(latest.acceptedBy) == [.board, .supplier] }
+    /// Agreed removal: no longer part of the contract.
+    public var removed: Bool { agreed && latest.removal }
+}
+
+public struct ContractVariation: Sendable, Codable, Equatable {
+    public var id: UUID
+    public var proposedBy: ContractParty
+    public var reason: String
+    public var valuePence: Int?
+    public var endDate: String?
+    public var kpis: [VariationKPI]
+    public var status: String
+    public var createdAt: Date
+    public var decidedAt: Date?
+}
+
+public struct VariationKPI: Sendable, Codable, Equatable {
+    public var kpiID: UUID?
+    public var definition: KPIDefinition
+    public var removal: Bool
+
+    public init(kpiID: UUID?, definition: KPIDefinition, removal: Bool = false) {
+        self.kpiID = kpiID
+        self.definition = definition
+        self.removal = removal
+    }
+}
+
+public struct Contract: Sendable, Codable, Equatable {
+    public var id: UUID
+    public var authorityID: UUID
+    public var projectID: UUID
+    public var bidID: UUID
+    public var supplierID: UUID
+    public var valuePence: Int
+    public var startDate: String
+    public var endDate: String
+    public var contractManager: String
+    public var standstillEndsOn: String
+    public var status: ContractStatus
+    public var socialValue: [SocialValueCommitment]
+    public var terminationReason: String?
+    public var amountPaidPence: Int?
+    public var kpis: [ContractKPI]
+    public var variations: [ContractVariation]
+}
+
+/// Award (one per project, in one transaction with the ledger and the contract) and the contract's KPI
+/// negotiation, start gate and variations.
+public struct ContractService: Sendable {
+    public let database: ScopedDatabase
+
+    public init(database: ScopedDatabase) {
+        self.database = database
+    }
+
+    // MARK: Award
+
+    /// Awards the project to a bid: the top-ranked compliant one, or another with a recorded reason.
+    public func award(_ scope: AccessScope, projectID: UUID, bidID: UUID, reason: String?) async throws -> Contract {
+        try scope.require(scope.isStaff && scope.has(.lim), "award projects")
+        return try await database.transaction(scope) { connection in
+            // The row lock serialises concurrent awards; the loser then sees `awarded` and stops.
+            let project = try await ProjectService.fetch(connection, id: projectID, forUpdate: true)
+            try ProjectService.requireOwnBoard(scope, project)
+            guard project.status == .closed else {
+                throw DomainError.conflict(project.status == .awarded ? "The project has already been awarded."
+                                           : "Only a closed project (deadline passed) can be awarded; it is \(project.status.rawValue).")
+            }
+            let report = try await EvaluationService.report(connection, project: project)
+            guard let chosen = report.lines.first(where: { $0.bidID == bidID }) else { throw DomainError.invalid("bid_id", "is not a submitted bid of this project") }
+            guard chosen.compliant else { throw DomainError.invalid("bid_id", "the bid is non-compliant") }
+            guard report.lines.filter(\.compliant).allSatisfy({ $0.scored.total != nil }) else {
+                throw DomainError.conflict("Every compliant bid needs its moderated scores before the award.")
+            }
+            if chosen.scored.rank != 1 {
+                var validator = Validator()
+                validator.text(reason, "reason", max: 4000)
+                try validator.throwIfInvalid()
+            }
+            let winnerTotal = Scoring.display(chosen.scored.total) ?? ""
+            try await connection.query("""
+                UPDATE project SET status = 'awarded', awarded_bid_id = \(bidID), award_reason = \(reason), version = version + 1
+                WHERE id = \(projectID)
+                """)
+            for line in report.lines {
+                let won = line.bidID == bidID
+                let note = won ? "Awarded with a total of \(winnerTotal)."
+                    : "Your total: \(Scoring.display(line.scored.total) ?? "not scored") (price \(Scoring.display(line.scored.priceScore) ?? "0.00"), quality \(Scoring.display(line.scored.qualityScore) ?? "-"), social value \(Scoring.display(line.scored.socialValueScore) ?? "-")); the winning total: \(winnerTotal)."
+                try await connection.query("""
+                    UPDATE bid SET status = \(won ? "awarded" : "unsuccessful")::bid_status, outcome_note = \(note) WHERE id = \(line.bidID)
+                    """)
+            }
+            // Money: release the project's earmark, commit the awarded price. The ledger's CHECKs refuse it
+            // (and so the whole award) if the board cannot afford it.
+            try await ProjectService.ledger(connection, project, kind: .release, reason: "Earmark released on award")
+            try await connection.query("""
+                INSERT INTO budget_ledger (authority_id, board_id, financial_year, funding_stream_id, kind, amount_pence, reference, actor, reason)
+                SELECT p.authority_id, p.board_id, p.financial_year, p.funding_stream_id, 'commitment', \(chosen.pricePence),
+                       'contract:project:' || p.id, current_setting('app.actor'), 'Committed on award to ' || \(chosen.supplierName)
+                FROM project p WHERE p.id = \(projectID)
+                """)
+            let standstill = try await connection.query("""
+                SELECT standstill_working_days FROM authority WHERE id = app_authority_id()
+                """).first!.decode(Int.self, at: 0)
+            let today = try await connection.query("SELECT current_date::text").first!.decode(String.self, at: 0)
+            let standstillEnds = Self.addWorkingDays(standstill, to: CalendarDate.parse(today)!)
+            let plannedStart = project.plannedStart.flatMap(CalendarDate.parse) ?? standstillEnds
+            let start = max(plannedStart, standstillEnds)
+            let end = max(project.plannedEnd.flatMap(CalendarDate.parse) ?? start, start)
+            let bid = try await BidService.fetch(connection, id: bidID)
+            let contractID = try await connection.query("""
+                INSERT INTO contract (authority_id, project_id, bid_id, supplier_id, value_pence, start_date, end_date, contract_manager,
+                                      standstill_ends_on, social_value)
+                VALUES (app_authority_id(), \(projectID), \(bidID), \(chosen.supplierID), \(chosen.pricePence), \(CalendarDate.format(start))::date,
+                        \(CalendarDate.format(end))::date, \(project.contractManager), \(CalendarDate.format(standstillEnds))::date,
+                        \(try ProjectService.json(bid.socialValue))::jsonb)
+                RETURNING id
+                """).first!.decode(UUID.self, at: 0)
+            for kpi in bid.kpis {
+                let kpiID = try await connection.query("""
+                    INSERT INTO contract_kpi (authority_id, contract_id) VALUES (app_authority_id(), \(contractID)) RETURNING id
+                    """).first!.decode(UUID.self, at: 0)
+                try await connection.query("""
+                    INSERT INTO kpi_revision (authority_id, kpi_id, revision, proposed_by, actor, definition, reason)
+                    VALUES (app_authority_id(), \(kpiID), 1, 'supplier', current_setting('app.actor'),
+                            \(try ProjectService.json(KPIDefinition(kpi)))::jsonb, 'Proposed in the bid')
+                    """)
+            }
+            let contract = try await Self.fetch(connection, id: contractID)
+            try await AuditLog.record(connection, action: "project.award", entityType: "project", entityID: projectID.lowercased,
+                                      before: project, after: ["awarded_bid_id": bidID.lowercased, "reason": reason ?? "",
+                                                               "contract_id": contractID.lowercased, "total": winnerTotal])
+            try await AuditLog.record(connection, action: "contract.create", entityType: "contract", entityID: contractID.lowercased,
+                                      before: nil, after: contract)
+            return contract
+        }
+    }
+
+    /// Adds working days (Monday to Friday). Bank holidays are not modelled.
+    static func addWorkingDays(_ days: Int, to date: Date) -> Date {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = .gmt
+        var current = date
+        var remaining = days
+        while remaining > 0 {
+            current = calendar.date(byAdding: .day, value: 1, to: current)!
+            let weekday = calendar.component(.weekday, from: current)
+            if weekday != 1 && weekday != 7 { remaining -= 1 }
+        }
+        return current
+    }
+
+    // MARK: Reading
+
+    public func get(_ scope: AccessScope, id: UUID) async throws -> Contract {
+        try scope.require(scope.isStaff || scope.has(.supplierUser), "see contracts")
+        return try await database.transaction(scope, readOnly: true) { connection in
+            try await Self.fetch(connection, id: id)
+        }
+    }
+
+    public func list(_ scope: AccessScope) async throws -> [Contract] {
+        try scope.require(scope.isStaff || scope.has(.supplierUser), "see contracts")
+        return try await database.transaction(scope, readOnly: true) { connection in
+            let ids = try await connection.query("SELECT id FROM contract ORDER BY created_at DESC, id").map { try $0.decode(UUID.self, at: 0) }
+            var contracts: [Contract] = []
+            for id in ids { contracts.append(try await Self.fetch(connection, id: id)) }
+            return contracts
+        }
+    }
+
+    // MARK: Negotiation (before the contract starts)
+
+    public func addKPI(_ scope: AccessScope, contractID: UUID, _ definition: KPIDefinition) async throws -> Contract {
+        try await negotiate(scope, contractID: contractID, action: "contract.kpi.add") { connection, party, _ in
+            var validator = Validator()
+            definition.validate(into: &validator, field: "definition")
+            try validator.throwIfInvalid()
+            let kpiID = try await connection.query("""
+                INSERT INTO contract_kpi (authority_id, contract_id)
+                SELECT authority_id, id FROM contract WHERE id = \(contractID) RETURNING id
+                """).first!.decode(UUID.self, at: 0)
+            try await Self.revise(connection, kpiID: kpiID, revision: 1, party: party, definition: definition, removal: false, reason: "Added")
+        }
+    }
+
+    /// A new revision of a KPI (or a proposal to remove it); it clears earlier acceptances, and counts as
+    /// accepted by the proposing party.
+    public func reviseKPI(_ scope: AccessScope, contractID: UUID, kpiID: UUID, definition: KPIDefinition?, removal: Bool, reason: String) async throws -> Contract {
+        try await negotiate(scope, contractID: contractID, action: removal ? "contract.kpi.propose_removal" : "contract.kpi.revise") { connection, party, contract in
+            guard let kpi = contract.kpis.first(where: { $0.id == kpiID }) else { throw DomainError.notFound("KPI") }
+            var validator = Validator()
+            let next = definition ?? kpi.latest.definition
+            next.validate(into: &validator, field: "definition")
+            validator.text(reason, "reason", required: false, max: 2000)
+            try validator.throwIfInvalid()
+            try await Self.revise(connection, kpiID: kpiID, revision: kpi.latest.revision + 1, party: party, definition: next,
+                                  removal: removal, reason: reason)
+        }
+    }
+
+    /// Accepts the KPI's latest revision, which must be the one the caller saw.
+    public func acceptKPI(_ scope: AccessScope, contractID: UUID, kpiID: UUID, revision: Int) async throws -> Contract {
+        try await negotiate(scope, contractID: contractID, action: "contract.kpi.accept") { connection, party, contract in
+            guard let kpi = contract.kpis.first(where: { $0.id == kpiID }) else { throw DomainError.notFound("KPI") }
+            guard kpi.latest.revision == revision else {
+                throw DomainError.conflict("Revision \(revision) is no longer the latest (\(kpi.latest.revision)); review the latest before accepting.")
+            }
+            if kpi.latest.acceptedBy.contains(party) { return }
+            try await connection.query("""
+                INSERT INTO kpi_acceptance (authority_id, revision_id, party, actor)
+                SELECT r.authority_id, r.id, \(party.rawValue)::contract_party, current_setting('app.actor')
+                FROM kpi_revision r WHERE r.kpi_id = \(kpiID) AND r.revision = \(revision)
+                """)
+        }
+    }
+
+    /// kpi_negotiation → active: only once the standstill has ended (database date), at least one KPI
+    /// remains and every KPI is agreed. The board's LIMs start it.
+    public func start(_ scope: AccessScope, contractID: UUID) async throws -> Contract {
+        try scope.require(scope.isStaff && scope.has(.lim), "start contracts")
+        return try await database.transaction(scope) { connection in
+            let contract = try await Self.fetch(connection, id: contractID, forUpdate: true)
+            guard try await Self.party(connection, contract) == .board else { throw DomainError.forbidden("Only the board's LIMs start contracts.") }
+            guard contract.status == .kpiNegotiation else { throw DomainError.conflict("The contract is \(contract.status.rawValue).") }
+            let standstillOver = try await connection.query("SELECT current_date >= \(contract.standstillEndsOn)::date").first!.decode(Bool.self, at: 0)
+            var problems: [String] = []
+            if !standstillOver { problems.append("the standstill period ends on \(contract.standstillEndsOn)") }
+            let live = contract.kpis.filter { !$0.removed }
+            if live.isEmpty { problems.append("the contract has no KPI") }
+            let pending = contract.kpis.filter { !$0.agreed }
+            if !pending.isEmpty { problems.append("\(pending.count) KPI(s) are not yet agreed by both parties") }
+            guard problems.isEmpty else { throw DomainError.conflict("The contract cannot start: " + problems.joined(separator: "; ") + ".") }
+            try await connection.query("UPDATE contract SET status = 'active', started_at = now() WHERE id = \(contractID)")
+            let after = try await Self.fetch(connection, id: contractID)
+            try await AuditLog.record(connection, action: "contract.start", entityType: "contract", entityID: contractID.lowercased,
+                                      before: contract, after: after)
+            return after
+        }
+    }
+
+    // MARK: Variations (after the contract starts)
+
+    public func proposeVariation(_ scope: AccessScope, contractID: UUID, reason: String, valuePence: Int?, endDate: String?, kpis: [VariationKPI]) async throws -> Contract {
+        try scope.require(scope.isStaff ? scope.has(.lim) : scope.has(.supplierUser), "propose variations")
+        var validator = Validator()
+        validator.text(reason, "reason", max: 4000)
+        if let valuePence { validator.check(valuePence > 0, "value_pence", "must be positive") }
+        if let endDate { validator.check(CalendarDate.parse(endDate) != nil, "end_date", "must be a date (YYYY-MM-DD)") }
+        validator.check(valuePence != nil || endDate != nil || !kpis.isEmpty, "changes", "a variation must change something")
+        for (index, kpi) in kpis.enumerated() { kpi.definition.validate(into: &validator, field: "kpis[\(index)].definition") }
+        try validator.throwIfInvalid()
+        return try await database.transaction(scope) { connection in
+            let contract = try await Self.fetch(connection, id: contractID)
+            guard let party = try await Self.party(connection, contract) else { throw DomainError.forbidden("Only the contract's parties propose variations.") }
+            guard contract.status == .active else {
+                throw DomainError.conflict("Variations apply to active contracts; before the start, negotiate the KPIs directly.")
+            }
+            for kpi in kpis where kpi.kpiID != nil && !contract.kpis.contains(where: { $0.id == kpi.kpiID }) {
+                throw DomainError.invalid("kpis", "names a KPI that is not on this contract")
+            }
+            struct Changes: Encodable { var valuePence: Int?; var endDate: String?; var kpis: [VariationKPI] }
+            try await connection.query("""
+                INSERT INTO contract_variation (authority_id, contract_id, proposed_by, proposer, reason, changes)
+                VALUES (\(contract.authorityID), \(contractID), \(party.rawValue)::contract_party, current_setting('app.actor'), \(reason),
+                        \(try ProjectService.json(Changes(valuePence: valuePence, endDate: endDate, kpis: kpis)))::jsonb)
+                """)
+            let after = try await Self.fetch(connection, id: contractID)
+            try await AuditLog.record(connection, action: "contract.variation.propose", entityType: "contract", entityID: contractID.lowercased,
+                                      before: nil, after: after.variations.last)
+            return after
+        }
+    }
+
+    /// The other party accepts (applying it) or rejects a proposed variation.
+    public func decideVariation(_ scope: AccessScope, contractID: UUID, variationID: UUID, accept: Bool) async throws -> Contract {
+        try scope.require(scope.isStaff ? scope.has(.lim) : scope.has(.supplierUser), "decide variations")
+        return try await database.transaction(scope) { connection in
+            let before = try await Self.fetch(connection, id: contractID)
+            guard let party = try await Self.party(connection, before) else { throw DomainError.forbidden("Only the contract's parties decide variations.") }
+            guard let variation = before.variations.first(where: { $0.id == variationID }) else { throw DomainError.notFound("variation") }
+            guard variation.status == "proposed" else { throw DomainError.conflict("The variation is already \(variation.status).") }
+            guard variation.proposedBy != party else { throw DomainError.forbidden("The other party decides a variation, not its proposer.") }
+            if accept {
+                try await connection.query("SELECT accept_contract_variation(\(before.authorityID), \(variationID))")
+            } else {
+                try await connection.query("""
+                    UPDATE contract_variation SET status = 'rejected', decided_by = current_setting('app.actor'), decided_at = now()
+                    WHERE id = \(variationID)
+                    """)
+            }
+            let after = try await Self.fetch(connection, id: contractID)
+            try await AuditLog.record(connection, action: accept ? "contract.variation.accept" : "contract.variation.reject",
+                                      entityType: "contract", entityID: contractID.lowercased, before: before, after: after)
+            return after
+        }
+    }
+
+    // MARK: Helpers
+
+    private func negotiate(
+        _ scope: AccessScope, contractID: UUID, action: String,
+        _ body: (PGConnection, ContractParty, Contract) async throws -> Void
+    ) async throws -> Contract {
+        try scope.require(scope.isStaff ? scope.has(.lim) : scope.has(.supplierUser), "negotiate KPIs")
+        return try await database.transaction(scope) { connection in
+            // Lock the contract so two parties' moves apply one after the other.
+            let before = try await Self.fetch(connection, id: contractID)
+            guard let party = try await Self.party(connection, before) else { throw DomainError.forbidden("Only the contract's parties negotiate its KPIs.") }
+            guard before.status == .kpiNegotiation else {
+                throw DomainError.conflict("Agreed KPIs of a started contract are fixed; propose a variation.")
+            }
+            try await connection.query("SELECT pg_advisory_xact_lock(hashtext(\(contractID.lowercased)))")
+            let current = try await Self.fetch(connection, id: contractID)
+            try await body(connection, party, current)
+            let after = try await Self.fetch(connection, id: contractID)
+            try await AuditLog.record(connection, action: action, entityType: "contract", entityID: contractID.lowercased,
+                                      before: ["kpis": current.kpis], after: ["kpis": after.kpis])
+            return after
+        }
+    }
+
+    static func revise(_ connection: PGConnection, kpiID: UUID, revision: Int, party: ContractParty, definition: KPIDefinition,
+                       removal: Bool, reason: String) async throws {
+        let revisionID = try await connection.query("""
+            INSERT INTO kpi_revision (authority_id, kpi_id, revision, proposed_by, actor, removal, definition, reason)
+            SELECT k.authority_id, k.id, \(revision), \(party.rawValue)::contract_party, current_setting('app.actor'), \(removal),
+                   \(try ProjectService.json(definition))::jsonb, \(reason)
+            FROM contract_kpi k WHERE k.id = \(kpiID) RETURNING id
+            """).first!.decode(UUID.self, at: 0)
+        try await connection.query("""
+            INSERT INTO kpi_acceptance (authority_id, revision_id, party, actor)
+            SELECT authority_id, id, \(party.rawValue)::contract_party, current_setting('app.actor') FROM kpi_revision WHERE id = \(revisionID)
+            """)
+    }
+
+    static func party(_ connection: PGConnection, _ contract: Contract) async throws -> ContractParty? {
+        try await connection.query("SELECT app_contract_party(\(contract.authorityID), \(contract.id))").first?
+            .decode(String?.self, at: 0).flatMap(ContractParty.init(rawValue:))
+    }
+
+    static func fetch(_ connection: PGConnection, id: UUID, forUpdate: Bool = false) async throws -> Contract {
+        guard let row = try await connection.query("""
+            SELECT id, authority_id, project_id, bid_id, supplier_id, value_pence, start_date::text, end_date::text, contract_manager,
+                   standstill_ends_on::text, status::text, social_value::text, termination_reason, amount_paid_pence
+            FROM contract WHERE id = \(id) \(unsafeSQL: forUpdate ? "FOR UPDATE" : "")
+            """).first
+        else { throw DomainError.notFound("contract") }
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        let revisions = try await connection.query("""
+            SELECT r.kpi_id, r.revision, r.proposed_by::text, r.removal, r.definition::text, r.reason, r.created_at,
+                   coalesce((SELECT array_agg(a.party::text ORDER BY a.party) FROM kpi_acceptance a
+                             WHERE a.authority_id = r.authority_id AND a.revision_id = r.id), '{}')
+            FROM kpi_revision r JOIN contract_kpi k ON k.authority_id = r.authority_id AND k.id = r.kpi_id
+            WHERE k.contract_id = \(id) ORDER BY k.created_at, k.id, r.revision
+            """).map { row -> (UUID, KPIRevision) in
+            let (kpiID, revision, proposedBy, removal, definition, reason, createdAt, accepted) = try row.decode(
+                UUID.self, Int.self, String.self, Bool.self, String.self, String.self, Date.self, [String].self)
+            return (kpiID, KPIRevision(revision: revision, proposedBy: ContractParty(rawValue: proposedBy) ?? .board, removal: removal,
+                                       definition: try decoder.decode(KPIDefinition.self, from: Data(definition.utf8)), reason: reason,
+                                       acceptedBy: accepted.compactMap(ContractParty.init(rawValue:)), createdAt: createdAt))
+        }
+        var kpis: [ContractKPI] = []
+        for (kpiID, revision) in revisions {
+            if let index = kpis.firstIndex(where: { $0.id == kpiID }) { kpis[index].revisions.append(revision) }
+            else { kpis.append(ContractKPI(id: kpiID, revisions: [revision])) }
+        }
+        let variations = try await connection.query("""
+            SELECT id, proposed_by::text, reason, changes::text, status::text, created_at, decided_at FROM contract_variation
+            WHERE contract_id = \(id) ORDER BY created_at, id
+            """).map { row -> ContractVariation in
+            let (variationID, proposedBy, reason, changes, status, createdAt, decidedAt) = try row.decode(
+                UUID.self, String.self, String.self, String.self, String.self, Date.self, Date?.self)
+            struct Changes: Decodable { var valuePence: Int?; var endDate: String?; var kpis: [VariationKPI]? }
+            let decoded = try decoder.decode(Changes.self, from: Data(changes.utf8))
+            return ContractVariation(id: variationID, proposedBy: ContractParty(rawValue: proposedBy) ?? .board, reason: reason,
+                                     valuePence: decoded.valuePence, endDate: decoded.endDate, kpis: decoded.kpis ?? [], status: status,
+                                     createdAt: createdAt, decidedAt: decidedAt)
+        }
+        return Contract(
+            id: try row.decode(UUID.self, at: 0), authorityID: try row.decode(UUID.self, at: 1), projectID: try row.decode(UUID.self, at: 2),
+            bidID: try row.decode(UUID.self, at: 3), supplierID: try row.decode(UUID.self, at: 4), valuePence: try row.decode(Int.self, at: 5),
+            startDate: try row.decode(String.self, at: 6), endDate: try row.decode(String.self, at: 7),
+            contractManager: try row.decode(String.self, at: 8), standstillEndsOn: try row.decode(String.self, at: 9),
+            status: ContractStatus(rawValue: try row.decode(String.self, at: 10)) ?? .kpiNegotiation,
+            socialValue: try decoder.decode([SocialValueCommitment].self, from: Data(try row.decode(String.self, at: 11).utf8)),
+            terminationReason: try row.decode(String?.self, at: 12), amountPaidPence: try row.decode(Int?.self, at: 13),
+            kpis: kpis, variations: variations)
+    }
+}
