@@ -73,9 +73,17 @@ CREATE POLICY bid_panel_after_deadline ON bid FOR SELECT USING (
                 AND p.bid_deadline <= statement_timestamp())
     AND app_may_evaluate(authority_id, project_id, supplier_id));
 
--- A board's members (for the LIM naming a panel, who cannot read other users' roles directly).
+-- Who sits on a board is known to the board's own staff (the LIM names panels from them).
+CREATE POLICY role_assignment_board_colleagues ON role_assignment FOR SELECT
+    USING (authority_id = app_authority_id() AND role = 'board_member'
+           AND (app_sees_all_boards() OR board_id = ANY (app_board_ids())));
+CREATE POLICY app_user_board_colleagues ON app_user FOR SELECT
+    USING (authority_id = app_authority_id() AND EXISTS (
+        SELECT 1 FROM role_assignment r WHERE r.authority_id = app_user.authority_id AND r.user_id = app_user.id
+        AND r.role = 'board_member' AND (app_sees_all_boards() OR r.board_id = ANY (app_board_ids()))));
+
 CREATE FUNCTION board_members(p_board uuid) RETURNS TABLE (user_id uuid, display_name text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public AS $$
+LANGUAGE sql STABLE AS $$
     SELECT u.id, u.display_name FROM role_assignment r JOIN app_user u ON u.authority_id = r.authority_id AND u.id = r.user_id
     WHERE r.authority_id = app_authority_id() AND r.board_id = p_board AND r.role = 'board_member' AND u.disabled_at IS NULL
       AND (app_sees_all_boards() OR p_board = ANY (app_board_ids()))
@@ -83,6 +91,12 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public AS $$
 $$;
 
 -- Who bid, without what: panel members need the bidders' names to declare conflicts before seeing bids.
+-- The function runs as the owner, which row-level security still filters (FORCE): this policy lets it
+-- see a project's submitted bids once the deadline has passed, never before.
+CREATE POLICY bid_owner_after_deadline ON bid FOR SELECT USING (
+    current_user = 'locality_owner' AND authority_id = app_authority_id() AND status NOT IN ('draft', 'withdrawn')
+    AND EXISTS (SELECT 1 FROM project p WHERE p.authority_id = bid.authority_id AND p.id = bid.project_id
+                AND p.bid_deadline <= statement_timestamp()));
 CREATE FUNCTION project_bidders(p_project uuid) RETURNS TABLE (supplier_id uuid, supplier_name text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public AS $$
     SELECT b.supplier_id, s.name FROM bid b JOIN supplier s ON s.id = b.supplier_id

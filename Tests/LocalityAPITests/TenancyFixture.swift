@@ -163,6 +163,17 @@ struct MarketFixture: Sendable {
     let draftComplete: UUID
     /// A question asked on `openWithDraft`, unanswered.
     let question: UUID
+    /// Deadline passed, the supplier's bid fully moderated: ready to award.
+    let closedForAward: UUID
+    let awardBid: UUID
+    /// Contracts: in negotiation (revision 1 of one KPI, nobody accepted); every KPI agreed, not started;
+    /// active, with a variation the supplier proposed.
+    let negotiating: UUID
+    let negotiatingKPI: UUID
+    let agreed: UUID
+    let active: UUID
+    let activeKPI: UUID
+    let proposedVariation: UUID
 
     static let evaluation = EvaluationModel(
         priceWeight: 40, qualityWeight: 45, socialValueWeight: 15,
@@ -219,11 +230,49 @@ struct MarketFixture: Sendable {
         let draftToDelete = try await projects.create(lim, boardID: a.boards[0].id, ProjectFields(title: "Draft to delete"))
         let draftComplete = try await projects.create(lim, boardID: a.boards[0].id, fields(theme: theme, title: "Draft ready to publish"))
         let question = try await ClarificationService(database: scoped).ask(supplier, projectID: openWithDraft, question: "Is travel paid?")
+
+        // Evaluation and contracts: standstill of 0 working days so that contracts may start today.
+        _ = try await PGConnection.withConnection(.init(conninfo: database.superuserConninfo, applicationName: "t")) { connection in
+            try await connection.query("UPDATE authority SET standstill_working_days = 0 WHERE id = \(a.authority.id)")
+        }
+        let evaluation = EvaluationService(database: scoped)
+        let contracts = ContractService(database: scoped)
+        let member = a.users[.boardMember]!.id
+        _ = try await evaluation.setPanel(lim, projectID: closedWithBid, memberIDs: [member])
+        func biddedAndClosed(_ title: String) async throws -> (UUID, UUID) {
+            let project = try await published(title)
+            let bid = try await bids.create(supplier, projectID: project, completeContent)
+            _ = try await bids.submit(supplier, id: bid.id)
+            try await setDeadline(database, projects: [project], "now() - interval '1 hour'")
+            for (kind, criterion) in [(CriterionKind.quality, "Approach"), (.quality, "Outcomes"), (.socialValue, "Local benefit")] {
+                _ = try await evaluation.moderate(lim, bidID: bid.id, CriterionScore(kind: kind, criterion: criterion, score: 4, comment: "Good"))
+            }
+            return (project, bid.id)
+        }
+        let (closedForAward, awardBid) = try await biddedAndClosed("Closed, ready to award")
+        func awarded(_ title: String) async throws -> Contract {
+            let (project, bid) = try await biddedAndClosed(title)
+            return try await contracts.award(lim, projectID: project, bidID: bid, reason: nil)
+        }
+        let negotiating = try await awarded("Awarded, negotiating")
+        let agreed = try await awarded("Awarded, KPIs agreed")
+        for party in [lim, supplier] {
+            _ = try await contracts.acceptKPI(party, contractID: agreed.id, kpiID: agreed.kpis[0].id, revision: 1)
+        }
+        let active = try await awarded("Awarded and started")
+        for party in [lim, supplier] {
+            _ = try await contracts.acceptKPI(party, contractID: active.id, kpiID: active.kpis[0].id, revision: 1)
+        }
+        _ = try await contracts.start(lim, contractID: active.id)
+        let varied = try await contracts.proposeVariation(
+            supplier, contractID: active.id, reason: "Extra cohort", valuePence: 95_000, endDate: nil, kpis: [])
         return MarketFixture(
             theme: theme, spareTheme: spare.id, openWithDraft: openWithDraft, draftBid: draftBid.id, openWithComplete: openWithComplete,
             completeBid: completeBid.id, openWithSubmitted: openWithSubmitted, submittedBid: submittedBid.id, openEmpty: openEmpty,
             openToCancel: openToCancel, closedWithBid: closedWithBid, closedBid: closedBid.id, closedEmpty: closedEmpty,
-            draft: draft.id, draftToDelete: draftToDelete.id, draftComplete: draftComplete.id, question: question.id)
+            draft: draft.id, draftToDelete: draftToDelete.id, draftComplete: draftComplete.id, question: question.id,
+            closedForAward: closedForAward, awardBid: awardBid, negotiating: negotiating.id, negotiatingKPI: negotiating.kpis[0].id,
+            agreed: agreed.id, active: active.id, activeKPI: active.kpis[0].id, proposedVariation: varied.variations[0].id)
     }
 
     /// Moves deadlines (and the question cut-off with them) as the superuser: the database clock decides.

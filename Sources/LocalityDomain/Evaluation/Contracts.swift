@@ -195,11 +195,15 @@ public struct ContractService: Sendable {
                     """)
             }
             let contract = try await Self.fetch(connection, id: contractID)
+            // One event for the whole award: the project's change and the contract it created.
+            struct Award: Encodable, Sendable {
+                var awardedBidID: UUID
+                var reason: String?
+                var total: String
+                var contract: Contract
+            }
             try await AuditLog.record(connection, action: "project.award", entityType: "project", entityID: projectID.lowercased,
-                                      before: project, after: ["awarded_bid_id": bidID.lowercased, "reason": reason ?? "",
-                                                               "contract_id": contractID.lowercased, "total": winnerTotal])
-            try await AuditLog.record(connection, action: "contract.create", entityType: "contract", entityID: contractID.lowercased,
-                                      before: nil, after: contract)
+                                      before: project, after: Award(awardedBidID: bidID, reason: reason, total: winnerTotal, contract: contract))
             return contract
         }
     }
