@@ -142,6 +142,8 @@ CREATE TABLE individual_score (
     criterion       text NOT NULL,
     score           integer NOT NULL CHECK (score BETWEEN 0 AND 5),
     comment         text NOT NULL CHECK (length(comment) BETWEEN 1 AND 4000),
+    -- Copied from the scorecard when it is submitted, so peers' policies need not read others' scorecards.
+    submitted       boolean NOT NULL DEFAULT false,
     updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (authority_id, bid_id, user_id, criterion_kind, criterion),
     FOREIGN KEY (authority_id, bid_id, user_id) REFERENCES scorecard (authority_id, bid_id, user_id)
@@ -168,8 +170,8 @@ CREATE POLICY scorecard_own ON scorecard FOR ALL
     WITH CHECK (authority_id = app_authority_id() AND user_id = app_user_id()
                 AND EXISTS (SELECT 1 FROM bid b WHERE b.authority_id = scorecard.authority_id AND b.id = scorecard.bid_id
                             AND app_may_evaluate(b.authority_id, b.project_id, b.supplier_id)));
-CREATE POLICY scorecard_peers ON scorecard FOR SELECT
-    USING (authority_id = app_authority_id() AND (app_submitted_scorecard(authority_id, bid_id) OR app_oversees_bid(authority_id, bid_id)));
+-- (Policies on scorecard must not call app_submitted_scorecard, which reads scorecard: that would recurse.)
+CREATE POLICY scorecard_oversight ON scorecard FOR SELECT USING (app_oversees_bid(authority_id, bid_id));
 
 ALTER TABLE individual_score ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
 CREATE POLICY individual_score_own ON individual_score FOR ALL
@@ -179,9 +181,7 @@ CREATE POLICY individual_score_own ON individual_score FOR ALL
                             AND c.bid_id = individual_score.bid_id AND c.user_id = app_user_id() AND c.submitted_at IS NULL));
 -- Blind scoring: a member sees other members' scores for a bid only after submitting their own.
 CREATE POLICY individual_score_peers ON individual_score FOR SELECT
-    USING (authority_id = app_authority_id()
-           AND EXISTS (SELECT 1 FROM scorecard c WHERE c.authority_id = individual_score.authority_id
-                       AND c.bid_id = individual_score.bid_id AND c.user_id = individual_score.user_id AND c.submitted_at IS NOT NULL)
+    USING (authority_id = app_authority_id() AND submitted
            AND (app_submitted_scorecard(authority_id, bid_id) OR app_oversees_bid(authority_id, bid_id)));
 
 -- The LIM's moderated (consensus) score per bid per criterion, with the rationale.

@@ -207,10 +207,14 @@ public struct EvaluationService: Sendable {
                     throw DomainError.invalid("scores", "score every criterion (\(needed)) before submitting; \(count) scored")
                 }
                 try await connection.query("""
+                    UPDATE individual_score SET submitted = true WHERE bid_id = \(bidID) AND user_id = app_user_id()
+                    """)
+                try await connection.query("""
                     UPDATE scorecard SET submitted_at = now() WHERE bid_id = \(bidID) AND user_id = app_user_id()
                     """)
             }
-            let mine = try await Self.memberScores(connection, bidID: bidID).first { $0.userID == scope.userID }!
+            let mine = try await Self.memberScores(connection, bidID: bidID).first { $0.userID == scope.userID }
+                ?? MemberScores(userID: scope.userID!, submitted: false, scores: [])
             try await AuditLog.record(connection, action: submit ? "evaluation.score.submit" : "evaluation.score", entityType: "bid",
                                       entityID: bidID.lowercased, before: nil,
                                       after: ["user_id": scope.userID!.lowercased, "criteria": String(scores.count), "submitted": String(submit)])
@@ -366,19 +370,22 @@ public struct EvaluationService: Sendable {
         }
     }
 
+    /// Scores grouped by member, as far as the caller may see them (own; peers' once submitted).
     static func memberScores(_ connection: PGConnection, bidID: UUID) async throws -> [MemberScores] {
-        let cards = try await connection.query("""
-            SELECT user_id, submitted_at IS NOT NULL FROM scorecard WHERE bid_id = \(bidID) ORDER BY user_id
-            """).map { try $0.decode(UUID.self, Bool.self) }
-        let scores = try await connection.query("""
-            SELECT user_id, criterion_kind::text, criterion, score, comment FROM individual_score WHERE bid_id = \(bidID)
+        let rows = try await connection.query("""
+            SELECT user_id, criterion_kind::text, criterion, score, comment, submitted FROM individual_score WHERE bid_id = \(bidID)
             ORDER BY user_id, criterion_kind, criterion
-            """).map { try $0.decode(UUID.self, String.self, String.self, Int.self, String.self) }
-        return cards.map { card in
-            MemberScores(userID: card.0, submitted: card.1, scores: scores.filter { $0.0 == card.0 }.map {
-                CriterionScore(kind: CriterionKind(rawValue: $0.1) ?? .quality, criterion: $0.2, score: $0.3, comment: $0.4)
-            })
+            """).map { try $0.decode(UUID.self, String.self, String.self, Int.self, String.self, Bool.self) }
+        var members: [MemberScores] = []
+        for row in rows {
+            let score = CriterionScore(kind: CriterionKind(rawValue: row.1) ?? .quality, criterion: row.2, score: row.3, comment: row.4)
+            if let index = members.firstIndex(where: { $0.userID == row.0 }) {
+                members[index].scores.append(score)
+            } else {
+                members.append(MemberScores(userID: row.0, submitted: row.5, scores: [score]))
+            }
         }
+        return members
     }
 
     static func moderated(_ connection: PGConnection, bidID: UUID) async throws -> [CriterionScore] {

@@ -1,0 +1,326 @@
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import LocalityAPI
+import LocalityDomain
+import LocalityPostgres
+import NIOCore
+import PostgresTestSupport
+import Testing
+
+/// A second board member of A's first board, with a token, for panels of two.
+func secondMember(_ world: World) async throws -> (User, String) {
+    try await world.database.withPool(conninfo: world.database.ownerConninfo, maxConnections: 1) { pool in
+        let scoped = ScopedDatabase(pool: pool)
+        let scope = AccessScope.operatorScope(authorityID: world.a.authority.id, osUser: "test")
+        let user = try await UserService(database: scoped).create(scope, UserDraft(
+            email: "member2@alpha.example", displayName: "Second member", roles: [RoleGrant(role: .boardMember, boardID: world.a.boards[0].id)]))
+        let token = try await TokenService(database: scoped).issue(scope, userID: user.id, label: "t", expiresAt: nil).secret
+        return (user, token)
+    }
+}
+
+func latest(_ response: TestResponse) -> [String: Any] {
+    ((response.jsonObject["kpis"] as? [[String: Any]])?.first?["revisions"] as? [[String: Any]])?.last ?? [:]
+}
+
+func agreed(_ response: TestResponse) -> Bool? { (response.jsonObject["kpis"] as? [[String: Any]])?.first?["agreed"] as? Bool }
+
+var allScores: [[String: Any]] { [
+    ["kind": "quality", "criterion": "Approach", "score": 4, "comment": "Clear plan"],
+    ["kind": "quality", "criterion": "Outcomes", "score": 3, "comment": "Plausible"],
+    ["kind": "social_value", "criterion": "Local benefit", "score": 2, "comment": "Modest"],
+] }
+
+@Suite("Evaluation, award and contracts")
+struct EvaluationTests {
+    /// A member who declares a conflict with a bidder cannot see or score that bid — through the API and
+    /// under RLS alone — while a member who declared no conflict can; nobody sees a bid before declaring.
+    @Test func conflictsOfInterestHideTheBid() async throws {
+        let world = try await World.make()
+        let (second, secondToken) = try await secondMember(world)
+        let lim = world.token(.lim, of: world.a)
+        let member = world.token(.boardMember, of: world.a)
+        let project = lower(world.market.closedWithBid)
+        let bid = lower(world.market.closedBid)
+        let app = try await buildApplication(testConfiguration(world.database))
+        try await app.test(.live) { client in
+            let panel = try await client.call(.put, "/v1/projects/\(project)/panel", token: lim,
+                                              body: ["member_ids": [lower(world.a.users[.boardMember]!.id), lower(second.id)]])
+            #expect(panel.status == .ok)
+            #expect((panel.jsonObject["members"] as? [[String: Any]])?.count == 2)
+            // Before declaring: the names of bidders, nothing of their bids.
+            let bidders = try await client.call(.get, "/v1/projects/\(project)/bidders", token: member)
+            #expect(bidders.items.map { $0["supplier_name"] as? String } == ["Supplier Ltd"])
+            #expect(!String(buffer: bidders.body).contains("price"))
+            #expect(try await client.call(.get, "/v1/bids/\(bid)", token: member).status == .notFound)
+            // One declares a conflict (a note is required), the other none.
+            let noNote = try await client.call(.post, "/v1/projects/\(project)/declarations", token: member,
+                                               body: ["supplier_id": lower(world.supplierID), "conflicted": true])
+            #expect(noNote.status == .unprocessableContent)
+            #expect(try await client.call(.post, "/v1/projects/\(project)/declarations", token: member,
+                                          body: ["supplier_id": lower(world.supplierID), "conflicted": true, "note": "My sister runs it"]).status == .created)
+            #expect(try await client.call(.post, "/v1/projects/\(project)/declarations", token: member,
+                                          body: ["supplier_id": lower(world.supplierID), "conflicted": false]).status == .conflict, "declarations are final")
+            #expect(try await client.call(.post, "/v1/projects/\(project)/declarations", token: secondToken,
+                                          body: ["supplier_id": lower(world.supplierID), "conflicted": false]).status == .created)
+            // The conflicted member: no bid, no scoring, no scores.
+            #expect(try await client.call(.get, "/v1/bids/\(bid)", token: member).status == .notFound)
+            #expect(try await client.call(.put, "/v1/bids/\(bid)/scores", token: member, body: ["scores": allScores, "submit": false]).status == .notFound)
+            #expect(try await client.call(.get, "/v1/projects/\(project)/bids", token: member).items.isEmpty)
+            // The other sees and scores it.
+            #expect(try await client.call(.get, "/v1/bids/\(bid)", token: secondToken).status == .ok)
+            #expect(try await client.call(.put, "/v1/bids/\(bid)/scores", token: secondToken, body: ["scores": allScores, "submit": true]).status == .ok)
+            // The declarations are visible to the LIM and audited.
+            let declarations = try await client.call(.get, "/v1/projects/\(project)/declarations", token: lim)
+            #expect(declarations.items.count == 2)
+            let audit = try await client.call(.get, "/v1/audit-events?entity_type=conflict_declaration", token: world.token(.auditor, of: world.a))
+            #expect(audit.items.count == 2)
+        }
+        // Row-level security alone gives the same answer.
+        for (userID, expected) in [(world.a.users[.boardMember]!.id, 0), (second.id, 1)] {
+            let seen = try await world.database.withPool { pool in
+                try await pool.withTransaction { connection in
+                    try await ScopedDatabase.setContext(AccessScope(
+                        authorityID: world.a.authority.id, userID: userID, roles: [.boardMember], boardIDs: [world.a.boards[0].id],
+                        actor: "user:test"), on: connection)
+                    return try await connection.query("SELECT count(*) FROM bid WHERE id = \(world.market.closedBid)").first!.decode(Int.self, at: 0)
+                }
+            }
+            #expect(seen == expected)
+        }
+    }
+
+    /// Members do not see each other's scores until they have submitted their own.
+    @Test func scoringIsBlindUntilSubmitted() async throws {
+        let world = try await World.make()
+        let (second, secondToken) = try await secondMember(world)
+        let lim = world.token(.lim, of: world.a)
+        let member = world.token(.boardMember, of: world.a)
+        let project = lower(world.market.closedWithBid)
+        let bid = lower(world.market.closedBid)
+        let app = try await buildApplication(testConfiguration(world.database))
+        try await app.test(.live) { client in
+            _ = try await client.call(.put, "/v1/projects/\(project)/panel", token: lim,
+                                      body: ["member_ids": [lower(world.a.users[.boardMember]!.id), lower(second.id)]])
+            for token in [member, secondToken] {
+                #expect(try await client.call(.post, "/v1/projects/\(project)/declarations", token: token,
+                                              body: ["supplier_id": lower(world.supplierID), "conflicted": false]).status == .created)
+            }
+            // Incomplete or invalid scorecards are refused.
+            let partial = try await client.call(.put, "/v1/bids/\(bid)/scores", token: member, body: ["scores": [allScores[0]], "submit": true])
+            #expect(partial.status == .unprocessableContent)
+            let outOfRange = try await client.call(.put, "/v1/bids/\(bid)/scores", token: member,
+                                                   body: ["scores": [["kind": "quality", "criterion": "Approach", "score": 6, "comment": "x"]], "submit": false])
+            #expect(outOfRange.status == .unprocessableContent)
+            let noComment = try await client.call(.put, "/v1/bids/\(bid)/scores", token: member,
+                                                  body: ["scores": [["kind": "quality", "criterion": "Approach", "score": 3, "comment": " "]], "submit": false])
+            #expect(noComment.status == .unprocessableContent)
+            let submitted = try await client.call(.put, "/v1/bids/\(bid)/scores", token: member, body: ["scores": allScores, "submit": true])
+            #expect(submitted.status == .ok, "\(String(buffer: submitted.body))")
+            // The second member, not yet submitted, sees only their own (nothing yet).
+            let blind = try await client.call(.get, "/v1/bids/\(bid)/scores", token: secondToken)
+            #expect(blind.items.isEmpty)
+            #expect(try await client.call(.put, "/v1/bids/\(bid)/scores", token: secondToken, body: ["scores": [allScores[0]], "submit": false]).status == .ok)
+            let ownOnly = try await client.call(.get, "/v1/bids/\(bid)/scores", token: secondToken)
+            #expect(ownOnly.items.map { $0["user_id"] as? String } == [lower(second.id)])
+            #expect(try await client.call(.put, "/v1/bids/\(bid)/scores", token: secondToken, body: ["scores": allScores, "submit": true]).status == .ok)
+            let both = try await client.call(.get, "/v1/bids/\(bid)/scores", token: secondToken)
+            #expect(both.items.count == 2)
+            // Submitted scores are final.
+            #expect(try await client.call(.put, "/v1/bids/\(bid)/scores", token: member, body: ["scores": allScores, "submit": false]).status == .conflict)
+            // The LIM moderates; the report shows moderated and individual scores and totals to 2 dp.
+            for score in allScores {
+                var moderated = score
+                moderated["comment"] = "Panel consensus"
+                #expect(try await client.call(.post, "/v1/bids/\(bid)/moderation", token: lim, body: moderated).status == .ok)
+            }
+            let report = try await client.call(.get, "/v1/projects/\(project)/evaluation", token: lim)
+            let line = (report.jsonObject["lines"] as? [[String: Any]])?.first
+            // 90,000 is the only (so lowest) price: 40.00; quality 4/5×30 + 3/5×15 = 33.00; social 2/5×15 = 6.00.
+            #expect(line?["price_score"] as? String == "40.00")
+            #expect(line?["quality_score"] as? String == "33.00")
+            #expect(line?["social_value_score"] as? String == "6.00")
+            #expect(line?["total"] as? String == "79.00")
+            #expect(line?["rank"] as? Int == 1)
+            #expect((line?["individual"] as? [[String: Any]])?.count == 2)
+            let csv = try await client.call(.get, "/v1/projects/\(project)/evaluation.csv", token: lim)
+            #expect(csv.headers[.contentType]?.hasPrefix("text/csv") == true)
+            let text = String(buffer: csv.body)
+            #expect(text.hasPrefix("rank,supplier,bid_id,price_pence,compliant,price_score"))
+            #expect(text.contains("1,Supplier Ltd,\(bid),90000,yes,40.00,4,3,33.00,2,6.00,79.00"))
+        }
+    }
+
+    /// Five concurrent awards of the same project: exactly one succeeds; one contract, one commitment.
+    @Test func concurrentAwardsYieldExactlyOne() async throws {
+        let world = try await World.make()
+        var configuration = testConfiguration(world.database)
+        configuration.poolSize = 6
+        let app = try await buildApplication(configuration)
+        let project = lower(world.market.closedForAward)
+        try await app.test(.live) { client in
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<5 {
+                    group.addTask {
+                        Int(try await client.call(.post, "/v1/projects/\(project)/award", token: world.token(.lim, of: world.a),
+                                                  body: ["bid_id": lower(world.market.awardBid)]).status.code)
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(statuses.filter { $0 == 201 }.count == 1)
+            #expect(statuses.filter { $0 == 409 }.count == 4)
+        }
+        try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+            let contracts = try await connection.query("SELECT count(*) FROM contract WHERE project_id = \(world.market.closedForAward)").first!.decode(Int.self, at: 0)
+            #expect(contracts == 1)
+            let commitments = try await connection.query("""
+                SELECT count(*) FROM budget_ledger WHERE kind = 'commitment' AND reference = 'contract:project:' || \(world.market.closedForAward.uuidString.lowercased())
+                """).first!.decode(Int.self, at: 0)
+            #expect(commitments == 1)
+            let bid = try await connection.query("SELECT status::text FROM bid WHERE id = \(world.market.awardBid)").first!.decode(String.self, at: 0)
+            #expect(bid == "awarded")
+        }
+    }
+
+    /// If the earmark can no longer be released (someone released it), the award is refused and nothing
+    /// changes: project, bids, ledger and contracts stay as they were.
+    @Test func aRefusedAwardChangesNothing() async throws {
+        let world = try await World.make()
+        let app = try await buildApplication(testConfiguration(world.database))
+        let admin = world.token(.authorityAdmin, of: world.a)
+        let board = lower(world.a.boards[0].id)
+        try await app.test(.live) { client in
+            let budget = try await client.call(.get, "/v1/boards/\(board)/budgets/2025-26", token: admin)
+            let earmarked = (budget.jsonObject["streams"] as? [[String: Any]])?.first { $0["funding_stream_code"] as? String == "locality" }?["earmarked_pence"] as? Int ?? 0
+            #expect(try await client.call(.post, "/v1/boards/\(board)/ledger", token: admin, body: [
+                "financial_year": "2025-26", "funding_stream": "locality", "kind": "release", "amount_pence": earmarked, "reason": "Released everything",
+            ]).status == .created)
+            let ledgerBefore = try await client.call(.get, "/v1/boards/\(board)/ledger?limit=200", token: admin).items.count
+            let refused = try await client.call(.post, "/v1/projects/\(lower(world.market.closedForAward))/award", token: world.token(.lim, of: world.a),
+                                                body: ["bid_id": lower(world.market.awardBid)])
+            #expect(refused.status == .conflict)
+            #expect(try await client.call(.get, "/v1/boards/\(board)/ledger?limit=200", token: admin).items.count == ledgerBefore)
+            let project = try await client.call(.get, "/v1/projects/\(lower(world.market.closedForAward))", token: admin)
+            #expect(project.jsonObject["status"] as? String == "closed")
+            let bid = try await client.call(.get, "/v1/bids/\(lower(world.market.awardBid))", token: world.supplierToken)
+            #expect(bid.jsonObject["status"] as? String == "submitted")
+            let contracts = try await client.call(.get, "/v1/contracts", token: world.supplierToken)
+            #expect(!contracts.items.contains { $0["project_id"] as? String == lower(world.market.closedForAward) })
+        }
+    }
+
+    @Test func awardRulesAndOutcomesForTheOthers() async throws {
+        let world = try await World.make()
+        let app = try await buildApplication(testConfiguration(world.database))
+        let lim = world.token(.lim, of: world.a)
+        let project = lower(world.market.closedForAward)
+        try await app.test(.live) { client in
+            // Not closed yet: refused.
+            #expect(try await client.call(.post, "/v1/projects/\(lower(world.market.openEmpty))/award", token: lim,
+                                          body: ["bid_id": lower(world.market.awardBid)]).status == .conflict)
+            // A non-compliant bid cannot be awarded.
+            #expect(try await client.call(.post, "/v1/bids/\(lower(world.market.awardBid))/compliance", token: lim,
+                                          body: ["compliant": false]).status == .unprocessableContent)
+            #expect(try await client.call(.post, "/v1/bids/\(lower(world.market.awardBid))/compliance", token: lim,
+                                          body: ["compliant": false, "reason": "No insurance evidence"]).status == .ok)
+            #expect(try await client.call(.post, "/v1/projects/\(project)/award", token: lim,
+                                          body: ["bid_id": lower(world.market.awardBid)]).status == .unprocessableContent)
+            #expect(try await client.call(.post, "/v1/bids/\(lower(world.market.awardBid))/compliance", token: lim, body: ["compliant": true]).status == .ok)
+            let award = try await client.call(.post, "/v1/projects/\(project)/award", token: lim, body: ["bid_id": lower(world.market.awardBid)])
+            #expect(award.status == .created)
+            let contract = award.jsonObject
+            #expect(contract["status"] as? String == "kpi_negotiation")
+            #expect(contract["value_pence"] as? Int == 90_000)
+            #expect((contract["kpis"] as? [[String: Any]])?.count == 1)
+            #expect((contract["social_value"] as? [[String: Any]])?.first?["proxy_value_pence"] as? Int == 4_250)
+            #expect((contract["start_date"] as? String ?? "") >= (contract["standstill_ends_on"] as? String ?? "~"))
+            // The earmark is gone and the price committed.
+            let ledger = try await client.call(.get, "/v1/boards/\(lower(world.a.boards[0].id))/ledger?limit=200", token: lim)
+            let mine = ledger.items.filter { ($0["reference"] as? String)?.hasSuffix(project) == true }
+            #expect(mine.compactMap { $0["kind"] as? String }.sorted() == ["commitment", "earmark", "release"])
+            // Awarding again is refused.
+            #expect(try await client.call(.post, "/v1/projects/\(project)/award", token: lim, body: ["bid_id": lower(world.market.awardBid)]).status == .conflict)
+        }
+    }
+
+    /// Negotiation: a new revision clears earlier acceptances; the contract starts only when every KPI is
+    /// agreed and the standstill is over; afterwards KPIs change only by a variation both parties agree.
+    @Test func kpiNegotiationStartGateAndVariations() async throws {
+        let world = try await World.make()
+        let app = try await buildApplication(testConfiguration(world.database))
+        let lim = world.token(.lim, of: world.a)
+        let supplier = world.supplierToken
+        let contract = "/v1/contracts/\(lower(world.market.negotiating))"
+        let kpi = "\(contract)/kpis/\(lower(world.market.negotiatingKPI))"
+        try await app.test(.live) { client in
+            let definition: [String: Any] = [
+                "title": "Staff trained", "measure": "Staff completing the course", "unit": "count", "baseline": 0, "target": 150,
+                "target_date": "2026-07-31", "frequency": "termly", "evidence_source": "Registers", "amber_threshold_percent": 85,
+            ]
+            // Board accepts revision 1; the supplier counter-proposes revision 2, which clears the board's acceptance.
+            let boardAccepts = try await client.call(.post, "\(kpi)/accept", token: lim, body: ["revision": 1])
+            #expect(latest(boardAccepts)["accepted_by"] as? [String] == ["board"])
+            let counter = try await client.call(.post, "\(kpi)/revisions", token: supplier, body: ["definition": definition, "reason": "More staff"])
+            #expect(latest(counter)["revision"] as? Int == 2)
+            #expect(latest(counter)["accepted_by"] as? [String] == ["supplier"])
+            #expect(agreed(counter) == false)
+            // Accepting a stale revision is refused.
+            #expect(try await client.call(.post, "\(kpi)/accept", token: lim, body: ["revision": 1]).status == .conflict)
+            // Not agreed yet: the contract cannot start.
+            let early = try await client.call(.post, "\(contract)/start", token: lim)
+            #expect(early.status == .conflict)
+            #expect((early.jsonObject["detail"] as? String)?.contains("not yet agreed") == true)
+            let agree = try await client.call(.post, "\(kpi)/accept", token: lim, body: ["revision": 2])
+            #expect(agreed(agree) == true)
+            // The supplier cannot start it; the LIM can.
+            #expect(try await client.call(.post, "\(contract)/start", token: supplier).status == .forbidden)
+            let started = try await client.call(.post, "\(contract)/start", token: lim)
+            #expect(started.jsonObject["status"] as? String == "active")
+            // Agreed KPIs are now fixed.
+            #expect(try await client.call(.post, "\(kpi)/revisions", token: lim, body: ["definition": definition]).status == .conflict)
+            #expect(try await client.call(.post, "\(contract)/kpis", token: supplier, body: ["definition": definition]).status == .conflict)
+            // A variation: proposed by the board, accepted by the supplier, recorded with both.
+            var changed = definition
+            changed["target"] = 180
+            let proposal = try await client.call(.post, "\(contract)/variations", token: lim, body: [
+                "reason": "Extra schools joined", "value_pence": 99_000,
+                "kpis": [["kpi_id": lower(world.market.negotiatingKPI), "definition": changed]],
+            ])
+            #expect(proposal.status == .ok)
+            let variation = (proposal.jsonObject["variations"] as? [[String: Any]])?.last?["id"] as? String ?? ""
+            #expect(try await client.call(.post, "\(contract)/variations/\(variation)/decision", token: lim, body: ["accept": true]).status == .forbidden,
+                    "the proposer cannot accept its own variation")
+            let accepted = try await client.call(.post, "\(contract)/variations/\(variation)/decision", token: supplier, body: ["accept": true])
+            #expect(accepted.status == .ok)
+            #expect(accepted.jsonObject["value_pence"] as? Int == 99_000)
+            #expect((latest(accepted)["definition"] as? [String: Any])?["target"] as? Int == 180)
+            #expect(latest(accepted)["accepted_by"] as? [String] == ["board", "supplier"])
+            #expect(try await client.call(.post, "\(contract)/variations/\(variation)/decision", token: supplier, body: ["accept": true]).status == .conflict)
+        }
+    }
+
+    /// With the default standstill of 8 working days, a freshly awarded contract cannot start yet.
+    @Test func theStandstillGatesTheStart() async throws {
+        let world = try await World.make()
+        try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+            try await connection.execute("UPDATE authority SET standstill_working_days = 8")
+        }
+        let app = try await buildApplication(testConfiguration(world.database))
+        let lim = world.token(.lim, of: world.a)
+        try await app.test(.live) { client in
+            let award = try await client.call(.post, "/v1/projects/\(lower(world.market.closedForAward))/award", token: lim,
+                                              body: ["bid_id": lower(world.market.awardBid)])
+            let contract = award.jsonObject
+            let id = contract["id"] as? String ?? ""
+            let kpiID = (contract["kpis"] as? [[String: Any]])?.first?["id"] as? String ?? ""
+            for token in [lim, world.supplierToken] {
+                #expect(try await client.call(.post, "/v1/contracts/\(id)/kpis/\(kpiID)/accept", token: token, body: ["revision": 1]).status == .ok)
+            }
+            let start = try await client.call(.post, "/v1/contracts/\(id)/start", token: lim)
+            #expect(start.status == .conflict)
+            #expect((start.jsonObject["detail"] as? String)?.contains("standstill") == true)
+        }
+    }
+}
