@@ -404,3 +404,26 @@ GRANT SELECT, INSERT, UPDATE ON contract, contract_variation TO locality_app;
 GRANT SELECT, INSERT ON contract_kpi, kpi_revision, kpi_acceptance TO locality_app;
 REVOKE ALL ON FUNCTION project_bidders(uuid), board_members(uuid), accept_contract_variation(uuid, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION project_bidders(uuid), board_members(uuid), accept_contract_variation(uuid, uuid) TO locality_app;
+
+-- Ending a contract: what was paid is spent; the rest of the commitment returns to the budget.
+ALTER TYPE ledger_entry_kind ADD VALUE 'decommitment';
+
+CREATE OR REPLACE FUNCTION apply_ledger_entry() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+BEGIN
+    INSERT INTO budget_balance (authority_id, board_id, financial_year, funding_stream_id)
+    VALUES (NEW.authority_id, NEW.board_id, NEW.financial_year, NEW.funding_stream_id)
+    ON CONFLICT (authority_id, board_id, financial_year, funding_stream_id) DO NOTHING;
+    UPDATE budget_balance SET
+        allocated_pence = allocated_pence + CASE WHEN NEW.kind = 'allocation' THEN NEW.amount_pence ELSE 0 END,
+        earmarked_pence = earmarked_pence
+            + CASE NEW.kind WHEN 'earmark' THEN NEW.amount_pence WHEN 'release' THEN -NEW.amount_pence ELSE 0 END,
+        committed_pence = committed_pence
+            + CASE NEW.kind::text WHEN 'commitment' THEN NEW.amount_pence WHEN 'decommitment' THEN -NEW.amount_pence ELSE 0 END,
+        spent_pence     = spent_pence + CASE WHEN NEW.kind = 'spend' THEN NEW.amount_pence ELSE 0 END
+    WHERE authority_id = NEW.authority_id AND board_id = NEW.board_id AND financial_year = NEW.financial_year
+      AND funding_stream_id = NEW.funding_stream_id;
+    RETURN NEW;
+END;
+$$;
+ALTER TABLE budget_balance ADD CONSTRAINT budget_committed_not_negative CHECK (committed_pence >= 0);

@@ -130,6 +130,19 @@ extension APIHandlers {
         return .ok(.init(body: .json(.init(contract))))
     }
 
+    func completeContract(_ input: Operations.CompleteContract.Input) async throws -> Operations.CompleteContract.Output {
+        let contract = try await services.contracts.complete(try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"))
+        return .ok(.init(body: .json(.init(contract))))
+    }
+
+    func terminateContract(_ input: Operations.TerminateContract.Input) async throws -> Operations.TerminateContract.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        guard let paid = Int(exactly: body.amountPaidPence) else { throw DomainError.invalid("amount_paid_pence", "is out of range") }
+        let contract = try await services.contracts.terminate(
+            try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"), reason: body.reason, amountPaidPence: paid)
+        return .ok(.init(body: .json(.init(contract))))
+    }
+
     func proposeVariation(_ input: Operations.ProposeVariation.Input) async throws -> Operations.ProposeVariation.Output {
         guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
         let contract = try await services.contracts.proposeVariation(

@@ -323,4 +323,41 @@ struct EvaluationTests {
             #expect((start.jsonObject["detail"] as? String)?.contains("standstill") == true)
         }
     }
+
+    /// Ending a contract settles its money: terminated, the amount paid is spent and the rest of the
+    /// commitment returns to the budget; completed, the whole value is spent.
+    @Test func endingContractsSettlesTheLedger() async throws {
+        let world = try await World.make()
+        let app = try await buildApplication(testConfiguration(world.database))
+        let lim = world.token(.lim, of: world.a)
+        let budgetPath = "/v1/boards/\(lower(world.a.boards[0].id))/budgets/2025-26"
+        try await app.test(.live) { client in
+            func locality() async throws -> [String: Any] {
+                let budget = try await client.call(.get, budgetPath, token: lim)
+                return (budget.jsonObject["streams"] as? [[String: Any]])?.first { $0["funding_stream_code"] as? String == "locality" } ?? [:]
+            }
+            let before = try await locality()
+            let overpaid = try await client.call(.post, "/v1/contracts/\(lower(world.market.negotiating))/terminate", token: lim,
+                                                 body: ["reason": "Withdrew", "amount_paid_pence": 90_001])
+            #expect(overpaid.status == .unprocessableContent)
+            let terminated = try await client.call(.post, "/v1/contracts/\(lower(world.market.negotiating))/terminate", token: lim,
+                                                   body: ["reason": "Provider withdrew", "amount_paid_pence": 10_000])
+            #expect(terminated.jsonObject["status"] as? String == "terminated")
+            #expect(terminated.jsonObject["amount_paid_pence"] as? Int == 10_000)
+            let afterTermination = try await locality()
+            #expect((afterTermination["committed_pence"] as? Int ?? 0) == (before["committed_pence"] as? Int ?? 0) - 80_000)
+            #expect((afterTermination["spent_pence"] as? Int ?? 0) == (before["spent_pence"] as? Int ?? 0) + 10_000)
+            #expect((afterTermination["available_pence"] as? Int ?? 0) == (before["available_pence"] as? Int ?? 0) + 80_000)
+            #expect(try await client.call(.post, "/v1/contracts/\(lower(world.market.negotiating))/terminate", token: lim,
+                                          body: ["reason": "Again", "amount_paid_pence": 0]).status == .conflict)
+            #expect(try await client.call(.post, "/v1/contracts/\(lower(world.market.agreed))/complete", token: lim).status == .conflict,
+                    "only an active contract completes")
+            #expect(try await client.call(.post, "/v1/contracts/\(lower(world.market.active))/complete", token: world.supplierToken).status == .forbidden)
+            let completed = try await client.call(.post, "/v1/contracts/\(lower(world.market.active))/complete", token: lim)
+            #expect(completed.jsonObject["status"] as? String == "completed")
+            let afterCompletion = try await locality()
+            #expect((afterCompletion["spent_pence"] as? Int ?? 0) == (afterTermination["spent_pence"] as? Int ?? 0) + 90_000)
+            #expect(afterCompletion["available_pence"] as? Int == afterTermination["available_pence"] as? Int)
+        }
+    }
 }

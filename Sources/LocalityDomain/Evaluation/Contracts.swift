@@ -311,6 +311,55 @@ public struct ContractService: Sendable {
         }
     }
 
+    // MARK: Ending
+
+    /// active → completed: what remains of the commitment is recorded as spent.
+    public func complete(_ scope: AccessScope, contractID: UUID) async throws -> Contract {
+        try await end(scope, contractID: contractID, status: .completed, reason: nil, amountPaid: nil)
+    }
+
+    /// kpi_negotiation or active → terminated, with a reason and the amount paid: that is spent, the rest
+    /// of the commitment returns to the board's budget.
+    public func terminate(_ scope: AccessScope, contractID: UUID, reason: String, amountPaidPence: Int) async throws -> Contract {
+        var validator = Validator()
+        validator.text(reason, "reason", max: 4000)
+        validator.check(amountPaidPence >= 0, "amount_paid_pence", "must not be negative")
+        try validator.throwIfInvalid()
+        return try await end(scope, contractID: contractID, status: .terminated, reason: reason, amountPaid: amountPaidPence)
+    }
+
+    private func end(_ scope: AccessScope, contractID: UUID, status: ContractStatus, reason: String?, amountPaid: Int?) async throws -> Contract {
+        try scope.require(scope.isStaff && scope.has(.lim), "end contracts")
+        return try await database.transaction(scope) { connection in
+            let before = try await Self.fetch(connection, id: contractID, forUpdate: true)
+            guard try await Self.party(connection, before) == .board else { throw DomainError.forbidden("Only the board's LIMs end contracts.") }
+            let allowed: Set<ContractStatus> = status == .completed ? [.active] : [.kpiNegotiation, .active]
+            guard allowed.contains(before.status) else {
+                throw DomainError.conflict("A contract that is \(before.status.rawValue) cannot become \(status.rawValue).")
+            }
+            let paid = amountPaid ?? before.valuePence
+            if paid > before.valuePence {
+                throw DomainError.invalid("amount_paid_pence", "must not exceed the contract value (\(before.valuePence) pence)")
+            }
+            try await connection.query("""
+                UPDATE contract SET status = \(status.rawValue)::contract_status, termination_reason = \(reason),
+                    amount_paid_pence = \(paid) WHERE id = \(contractID)
+                """)
+            for (kind, amount) in [("spend", paid), ("decommitment", before.valuePence - paid)] where amount > 0 {
+                try await connection.query("""
+                    INSERT INTO budget_ledger (authority_id, board_id, financial_year, funding_stream_id, kind, amount_pence, reference, actor, reason)
+                    SELECT p.authority_id, p.board_id, p.financial_year, p.funding_stream_id, \(kind)::ledger_entry_kind, \(amount),
+                           'contract:' || \(contractID.lowercased), current_setting('app.actor'), \("Contract \(status.rawValue)")
+                    FROM project p WHERE p.id = \(before.projectID)
+                    """)
+            }
+            let after = try await Self.fetch(connection, id: contractID)
+            try await AuditLog.record(connection, action: "contract.\(status == .completed ? "complete" : "terminate")", entityType: "contract",
+                                      entityID: contractID.lowercased, before: before, after: after)
+            return after
+        }
+    }
+
     // MARK: Variations (after the contract starts)
 
     public func proposeVariation(_ scope: AccessScope, contractID: UUID, reason: String, valuePence: Int?, endDate: String?, kpis: [VariationKPI]) async throws -> Contract {
@@ -352,6 +401,7 @@ public struct ContractService: Sendable {
             guard let party = try await Self.party(connection, before) else { throw DomainError.forbidden("Only the contract's parties decide variations.") }
             guard let variation = before.variations.first(where: { $0.id == variationID }) else { throw DomainError.notFound("variation") }
             guard variation.status == "proposed" else { throw DomainError.conflict("The variation is already \(variation.status).") }
+            guard before.status == .active else { throw DomainError.conflict("The contract is \(before.status.rawValue); variations apply to active contracts.") }
             guard variation.proposedBy != party else { throw DomainError.forbidden("The other party decides a variation, not its proposer.") }
             if accept {
                 try await connection.query("SELECT accept_contract_variation(\(before.authorityID), \(variationID))")

@@ -2,7 +2,7 @@ public import Foundation
 import LocalityPostgres
 
 public enum LedgerEntryKind: String, Sendable, Codable, CaseIterable {
-    case allocation, earmark, release, commitment, spend
+    case allocation, earmark, release, commitment, spend, decommitment
 }
 
 public struct LedgerEntry: Sendable, Codable, Equatable {
@@ -100,8 +100,8 @@ public struct BudgetService: Sendable {
         case .earmark, .release:
             try scope.require(scope.has(.authorityAdmin) || (scope.has(.lim) && scope.boardIDs.contains(boardID)),
                               "earmark or release budget")
-        case .commitment, .spend:
-            throw DomainError.invalid("kind", "commitments and spend are recorded by awards and payments, not posted directly")
+        case .commitment, .spend, .decommitment:
+            throw DomainError.invalid("kind", "commitments and spend are recorded by awards and contracts, not posted directly")
         }
         var validator = Validator()
         validator.check(FinancialYear(draft.financialYear) != nil, "financial_year", "must be a financial year like 2025-26")

@@ -56,6 +56,8 @@ enum ConstraintTranslation {
             return .insufficientFunds("The budget does not have enough available for this entry.")
         case "budget_earmarked_not_negative":
             return .conflict("The release is larger than the amount earmarked.")
+        case "budget_committed_not_negative":
+            return .conflict("The entry would release more than is committed.")
         case "budget_spent_within_committed":
             return .conflict("Spend would exceed the amount committed.")
         case "board_name_unique":
