@@ -183,11 +183,13 @@ CREATE POLICY project_lim_delete_draft ON project FOR DELETE
 CREATE POLICY project_supplier_read ON project FOR SELECT USING (status <> 'draft' AND app_supplier_admitted(authority_id));
 
 -- Accepting bids: open and before the deadline by the database clock (the statement's time).
-CREATE FUNCTION project_accepting_bids(p_authority uuid, p_project uuid) RETURNS boolean
+CREATE FUNCTION project_accepting_bids_at(p_authority uuid, p_project uuid, p_at timestamptz) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT EXISTS (SELECT 1 FROM project p WHERE p.authority_id = p_authority AND p.id = p_project
-                   AND p.status = 'open' AND p.bid_deadline > statement_timestamp())
+                   AND p.status = 'open' AND p.bid_deadline > p_at)
 $$;
+CREATE FUNCTION project_accepting_bids(p_authority uuid, p_project uuid) RETURNS boolean
+LANGUAGE sql STABLE AS $$ SELECT project_accepting_bids_at(p_authority, p_project, statement_timestamp()) $$;
 
 CREATE TABLE project_amendment (
     authority_id   uuid NOT NULL,

@@ -17,6 +17,7 @@ struct DomainServices: Sendable {
     let bids: BidService
     let evaluation: EvaluationService
     let contracts: ContractService
+    let schools: SchoolService
 
     init(database: ScopedDatabase) {
         authorities = AuthorityService(database: database)
@@ -34,6 +35,7 @@ struct DomainServices: Sendable {
         bids = BidService(database: database)
         evaluation = EvaluationService(database: database)
         contracts = ContractService(database: database)
+        schools = SchoolService(database: database)
     }
 }
 

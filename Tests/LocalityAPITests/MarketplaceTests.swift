@@ -78,12 +78,23 @@ struct MarketplaceTests {
         let app = try await buildApplication(testConfiguration(world.database))
         let m = world.market
         try await app.test(.live) { client in
-            try await MarketFixture.setDeadline(world.database, projects: [m.openWithComplete], "now() + interval '1 second'")
+            // The rule itself, exactly at the edges: accepting at deadline − 1 s, not at the deadline, not at + 1 s.
+            try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+                for (offset, expected) in [("-1 second", true), ("0 seconds", false), ("1 second", false)] {
+                    let accepting = try await connection.query(PGQuery("""
+                        SELECT project_accepting_bids_at(authority_id, id, bid_deadline + $1::interval) FROM project WHERE id = $2
+                        """, [offset.pg, m.openWithComplete.pg])).first!.decode(Bool.self, at: 0)
+                    #expect(accepting == expected, "at deadline \(offset)")
+                }
+            }
+            // Through the API: a few seconds before (margin for a loaded machine) is accepted…
+            try await MarketFixture.setDeadline(world.database, projects: [m.openWithComplete], "now() + interval '5 seconds'")
             let accepted = try await client.call(.post, "/v1/bids/\(lower(m.completeBid))/submit", token: world.supplierToken)
             #expect(accepted.status == .ok)
             let receipt = accepted.jsonObject["receipt"] as? [String: Any]
             #expect((receipt?["sha256"] as? String)?.count == 64)
 
+            // …and one second after is refused, with nothing changed.
             try await MarketFixture.setDeadline(world.database, projects: [m.openWithDraft], "now() - interval '1 second'")
             let before = try await client.call(.get, "/v1/bids/\(lower(m.draftBid))", token: world.supplierToken).jsonObject
             let late = try await client.call(.post, "/v1/bids/\(lower(m.draftBid))/submit", token: world.supplierToken)

@@ -230,6 +230,14 @@ func evaluationMatrix(_ world: World) -> [String: MatrixEntry] {
         "proposeVariation": MatrixEntry(
             method: .post, path: "/v1/contracts/\(lower(m.active))/variations",
             body: { role in ["reason": "Change by \(role.rawValue)", "end_date": "2027-08-31"] }, expected: partiesOK),
+        "listSchools": MatrixEntry(method: .get, path: "/v1/schools", body: { _ in nil }, expected: staffOK),
+        "markSchoolConcern": MatrixEntry(
+            method: .post, path: "/v1/schools/121001/concern",
+            body: { _ in ["category": "ofsted_inadequate", "reason": "Inspection outcome", "since": "2025-10-01"] },
+            expected: outcomes([.hosi: .ok])),
+        "clearSchoolConcern": MatrixEntry(
+            method: .post, path: "/v1/schools/121003/concern/clear",
+            body: { _ in ["reason": "Good inspection", "cleared_on": "2026-03-01"] }, expected: outcomes([.hosi: .ok])),
         // Ending contracts runs last, after the negotiation and variation entries used the same contracts.
         "completeContract": MatrixEntry(
             method: .post, path: "/v1/contracts/\(lower(m.active))/complete", body: { _ in nil }, expected: limOK, phase: 1),

@@ -53,10 +53,25 @@ struct World: Sendable {
             let applicantScope = AccessScope(authorityID: nil, supplierID: applicant.id, userID: nil, roles: [.supplierUser], boardIDs: [], actor: "test")
             _ = try await admissions.apply(applicantScope, authority: "alpha", goodDeclarations)
             let market = try await MarketFixture.make(database: database, scoped: scoped, a: a, supplierID: supplier.id)
+            try await schools(scoped, a)
             return World(database: database, a: a, b: b, supplierToken: supplierToken, supplierUserID: supplierUser.id,
                          supplierID: supplier.id, applicantToken: applicantToken, applicantID: applicant.id,
                          outsiderToken: outsiderToken, market: market)
         }
+    }
+
+    /// A's schools: 121001 (first board), 121002 (second board), 121003 (first board, causing concern).
+    static func schools(_ database: ScopedDatabase, _ a: TenantFixture) async throws {
+        let scope = AccessScope.operatorScope(authorityID: a.authority.id, osUser: "test")
+        let imports = SchoolImportService(database: database)
+        try await imports.setRules(scope, source: "district", rules: [("Northshire", a.boards[0].id), ("Southshire", a.boards[1].id)])
+        try await imports.seedConcernCategories(scope)
+        _ = try await imports.importFile(scope, data: GIASFixture.file([
+            .init(urn: "121001", name: "Northside Primary"), .init(urn: "121002", name: "Southside Academy", district: "Southshire"),
+            .init(urn: "121003", name: "Concerned Primary"),
+        ]), laCode: "815")
+        let hosi = AccessScope(authorityID: a.authority.id, userID: a.users[.hosi]!.id, roles: [.hosi], boardIDs: [], actor: "user:test")
+        _ = try await SchoolService(database: database).markConcern(hosi, urn: 121003, category: "local_concern", reason: "Falling outcomes", since: "2025-09-01")
     }
 
     static let goodDeclarations = AdmissionDeclarations(

@@ -79,7 +79,7 @@ struct TokenTests {
 
             // Expiry, by the database clock: one second either side.
             let auditorToken = world.a.tokens[.auditor]!
-            try await setExpiry(world, token: auditorToken, "now() + interval '1 second'")
+            try await setExpiry(world, token: auditorToken, "now() + interval '5 seconds'")
             #expect(try await client.call(.get, "/v1/me", token: auditorToken).status == .ok)
             try await setExpiry(world, token: auditorToken, "now() - interval '1 second'")
             #expect(try await client.call(.get, "/v1/me", token: auditorToken).status == .unauthorized)

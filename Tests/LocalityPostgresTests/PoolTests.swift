@@ -131,18 +131,18 @@ struct PoolTests {
     @Test func copyLoadsOneHundredThousandRows() async throws {
         let database = try await TestDatabase.migrated()
         try await database.withPool(conninfo: database.ownerConninfo) { pool in
-            try await pool.query("CREATE TABLE school (urn int PRIMARY KEY, name text, closed date)")
+            try await pool.query("CREATE TABLE copy_target (urn int PRIMARY KEY, name text, closed date)")
             let rows = (1...100_000).lazy.map { urn -> [String?] in
                 [String(urn), "School \(urn)\t\"quoted\"\\", urn % 10 == 0 ? nil : "2024-07-31"]
             }
-            let copied = try await pool.withConnection { try await $0.copyIn("COPY school (urn, name, closed) FROM STDIN", rows: rows) }
+            let copied = try await pool.withConnection { try await $0.copyIn("COPY copy_target (urn, name, closed) FROM STDIN", rows: rows) }
             #expect(copied == 100_000)
-            let row = try await pool.query("SELECT count(*), count(closed), max(urn) FROM school").first!
+            let row = try await pool.query("SELECT count(*), count(closed), max(urn) FROM copy_target").first!
             let (count, closedCount, maxURN) = try row.decode(Int.self, Int.self, Int32.self)
             #expect(count == 100_000)
             #expect(closedCount == 90_000)
             #expect(maxURN == 100_000)
-            let name = try await pool.query("SELECT name FROM school WHERE urn = 7").first!.decode(String.self, at: 0)
+            let name = try await pool.query("SELECT name FROM copy_target WHERE urn = 7").first!.decode(String.self, at: 0)
             #expect(name == "School 7\t\"quoted\"\\")
         }
     }

@@ -58,6 +58,11 @@ public struct DemoSeed: Sendable {
                 financialYear: Self.financialYear, fundingStream: "school_improvement", kind: .allocation,
                 amountPence: Self.schoolImprovementPence, reason: "2025-26 school improvement allocation"))
         }
+        let imports = SchoolImportService(database: database)
+        try await imports.setRules(scope, source: "district", rules: SchoolImportService.northYorkshireDistricts.compactMap { rule in
+            boards.first { $0.shortCode == rule.boardCode }.map { (value: rule.district, boardID: $0.id) }
+        })
+        try await imports.seedConcernCategories(scope)
         let users = UserService(database: database)
         let tokens = TokenService(database: database)
         let craven = boards[0].id

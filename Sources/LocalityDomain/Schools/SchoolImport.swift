@@ -1,0 +1,170 @@
+public import Foundation
+import LocalityPostgres
+
+public struct SchoolImportReport: Sendable, Codable, Equatable {
+    public var rowsRead: Int
+    public var added: Int
+    public var updated: Int
+    public var unchanged: Int
+    public var closed: Int
+    /// Rows of other local authorities.
+    public var skipped: Int
+    public var rejected: [Rejection]
+    /// Open schools no rule or override assigns to a board.
+    public var unmappedURNs: [Int]
+
+    public struct Rejection: Sendable, Codable, Equatable {
+        public var line: Int
+        public var reason: String
+    }
+}
+
+/// Imports the GIAS register for one local authority into an authority's schools, in one transaction:
+/// either the whole file lands or nothing does. Upserts by URN; a re-run of the same file changes nothing.
+public struct SchoolImportService: Sendable {
+    public let database: ScopedDatabase
+
+    public init(database: ScopedDatabase) {
+        self.database = database
+    }
+
+    static let required = [
+        "URN", "LA (code)", "EstablishmentName", "TypeOfEstablishment (name)", "EstablishmentStatus (name)", "OpenDate", "CloseDate",
+        "PhaseOfEducation (name)", "DistrictAdministrative (name)", "AdministrativeWard (name)", "ParliamentaryConstituency (name)", "Postcode",
+    ]
+
+    public func importFile(
+        _ scope: AccessScope, data: Data, laCode: String, progress: @Sendable (Int, Int) -> Void = { _, _ in }
+    ) async throws -> SchoolImportReport {
+        try scope.require(scope.isStaff && scope.has(.authorityAdmin), "import schools")
+        let file = try GIASFile(data: data)
+        let missing = Self.required.filter { !file.header.contains($0) }
+        guard missing.isEmpty else { throw DomainError.invalid("file", "not a GIAS establishments file: missing columns \(missing.joined(separator: ", "))") }
+        let column = Dictionary(file.header.enumerated().map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
+        func value(_ row: GIASFile.Row, _ name: String) -> String { row.fields[column[name]!].trimmingCharacters(in: .whitespaces) }
+
+        var rejected = file.malformed.map { SchoolImportReport.Rejection(line: $0.line, reason: $0.reason) }
+        var skipped = 0
+        var staged: [[String?]] = []
+        var seen = Set<Int>()
+        for (position, row) in file.rows.enumerated() {
+            if position % 5_000 == 0 { progress(position, file.rows.count) }
+            guard value(row, "LA (code)") == laCode else { skipped += 1; continue }
+            guard let urn = Int(value(row, "URN")), urn > 0, urn < Int(Int32.max) else {
+                rejected.append(.init(line: row.line, reason: "URN \"\(value(row, "URN"))\" is not a number")); continue
+            }
+            let name = value(row, "EstablishmentName")
+            guard !name.isEmpty else { rejected.append(.init(line: row.line, reason: "URN \(urn) has no name")); continue }
+            guard let openDate = GIASFile.isoDate(value(row, "OpenDate")), let closeDate = GIASFile.isoDate(value(row, "CloseDate")) else {
+                rejected.append(.init(line: row.line, reason: "URN \(urn): dates must be DD-MM-YYYY")); continue
+            }
+            guard seen.insert(urn).inserted else { rejected.append(.init(line: row.line, reason: "URN \(urn) appears twice")); continue }
+            let status = value(row, "EstablishmentStatus (name)")
+            staged.append([
+                String(urn), laCode, name, value(row, "TypeOfEstablishment (name)"), value(row, "PhaseOfEducation (name)"), status,
+                status.hasPrefix("Closed") ? "f" : "t", openDate, closeDate, value(row, "DistrictAdministrative (name)"),
+                value(row, "AdministrativeWard (name)"), value(row, "ParliamentaryConstituency (name)"), value(row, "Postcode"),
+            ])
+        }
+        progress(file.rows.count, file.rows.count)
+        let rowsRead = file.rows.count + file.malformed.count
+        let stagedRows = staged
+        let finalRejected = rejected
+        let finalSkipped = skipped
+        return try await database.transaction(scope) { connection in
+            try await connection.execute("""
+                CREATE TEMPORARY TABLE school_stage (
+                    urn integer, la_code text, name text, establishment_type text, phase text, status text, is_open boolean,
+                    open_date date, close_date date, district text, ward text, constituency text, postcode text
+                ) ON COMMIT DROP
+                """)
+            try await connection.copyIn("COPY school_stage FROM STDIN", rows: stagedRows)
+            let counts = try await connection.query(PGQuery(Self.upsertSQL)).first!
+            let (added, updated, closed) = try counts.decode(Int.self, Int.self, Int.self)
+            let unmapped = try await connection.query("""
+                SELECT urn FROM school WHERE authority_id = app_authority_id() AND is_open AND board_id IS NULL ORDER BY urn
+                """).map { try $0.decode(Int.self, at: 0) }
+            let report = SchoolImportReport(
+                rowsRead: rowsRead, added: added, updated: updated, unchanged: stagedRows.count - added - updated, closed: closed,
+                skipped: finalSkipped, rejected: finalRejected, unmappedURNs: unmapped)
+            // One event for the import (its counts), not one per school.
+            try await AuditLog.record(connection, action: "schools.import", entityType: "school_register", entityID: laCode,
+                                      before: nil, after: report)
+            return report
+        }
+    }
+
+    /// Assigns boards (override, then district, ward, constituency, postcode district rules) and upserts,
+    /// writing only rows whose content or board changed.
+    static let upsertSQL = """
+        WITH mapped AS (
+            SELECT s.*, coalesce(
+                (SELECT o.board_id FROM school_board_override o WHERE o.authority_id = app_authority_id() AND o.urn = s.urn),
+                (SELECT r.board_id FROM school_board_rule r WHERE r.authority_id = app_authority_id() AND r.source = 'district' AND r.value = s.district),
+                (SELECT r.board_id FROM school_board_rule r WHERE r.authority_id = app_authority_id() AND r.source = 'ward' AND r.value = s.ward),
+                (SELECT r.board_id FROM school_board_rule r WHERE r.authority_id = app_authority_id() AND r.source = 'constituency' AND r.value = s.constituency),
+                (SELECT r.board_id FROM school_board_rule r WHERE r.authority_id = app_authority_id() AND r.source = 'postcode_district'
+                    AND r.value = split_part(upper(s.postcode), ' ', 1))) AS board_id,
+                sha256(convert_to(concat_ws('|', s.la_code, s.name, s.establishment_type, s.phase, s.status, s.open_date, s.close_date,
+                                            s.district, s.ward, s.constituency, s.postcode), 'UTF8')) AS source_sha256
+            FROM school_stage s
+        ), closing AS (
+            SELECT count(*) AS n FROM mapped m LEFT JOIN school x ON x.authority_id = app_authority_id() AND x.urn = m.urn
+            WHERE NOT m.is_open AND (x.urn IS NULL OR x.is_open)
+        ), written AS (
+            INSERT INTO school AS x (authority_id, urn, la_code, name, establishment_type, phase, status, is_open, open_date, close_date,
+                                     district, ward, constituency, postcode, board_id, source_sha256)
+            SELECT app_authority_id(), urn, la_code, name, establishment_type, phase, status, is_open, open_date, close_date,
+                   district, ward, constituency, postcode, board_id, source_sha256
+            FROM mapped
+            ON CONFLICT (authority_id, urn) DO UPDATE SET
+                la_code = EXCLUDED.la_code, name = EXCLUDED.name, establishment_type = EXCLUDED.establishment_type,
+                phase = EXCLUDED.phase, status = EXCLUDED.status, is_open = EXCLUDED.is_open, open_date = EXCLUDED.open_date,
+                close_date = EXCLUDED.close_date, district = EXCLUDED.district, ward = EXCLUDED.ward,
+                constituency = EXCLUDED.constituency, postcode = EXCLUDED.postcode, board_id = EXCLUDED.board_id,
+                source_sha256 = EXCLUDED.source_sha256, imported_at = now(), updated_at = now()
+            WHERE (x.source_sha256, x.board_id) IS DISTINCT FROM (EXCLUDED.source_sha256, EXCLUDED.board_id)
+            RETURNING (xmax = 0) AS inserted
+        )
+        SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), (SELECT n FROM closing) FROM written
+        """
+
+    /// Rules from a column's value to a board, e.g. North Yorkshire's districts.
+    public func setRules(_ scope: AccessScope, source: String, rules: [(value: String, boardID: UUID)]) async throws {
+        try scope.require(scope.isStaff && scope.has(.authorityAdmin), "map schools to boards")
+        try await database.transaction(scope) { connection in
+            for rule in rules {
+                try await connection.query("""
+                    INSERT INTO school_board_rule (authority_id, source, value, board_id)
+                    VALUES (app_authority_id(), \(source)::school_board_source, \(rule.value), \(rule.boardID))
+                    ON CONFLICT (authority_id, source, value) DO UPDATE SET board_id = EXCLUDED.board_id
+                    """)
+            }
+            try await AuditLog.record(connection, action: "schools.board_rules", entityType: "school_board_rule", entityID: source,
+                                      before: nil, after: Dictionary(rules.map { ($0.value, $0.boardID.lowercased) }, uniquingKeysWith: { a, _ in a }))
+        }
+    }
+
+    public static let northYorkshireDistricts: [(district: String, boardCode: String)] = [
+        ("Craven", "CRA"), ("Harrogate", "HRK"), ("Scarborough", "CAR"), ("Ryedale", "CAR"), ("Scarborough and Ryedale", "CAR"),
+        ("Hambleton", "HAR"), ("Richmondshire", "HAR"), ("Hambleton and Richmondshire", "HAR"), ("Selby", "SEL"),
+    ]
+
+    public static let defaultConcernCategories: [(String, String)] = [
+        ("ofsted_inadequate", "Ofsted: inadequate"), ("ofsted_requires_improvement", "Ofsted: requires improvement"),
+        ("safeguarding", "Safeguarding concern"), ("local_concern", "Local authority concern"),
+    ]
+
+    public func seedConcernCategories(_ scope: AccessScope) async throws {
+        try await database.transaction(scope) { connection in
+            for (code, name) in Self.defaultConcernCategories {
+                try await connection.query("""
+                    INSERT INTO concern_category (authority_id, code, name) VALUES (app_authority_id(), \(code), \(name))
+                    ON CONFLICT DO NOTHING
+                    """)
+            }
+            try await AuditLog.record(connection, action: "schools.concern_categories", entityType: "concern_category", entityID: "defaults",
+                                      before: nil, after: Dictionary(Self.defaultConcernCategories, uniquingKeysWith: { a, _ in a }))
+        }
+    }
+}
