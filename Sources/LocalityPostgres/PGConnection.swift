@@ -30,7 +30,7 @@ public enum PGIsolationLevel: String, Sendable {
     case serializable = "SERIALIZABLE"
 }
 
-/// One PostgreSQL session. Its statements run on the shared I/O loop (`PGIOLoop`) through libpq's
+/// One PostgreSQL session. Its statements run on one of the shared I/O loops (`PGIOLoop`) through libpq's
 /// nonblocking API; connecting, COPY and cancel requests, which block, run on threads of their own.
 ///
 /// Obtain one from `PGPool.withConnection`; a connection must not be used by two tasks at once.
@@ -76,7 +76,7 @@ public final class PGConnection: @unchecked Sendable {
         let handle = try await runOnOwnThread(name: "pg-connect") { try openHandle(configuration) }
         return PGConnection(
             handle: handle.pointer,
-            loop: PGIOLoop.shared,
+            loop: PGIOLoop.next(),
             cacheCapacity: configuration.statementCacheCapacity,
             onQueryTime: onQueryTime
         )
@@ -264,21 +264,42 @@ public final class PGConnection: @unchecked Sendable {
         try await perform(.simple(sql), cancellable: false)!.commandTag
     }
 
-    /// Hands `work` to the I/O loop and suspends until it finishes. When `cancellable`, cancelling the
+    /// Sends `work` and suspends until the I/O loop has its result. When `cancellable`, cancelling the
     /// calling task sends the server a cancel request (`PQcancel`), or drops the statement unsent.
     private func perform(_ work: PGRequest.Work, cancellable: Bool) async throws -> PGResult? {
         guard cancellable else {
             return try await withUnsafeThrowingContinuation { continuation in
-                loop.submit(PGRequest(connection: self, work: work, cancel: nil, continuation: continuation))
+                dispatch(PGRequest(connection: self, work: work, cancel: nil, continuation: continuation))
             }
         }
         let state = PGCancelState()
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { continuation in
-                loop.submit(PGRequest(connection: self, work: work, cancel: state, continuation: continuation))
+                dispatch(PGRequest(connection: self, work: work, cancel: state, continuation: continuation))
             }
         } onCancel: { [self] in
             if state.cancel() { sendCancelRequest(state) }
+        }
+    }
+
+    /// The calling task sends the statement itself, then hands it to the loop to wait for the reply.
+    ///
+    /// Why send here: in nonblocking mode `PQsend…` and `PQflush` only copy into libpq's buffer and write
+    /// what the socket takes at once; they never wait, so this does not block the cooperative thread.
+    /// Sending here spreads that work (and the cost of waking the server's backend) over the cooperative
+    /// threads, and the loop then needs no wake-up of its own: the reply's arrival on the socket wakes it.
+    private func dispatch(_ request: PGRequest) {
+        if case .close = request.work {
+            loop.submit(request)
+            return
+        }
+        switch send(request) {
+        case .finished(let result):
+            request.finish(result)
+        case .waiting(let flushPending):
+            request.flushPending = flushPending
+            request.sentByCaller = true
+            loop.submit(request)
         }
     }
 
@@ -296,13 +317,21 @@ public final class PGConnection: @unchecked Sendable {
     // MARK: On the I/O loop thread
 
     var socket: Int32 { PQsocket(handle) }
+    /// The socket this connection registered with the loop's epoll (-1: none), and the events asked for.
+    var loopSocket: Int32 = -1
+    var loopInterest: UInt32 = 0
+    /// False while the socket is registered for input, so a reply is sure to wake the loop. Written by the
+    /// loop, read by submitters under the loop's queue lock (see `PGIOLoop.submit`).
+    let loopDeaf = Atomic<Bool>(true)
 
-    /// Starts `request`: sends its first message, or finishes it at once (close, cancelled, send failed).
-    func begin(_ request: PGRequest) -> PGRequest.Progress {
-        if case .close = request.work {
-            PQfinish(handle)
-            return .finished(.success(nil))
-        }
+    /// Closes the session, on the loop thread.
+    func finishHandle() {
+        PQfinish(handle)
+    }
+
+    /// Sends `request`'s first message, or finishes it at once (cancelled, send failed). Runs on the calling
+    /// task, before the request is handed to the loop.
+    private func send(_ request: PGRequest) -> PGRequest.Progress {
         if let cancel = request.cancel, !cancel.begin() {
             return .finished(.failure(PGError.cancelledByUser))
         }

@@ -2,20 +2,30 @@ internal import CLibPQ
 import Foundation
 import Synchronization
 
-/// One thread that drives every connection's statements through libpq's nonblocking API.
+/// A thread that waits for the replies of many connections at once, through libpq's nonblocking API.
 ///
 /// Why: a thread per connection costs two thread hops per statement, and on a small machine dozens of
-/// workers compete with the server's backends for the cores. Here tasks hand their statement to this
-/// thread and suspend; the thread sends it (`PQsendQuery…`), waits for all sockets at once with `epoll`,
-/// reads replies (`PQconsumeInput`/`PQgetResult`) and resumes the waiting tasks. It never runs Swift
-/// tasks and never blocks in libpq, so one slow statement holds up nobody else.
+/// workers compete with the server's backends for the cores. Here the calling task sends its statement
+/// (`PQsendQuery…` in nonblocking mode never waits), queues the request here and suspends; the loop
+/// waits on all sockets with `epoll`, reads replies (`PQconsumeInput`/`PQgetResult`), sends any follow-up
+/// step (execute after prepare) and resumes the waiting tasks. It never runs Swift tasks and never
+/// blocks in libpq, so one slow statement holds up nobody else.
 ///
-/// Ownership: a connection's `PGconn` is touched here only while one of its requests is in flight; the
-/// request is handed over under `lock` and handed back by resuming its continuation, so the connection's
-/// own task and this thread never use the `PGconn` at the same time.
+/// Ownership: a connection's `PGconn` is touched here only while one of its requests is queued or in
+/// flight; the task hands it over under the queue's lock after its last libpq call and gets it back
+/// when its continuation resumes, so the task and this thread never use the `PGconn` at the same time.
 final class PGIOLoop: @unchecked Sendable {
-    /// Shared by every connection in the process: one thread suffices to keep a few cores of server busy.
-    static let shared = PGIOLoop()
+    /// Shared by every connection in the process, one loop per core: sending a statement wakes the
+    /// server's backend, which costs the sending thread several microseconds, so one loop alone becomes
+    /// the bottleneck with several clients.
+    private static let loops: [PGIOLoop] = (0..<max(1, ProcessInfo.processInfo.activeProcessorCount)).map { PGIOLoop(index: $0) }
+    private static let nextLoop = Atomic<Int>(0)
+
+    /// The loop for a new connection, round-robin.
+    static func next() -> PGIOLoop {
+        let index = nextLoop.add(1, ordering: .relaxed).oldValue
+        return loops[index % loops.count]
+    }
 
     private let epollFD: Int32
     /// Written by a submitter to wake the thread when it sleeps in `epoll_wait`.
@@ -31,8 +41,10 @@ final class PGIOLoop: @unchecked Sendable {
     // Touched only on the loop thread.
     /// The request in flight on each socket, indexed by file descriptor.
     private var inFlight: [PGRequest?] = []
+    /// The connection registered with epoll under each descriptor, to quiet an idle socket that reports.
+    private var registered: [PGConnection?] = []
 
-    private init() {
+    private init(index: Int) {
         epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
         wakeFD = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
         precondition(epollFD >= 0 && wakeFD >= 0, "cannot create the PostgreSQL I/O loop's epoll/eventfd: errno \(errno)")
@@ -41,20 +53,35 @@ final class PGIOLoop: @unchecked Sendable {
         event.data.fd = wakeFD
         epoll_ctl(epollFD, EPOLL_CTL_ADD, wakeFD, &event)
         let thread = Thread { [self] in self.run() }
-        thread.name = "pg-io"
+        thread.name = "pg-io-\(index)"
         thread.start()
     }
 
-    /// Queues `request`; the loop thread starts it on its next turn.
+    /// Queues `request`; the loop thread takes it on its next turn.
     func submit(_ request: PGRequest) {
         let wake = submissions.withLock { state -> Bool in
             state.requests.append(request)
-            let wake = state.sleeping
+            // Only a sleeping loop needs the syscall; a busy one takes the queue before it sleeps again.
+            // A statement already sent needs none either when its socket listens for input: the reply
+            // wakes the loop, which then takes the queue before looking for the request.
+            guard state.sleeping else { return false }
+            if request.sentByCaller, !request.connection.loopDeaf.load(ordering: .relaxed) { return false }
             state.sleeping = false
-            return wake
+            return true
         }
-        // Only a sleeping loop needs the syscall; a busy one picks the request up before it sleeps again.
         if wake { _ = eventfd_write(wakeFD, 1) }
+    }
+
+    /// Takes and starts everything queued; returns how many requests it took.
+    @discardableResult
+    private func takeSubmissions() -> Int {
+        let batch = submissions.withLock { state -> [PGRequest] in
+            let batch = state.requests
+            state.requests.removeAll(keepingCapacity: true)
+            return batch
+        }
+        for request in batch { start(request) }
+        return batch.count
     }
 
     // MARK: The loop thread
@@ -63,52 +90,82 @@ final class PGIOLoop: @unchecked Sendable {
         let capacity: Int32 = 128
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
         while true {
-            // Take everything submitted since the last turn; with nothing new, mark the loop asleep under
-            // the same lock, so a later submitter knows to write the eventfd.
-            let batch = submissions.withLock { state -> [PGRequest] in
-                let batch = state.requests
-                state.requests.removeAll(keepingCapacity: true)
-                state.sleeping = batch.isEmpty
-                return batch
-            }
-            for request in batch { start(request) }
-            // After starting a batch look again at once: more may have arrived while we were sending.
-            let count = epoll_wait(epollFD, events, capacity, batch.isEmpty ? -1 : 0)
-            if batch.isEmpty { submissions.withLock { $0.sleeping = false } }
-            guard count > 0 else { continue }  // timeout, or EINTR
-            for index in 0..<Int(count) {
-                let event = events[index]
-                let fd = event.data.fd
-                if fd == wakeFD {
-                    var value: eventfd_t = 0
-                    _ = eventfd_read(wakeFD, &value)
-                    continue
+            // Take everything submitted since the last turn: one wake-up serves many requests.
+            let taken = takeSubmissions()
+
+            // No spinning before sleeping: measured, it only took CPU from the server's backends (and from
+            // the cooperative threads) on a two-core machine, at every client count.
+            var count: Int32 = 0
+            if taken > 0 {
+                // Look again at once: more may have arrived while we were starting these.
+                count = epoll_wait(epollFD, events, capacity, 0)
+            } else {
+                // Sleep. The flag is set under the lock that guards the queue, so a request submitted after
+                // this check sees it (and writes the eventfd when its reply alone would not wake us).
+                let sleep = submissions.withLock { state -> Bool in
+                    state.sleeping = state.requests.isEmpty
+                    return state.sleeping
                 }
-                // A stale event (a socket libpq already closed, its number reused) is harmless: handling
-                // readiness that is not there just finds libpq still busy and re-arms.
-                guard Int(fd) < inFlight.count, let request = inFlight[Int(fd)] else { continue }
-                let flags = event.events
-                let progress = request.connection.advance(
-                    request,
-                    readable: flags & (EPOLLIN.rawValue | EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0,
-                    writable: flags & EPOLLOUT.rawValue != 0
-                )
-                settle(request, fd: fd, progress)
+                if sleep {
+                    count = epoll_wait(epollFD, events, capacity, -1)
+                    submissions.withLock { $0.sleeping = false }
+                }
+            }
+            for index in 0..<Int(max(count, 0)) {
+                handle(events[index])
             }
         }
     }
 
-    private func start(_ request: PGRequest) {
-        // Closing: forget the socket first, so a later socket with the same number starts clean.
-        if case .close = request.work {
-            let fd = request.connection.socket
-            if fd >= 0 {
-                var event = epoll_event()
-                _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &event)
-            }
+    private func handle(_ event: epoll_event) {
+        let fd = event.data.fd
+        if fd == wakeFD {
+            var value: eventfd_t = 0
+            _ = eventfd_read(wakeFD, &value)
+            return
         }
-        let fd = request.connection.socket
-        let progress = request.connection.begin(request)
+        if Int(fd) >= inFlight.count || inFlight[Int(fd)] == nil {
+            // A reply can arrive before its request reaches the loop (the caller sends, then queues).
+            takeSubmissions()
+        }
+        guard Int(fd) < inFlight.count, let request = inFlight[Int(fd)] else {
+            // An idle connection's socket reports (the server closed it, or COPY runs on it elsewhere):
+            // stop listening until its next statement, or the level-triggered event would repeat forever.
+            // Then look at the queue once more: a request queued meanwhile, seeing the socket deaf,
+            // wakes the loop itself; one queued before is started here, which listens again.
+            if Int(fd) < registered.count, let connection = registered[Int(fd)], connection.loopInterest != 0 {
+                setInterest(connection, fd: fd, 0)
+                connection.loopDeaf.store(true, ordering: .relaxed)
+                takeSubmissions()
+            }
+            return
+        }
+        let flags = event.events
+        let progress = request.connection.advance(
+            request,
+            readable: flags & (EPOLLIN.rawValue | EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0,
+            writable: flags & EPOLLOUT.rawValue != 0
+        )
+        settle(request, fd: fd, progress)
+    }
+
+    private func start(_ request: PGRequest) {
+        let connection = request.connection
+        let fd = connection.socket
+        if case .close = request.work, fd >= 0, connection.loopSocket == fd {
+            // Forget the socket before libpq closes it, so a later socket with the same number starts clean.
+            var event = epoll_event()
+            _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &event)
+            if Int(fd) < registered.count { registered[Int(fd)] = nil }
+            connection.loopSocket = -1
+        }
+        let progress: PGRequest.Progress
+        if case .close = request.work {
+            connection.finishHandle()
+            progress = .finished(.success(nil))
+        } else {
+            progress = .waiting(flushPending: request.flushPending)
+        }
         if case .waiting = progress, fd >= 0 {
             if Int(fd) >= inFlight.count {
                 inFlight.append(contentsOf: repeatElement(nil, count: Int(fd) + 1 - inFlight.count))
@@ -118,31 +175,62 @@ final class PGIOLoop: @unchecked Sendable {
         settle(request, fd: fd, progress)
     }
 
-    /// Re-arms the socket for a request that still waits, or finishes it.
+    /// Keeps waiting for a request's socket, or finishes the request.
     private func settle(_ request: PGRequest, fd: Int32, _ progress: PGRequest.Progress) {
         switch progress {
         case .waiting(let flushPending):
-            // libpq closes the socket when it sees the connection drop; never arm a number it gave up.
-            if fd >= 0, request.connection.socket == fd, arm(fd, writable: flushPending) { return }
-            if fd >= 0, Int(fd) < inFlight.count { inFlight[Int(fd)] = nil }
+            // libpq closes the socket when it sees the connection drop; never listen on a number it gave up.
+            if fd >= 0, request.connection.socket == fd, listen(request.connection, fd: fd, writable: flushPending) { return }
+            forget(request, fd: fd)
             request.finish(.failure(request.connection.connectionError()))
         case .finished(let result):
-            if fd >= 0, Int(fd) < inFlight.count, inFlight[Int(fd)] === request { inFlight[Int(fd)] = nil }
+            forget(request, fd: fd)
             request.finish(result)
         }
     }
 
-    /// One-shot interest: the socket reports once, then stays quiet until re-armed, so an idle
-    /// connection's socket (or one in use elsewhere, as for COPY) never wakes the loop.
-    private func arm(_ fd: Int32, writable: Bool) -> Bool {
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue | EPOLLONESHOT.rawValue | (writable ? EPOLLOUT.rawValue : 0)
-        event.data.fd = fd
-        if epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event) == 0 { return true }
-        // First use of this socket (or a reused descriptor number): register it.
-        return errno == ENOENT && epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) == 0
+    private func forget(_ request: PGRequest, fd: Int32) {
+        if fd >= 0, Int(fd) < inFlight.count, inFlight[Int(fd)] === request {
+            inFlight[Int(fd)] = nil
+        }
     }
 
+    /// Level-triggered interest, registered once per socket and changed only when it must be: most
+    /// statements cost no epoll_ctl at all. Writability is asked for only while libpq has output queued.
+    private func listen(_ connection: PGConnection, fd: Int32, writable: Bool) -> Bool {
+        let interest = EPOLLIN.rawValue | (writable ? EPOLLOUT.rawValue : 0)
+        if connection.loopSocket != fd {
+            var event = epoll_event()
+            event.events = interest
+            event.data.fd = fd
+            var result = epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event)
+            if result != 0, errno == EEXIST {
+                // A number reused from a socket libpq closed while still registered elsewhere.
+                result = epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event)
+            }
+            guard result == 0 else { return false }
+            connection.loopSocket = fd
+            connection.loopInterest = interest
+            connection.loopDeaf.store(false, ordering: .relaxed)
+            if Int(fd) >= registered.count {
+                registered.append(contentsOf: repeatElement(nil, count: Int(fd) + 1 - registered.count))
+            }
+            registered[Int(fd)] = connection
+            return true
+        }
+        return connection.loopInterest == interest || setInterest(connection, fd: fd, interest)
+    }
+
+    @discardableResult
+    private func setInterest(_ connection: PGConnection, fd: Int32, _ interest: UInt32) -> Bool {
+        var event = epoll_event()
+        event.events = interest
+        event.data.fd = fd
+        guard epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event) == 0 else { return false }
+        connection.loopInterest = interest
+        if interest != 0 { connection.loopDeaf.store(false, ordering: .relaxed) }
+        return true
+    }
 }
 
 /// One statement (or close) handed to the I/O loop, and its progress there.
@@ -186,6 +274,10 @@ final class PGRequest: @unchecked Sendable {
     var stage = Stage.executing
     /// The result kept so far for the current step (the last one, or the first error, as `PQexec` keeps).
     var pending: OpaquePointer?
+    /// Output libpq could not write yet: the loop listens for writability too and flushes.
+    var flushPending = false
+    /// Sent by the calling task (everything but close): the loop only waits for the reply.
+    var sentByCaller = false
     var started: ContinuousClock.Instant?
 
     init(connection: PGConnection, work: Work, cancel: PGCancelState?, continuation: UnsafeContinuation<PGResult?, any Error>) {
