@@ -30,14 +30,17 @@ public enum PGIsolationLevel: String, Sendable {
     case serializable = "SERIALIZABLE"
 }
 
-/// One PostgreSQL session. Every libpq call on it runs on the connection's own worker thread.
+/// One PostgreSQL session. Its statements run on one of the shared I/O loops (`PGIOLoop`) through libpq's
+/// nonblocking API; connecting, COPY and cancel requests, which block, run on threads of their own.
 ///
 /// Obtain one from `PGPool.withConnection`; a connection must not be used by two tasks at once.
 public final class PGConnection: @unchecked Sendable {
-    // Touched only on `worker`, except `PQsocket`/`PQstatus` reads while the connection is idle in the pool.
+    // The `PGconn` and the statement cache are used by one thread at a time: the borrowing task while no
+    // statement is in flight, the I/O loop (or a COPY thread) while one is. Handing a request over (a lock)
+    // and resuming its continuation order those uses. `PQsocket`/`PQstatus` are also read while idle.
     private let handle: OpaquePointer
     private let cancelHandle: OpaquePointer?
-    let worker: WorkerThread
+    private let loop: PGIOLoop
     private let cacheCapacity: Int
     private var statementCache: [String: PreparedStatement] = [:]
     private let broken = Atomic<Bool>(false)
@@ -51,10 +54,10 @@ public final class PGConnection: @unchecked Sendable {
         let oids: [UInt32]
     }
 
-    private init(handle: OpaquePointer, worker: WorkerThread, cacheCapacity: Int, onQueryTime: (@Sendable (Duration) -> Void)?) {
+    private init(handle: OpaquePointer, loop: PGIOLoop, cacheCapacity: Int, onQueryTime: (@Sendable (Duration) -> Void)?) {
         self.handle = handle
         self.cancelHandle = PQgetCancel(handle)
-        self.worker = worker
+        self.loop = loop
         self.cacheCapacity = cacheCapacity
         self.onQueryTime = onQueryTime
         self.backendPID = PQbackendPID(handle)
@@ -64,24 +67,19 @@ public final class PGConnection: @unchecked Sendable {
         if let cancelHandle { PQfreeCancel(cancelHandle) }
     }
 
-    /// Opens a session (the blocking connect runs on the new connection's worker thread).
+    /// Opens a session. `PQconnectdbParams` blocks, so it runs on a short-lived thread of its own; connecting
+    /// is rare next to querying, and the I/O loop must never wait on one connection.
     public static func connect(
         _ configuration: PGConnectionConfiguration,
         onQueryTime: (@Sendable (Duration) -> Void)? = nil
     ) async throws -> PGConnection {
-        let worker = WorkerThread(name: "pg-\(configuration.applicationName)")
-        do {
-            let handle = try await worker.run { try openHandle(configuration) }
-            return PGConnection(
-                handle: handle.pointer,
-                worker: worker,
-                cacheCapacity: configuration.statementCacheCapacity,
-                onQueryTime: onQueryTime
-            )
-        } catch {
-            worker.stop()
-            throw error
-        }
+        let handle = try await runOnOwnThread(name: "pg-connect") { try openHandle(configuration) }
+        return PGConnection(
+            handle: handle.pointer,
+            loop: PGIOLoop.next(),
+            cacheCapacity: configuration.statementCacheCapacity,
+            onQueryTime: onQueryTime
+        )
     }
 
     private static func openHandle(_ configuration: PGConnectionConfiguration) throws -> UnsafeSendableHandle {
@@ -109,6 +107,12 @@ public final class PGConnection: @unchecked Sendable {
         }
         // Notices ("relation already exists, skipping") are chatter, not errors: keep them off stderr.
         PQsetNoticeProcessor(handle, { _, _ in }, nil)
+        // The I/O loop sends with PQsendQuery… and flushes as the socket allows, never blocking on it.
+        guard PQsetnonblocking(handle, 1) == 0 else {
+            let message = String(cString: PQerrorMessage(handle)).trimmingCharacters(in: .whitespacesAndNewlines)
+            PQfinish(handle)
+            throw PGError(kind: .connection, sqlState: "08001", message: message)
+        }
         return UnsafeSendableHandle(handle)
     }
 
@@ -117,14 +121,25 @@ public final class PGConnection: @unchecked Sendable {
     /// Runs one parameterised statement (prepared once per connection, then executed by name).
     @discardableResult
     public func query(_ query: PGQuery) async throws -> PGResult {
-        let box = try await runCancellable { [self] in try self.executeParameterised(query) }
-        return box
+        // Choose the statement here, on the borrowing task, so the I/O loop only sends and reads.
+        let statement: PGRequest.Statement
+        let cached = statementCache[query.sql]
+        if let cached, cached.oids.elementsEqual(query.binds.lazy.map(\.oid)) {
+            statement = .cached(name: cached.name)
+        } else if cached == nil, statementCache.count < cacheCapacity {
+            // Named after the cache size; the loop adds it to the cache once the server has prepared it.
+            statement = .prepare(name: "s\(statementCache.count + 1)", oids: query.binds.map(\.oid))
+        } else {
+            statement = .unnamed(oids: query.binds.map(\.oid))
+        }
+        let work = PGRequest.Work.query(sql: query.sql, statement: statement, parameters: PGParameterArrays(query.binds))
+        return try await perform(work, cancellable: true)!
     }
 
     /// Runs trusted SQL text with no parameters through the simple-query protocol (several statements
     /// allowed). For migrations and fixed commands only; values always go through `query`.
     public func execute(_ sql: String) async throws {
-        _ = try await runCancellable { [self] in try self.executeSimple(sql) }
+        _ = try await perform(.simple(sql), cancellable: true)
     }
 
     /// Sets a transaction-local setting (`set_config(name, value, true)`), e.g. the tenant context.
@@ -156,7 +171,23 @@ public final class PGConnection: @unchecked Sendable {
     /// `COPY … FROM STDIN` with pre-formatted data chunks. Returns rows copied.
     @discardableResult
     public func copyIn(_ sql: String, chunks: [[UInt8]]) async throws -> Int {
-        try await runCancellable { [self] in try self.executeCopyIn(sql, chunks: chunks) }
+        // COPY streams many chunks; doing it in blocking mode on a thread of its own keeps it simple and
+        // keeps a bulk load from holding up the I/O loop. No request of ours is in flight meanwhile, so
+        // the loop does not touch this connection.
+        let state = PGCancelState()
+        return try await withTaskCancellationHandler {
+            try await runOnOwnThread(name: "pg-copy") { [self] in
+                guard state.begin() else { throw PGError.cancelledByUser }
+                defer { state.end() }
+                let start = ContinuousClock.now
+                defer { self.onQueryTime?(ContinuousClock.now - start) }
+                PQsetnonblocking(handle, 0)
+                defer { PQsetnonblocking(handle, 1) }
+                return try self.executeCopyIn(sql, chunks: chunks)
+            }
+        } onCancel: { [self] in
+            if state.cancel() { sendCancelRequest(state) }
+        }
     }
 
     // MARK: Transactions
@@ -221,42 +252,58 @@ public final class PGConnection: @unchecked Sendable {
         }
     }
 
-    /// Closes the session and ends its worker thread.
+    /// Closes the session (`PQfinish`, on the I/O loop).
     public func close() async {
-        let handle = UnsafeSendableHandle(self.handle)
-        _ = try? await worker.run { PQfinish(handle.pointer) }
-        worker.stop()
+        _ = try? await perform(.close, cancellable: false)
     }
 
-    // MARK: Running work on the worker thread
+    // MARK: Handing statements to the I/O loop
 
     @discardableResult
     private func runUncancellable(_ sql: String) async throws -> String {
-        try await worker.run { [self] in
-            let result = try self.executeSimple(sql)
-            return result.commandTag
-        }
+        try await perform(.simple(sql), cancellable: false)!.commandTag
     }
 
-    /// Runs `body` on the worker; cancelling the calling task sends the server a cancel request (`PQcancel`).
-    private func runCancellable<R: Sendable>(_ body: @escaping @Sendable () throws -> R) async throws -> R {
-        let state = CancelState()
+    /// Sends `work` and suspends until the I/O loop has its result. When `cancellable`, cancelling the
+    /// calling task sends the server a cancel request (`PQcancel`), or drops the statement unsent.
+    private func perform(_ work: PGRequest.Work, cancellable: Bool) async throws -> PGResult? {
+        guard cancellable else {
+            return try await withUnsafeThrowingContinuation { continuation in
+                dispatch(PGRequest(connection: self, work: work, cancel: nil, continuation: continuation))
+            }
+        }
+        let state = PGCancelState()
         return try await withTaskCancellationHandler {
-            try await worker.run { [self] in
-                guard state.begin() else {
-                    throw PGError(kind: .server, sqlState: "57014", message: "canceling statement due to user request")
-                }
-                defer { state.end() }
-                let start = ContinuousClock.now
-                defer { self.onQueryTime?(ContinuousClock.now - start) }
-                return try body()
+            try await withUnsafeThrowingContinuation { continuation in
+                dispatch(PGRequest(connection: self, work: work, cancel: state, continuation: continuation))
             }
         } onCancel: { [self] in
             if state.cancel() { sendCancelRequest(state) }
         }
     }
 
-    private func sendCancelRequest(_ state: CancelState) {
+    /// The calling task sends the statement itself, then hands it to the loop to wait for the reply.
+    ///
+    /// Why send here: in nonblocking mode `PQsend…` and `PQflush` only copy into libpq's buffer and write
+    /// what the socket takes at once; they never wait, so this does not block the cooperative thread.
+    /// Sending here spreads that work (and the cost of waking the server's backend) over the cooperative
+    /// threads, and the loop then needs no wake-up of its own: the reply's arrival on the socket wakes it.
+    private func dispatch(_ request: PGRequest) {
+        if case .close = request.work {
+            loop.submit(request)
+            return
+        }
+        switch send(request) {
+        case .finished(let result):
+            request.finish(result)
+        case .waiting(let flushPending):
+            request.flushPending = flushPending
+            request.sentByCaller = true
+            loop.submit(request)
+        }
+    }
+
+    private func sendCancelRequest(_ state: PGCancelState) {
         guard let cancelHandle else { return }
         let cancel = UnsafeSendableHandle(cancelHandle)
         // PQcancel opens a connection of its own and blocks: keep it off the caller's thread.
@@ -267,36 +314,163 @@ public final class PGConnection: @unchecked Sendable {
         }
     }
 
-    // MARK: On the worker thread
+    // MARK: On the I/O loop thread
 
-    private func executeParameterised(_ query: PGQuery) throws -> PGResult {
-        let oids = query.binds.map(\.oid)
-        var statementName: String? = nil
-        if let cached = statementCache[query.sql], cached.oids == oids {
-            statementName = cached.name
-        } else if statementCache[query.sql] == nil, statementCache.count < cacheCapacity {
-            let name = "s\(statementCache.count + 1)"
-            let prepared = oids.withUnsafeBufferPointer { types in
-                PQprepare(handle, name, query.sql, Int32(oids.count), types.baseAddress)
-            }
-            _ = try check(prepared)
-            statementCache[query.sql] = PreparedStatement(name: name, oids: oids)
-            statementName = name
-        }
-        let result = withParameterArrays(query.binds) { values, lengths, formats in
-            if let statementName {
-                return PQexecPrepared(handle, statementName, Int32(query.binds.count), values, lengths, formats, 0)
-            }
-            return oids.withUnsafeBufferPointer { types in
-                PQexecParams(handle, query.sql, Int32(query.binds.count), types.baseAddress, values, lengths, formats, 0)
-            }
-        }
-        return try check(result)
+    var socket: Int32 { PQsocket(handle) }
+    /// The socket this connection registered with the loop's epoll (-1: none), and the events asked for.
+    var loopSocket: Int32 = -1
+    var loopInterest: UInt32 = 0
+    /// False while the socket is registered for input, so a reply is sure to wake the loop. Written by the
+    /// loop, read by submitters under the loop's queue lock (see `PGIOLoop.submit`).
+    let loopDeaf = Atomic<Bool>(true)
+
+    /// Closes the session, on the loop thread.
+    func finishHandle() {
+        PQfinish(handle)
     }
 
-    private func executeSimple(_ sql: String) throws -> PGResult {
-        // PQexec returns only the last statement's result; earlier errors stop the script and are returned.
-        try check(PQexec(handle, sql))
+    /// Sends `request`'s first message, or finishes it at once (cancelled, send failed). Runs on the calling
+    /// task, before the request is handed to the loop.
+    private func send(_ request: PGRequest) -> PGRequest.Progress {
+        if let cancel = request.cancel, !cancel.begin() {
+            return .finished(.failure(PGError.cancelledByUser))
+        }
+        if onQueryTime != nil { request.started = ContinuousClock.now }
+        let sent: Bool
+        switch request.work {
+        case .close:
+            sent = false
+        case .simple(let sql):
+            request.stage = .executing
+            sent = PQsendQuery(handle, sql) == 1
+        case .query(let sql, let statement, let parameters):
+            switch statement {
+            case .cached(let name):
+                request.stage = .executing
+                sent = sendPrepared(name, parameters)
+            case .prepare(let name, let oids):
+                request.stage = .preparing(name: name)
+                sent = oids.withUnsafeBufferPointer { types in
+                    PQsendPrepare(handle, name, sql, Int32(oids.count), types.baseAddress) == 1
+                }
+            case .unnamed(let oids):
+                request.stage = .executing
+                sent = oids.withUnsafeBufferPointer { types in
+                    PQsendQueryParams(
+                        handle, sql, parameters.count, types.baseAddress,
+                        parameters.values, parameters.lengths, parameters.formats, 0
+                    ) == 1
+                }
+            }
+        }
+        guard sent else { return .finished(.failure(connectionError())) }
+        return flush()
+    }
+
+    private func sendPrepared(_ name: String, _ parameters: PGParameterArrays) -> Bool {
+        PQsendQueryPrepared(handle, name, parameters.count, parameters.values, parameters.lengths, parameters.formats, 0) == 1
+    }
+
+    /// Pushes queued output to the socket as far as it goes without blocking.
+    private func flush() -> PGRequest.Progress {
+        switch PQflush(handle) {
+        case 0: .waiting(flushPending: false)
+        case 1: .waiting(flushPending: true)
+        default: .finished(.failure(connectionError()))
+        }
+    }
+
+    /// The socket became ready: read what arrived, collect results, and move on to the next step.
+    func advance(_ request: PGRequest, readable: Bool, writable: Bool) -> PGRequest.Progress {
+        if readable, PQconsumeInput(handle) != 1 {
+            // The connection dropped. A FATAL error read just before (e.g. 57P01 from
+            // pg_terminate_backend) says why better than "connection lost".
+            markBroken()
+            if let pending = request.pending {
+                request.pending = nil
+                return .finished(Result { try check(pending) as PGResult? })
+            }
+            return .finished(.failure(connectionError()))
+        }
+        // Output still queued (a large statement): keep flushing, and wait again until it is all out.
+        var flushPending = false
+        if writable || readable {
+            switch PQflush(handle) {
+            case 0: break
+            case 1: flushPending = true
+            default: return .finished(.failure(connectionError()))
+            }
+        }
+        while PQisBusy(handle) == 0 {
+            guard let result = PQgetResult(handle) else {
+                // Every result of this step is in: check it, then finish or send the next step.
+                return stepDone(request)
+            }
+            switch PQresultStatus(result) {
+            case PGRES_COPY_IN:
+                // COPY FROM STDIN sent through query/execute: refuse it, and the server ends the statement
+                // with an error, leaving the session usable.
+                PQclear(result)
+                guard PQputCopyEnd(handle, "COPY FROM STDIN needs PGConnection.copyIn") != -1 else {
+                    return .finished(.failure(connectionError()))
+                }
+                switch flush() {
+                case .finished(let failure): return .finished(failure)
+                case .waiting(let pending): flushPending = flushPending || pending
+                }
+            case PGRES_COPY_OUT, PGRES_COPY_BOTH:
+                PQclear(result)
+                markBroken()
+                return .finished(.failure(PGError(kind: .client, message: "COPY TO STDOUT is not supported; the session is discarded")))
+            default:
+                // As PQexec does: keep the last result, except that the first error wins.
+                if let kept = request.pending {
+                    if PQresultStatus(kept) == PGRES_FATAL_ERROR {
+                        PQclear(result)
+                        continue
+                    }
+                    PQclear(kept)
+                }
+                request.pending = result
+            }
+        }
+        return .waiting(flushPending: flushPending)
+    }
+
+    private func stepDone(_ request: PGRequest) -> PGRequest.Progress {
+        let raw = request.pending
+        request.pending = nil
+        switch request.stage {
+        case .preparing(let name):
+            do {
+                _ = try check(raw)
+            } catch {
+                return .finished(.failure(error))
+            }
+            guard case .query(let sql, .prepare(_, let oids), let parameters) = request.work else {
+                return .finished(.failure(PGError(kind: .client, message: "internal: prepared a statement that is not a query")))
+            }
+            statementCache[sql] = PreparedStatement(name: name, oids: oids)
+            request.stage = .executing
+            guard sendPrepared(name, parameters) else { return .finished(.failure(connectionError())) }
+            return flush()
+        case .executing:
+            do {
+                return .finished(.success(try check(raw)))
+            } catch let error as PGError where error.sqlState == "0A000" && error.message.contains("cached plan") {
+                // A schema change invalidated a prepared statement: forget them all and prepare afresh next
+                // time; the statement itself still fails, as it did before.
+                statementCache.removeAll()
+                request.stage = .deallocating(error)
+                guard PQsendQuery(handle, "DEALLOCATE ALL") == 1 else { return .finished(.failure(error)) }
+                return flush()
+            } catch {
+                return .finished(.failure(error))
+            }
+        case .deallocating(let error):
+            if let raw { PQclear(raw) }
+            return .finished(.failure(error))
+        }
     }
 
     private func executeCopyIn(_ sql: String, chunks: [[UInt8]]) throws -> Int {
@@ -326,6 +500,7 @@ public final class PGConnection: @unchecked Sendable {
     }
 
     /// Wraps a result, turning failures into `PGError` and noting whether the session is still usable.
+    /// Takes ownership of `result`.
     private func check(_ result: OpaquePointer?) throws -> PGResult {
         guard let result else { throw connectionError() }
         let status = PQresultStatus(result)
@@ -336,11 +511,6 @@ public final class PGConnection: @unchecked Sendable {
         PQclear(result)
         if PQstatus(handle) != CONNECTION_OK || error.breaksConnection {
             markBroken()
-        }
-        if error.sqlState == "0A000", error.message.contains("cached plan") {
-            // A schema change invalidated a prepared statement: prepare afresh next time.
-            statementCache.removeAll()
-            _ = PQexec(handle, "DEALLOCATE ALL").map { PQclear($0) }
         }
         throw error
     }
@@ -365,7 +535,7 @@ public final class PGConnection: @unchecked Sendable {
         )
     }
 
-    private func connectionError() -> PGError {
+    func connectionError() -> PGError {
         markBroken()
         let message = String(cString: PQerrorMessage(handle)).trimmingCharacters(in: .whitespacesAndNewlines)
         return PGError(kind: .connection, sqlState: "08006", message: message.isEmpty ? "connection lost" : message)
@@ -377,7 +547,7 @@ extension PGResult {
 }
 
 /// Tracks one statement for cancellation: whether it started, finished, or was cancelled first.
-private final class CancelState: Sendable {
+final class PGCancelState: Sendable {
     private struct State {
         var running = false
         var finished = false
@@ -433,37 +603,19 @@ private func appendCopyText(_ value: String?, to buffer: inout [UInt8]) {
     }
 }
 
-/// Lays the binds out as the three parallel C arrays libpq wants; the pointers live only inside `body`.
-private func withParameterArrays<R>(
-    _ binds: [PGBind],
-    _ body: (UnsafePointer<UnsafePointer<CChar>?>?, UnsafePointer<Int32>?, UnsafePointer<Int32>?) -> R
-) -> R {
-    if binds.isEmpty { return body(nil, nil, nil) }
-    let total = binds.reduce(0) { $0 + ($1.bytes?.count ?? 0) }
-    let storage = UnsafeMutablePointer<CChar>.allocate(capacity: max(total, 1))
-    defer { storage.deallocate() }
-    var values = [UnsafePointer<CChar>?](repeating: nil, count: binds.count)
-    var lengths = [Int32](repeating: 0, count: binds.count)
-    var formats = [Int32](repeating: 0, count: binds.count)
-    var offset = 0
-    for (index, bind) in binds.enumerated() {
-        formats[index] = bind.isBinary ? 1 : 0
-        guard let bytes = bind.bytes else { continue }
-        bytes.withUnsafeBytes { raw in
-            if raw.count > 0 {
-                UnsafeMutableRawPointer(storage + offset).copyMemory(from: raw.baseAddress!, byteCount: raw.count)
-            }
-        }
-        values[index] = UnsafePointer(storage + offset)
-        lengths[index] = Int32(bytes.count)
-        offset += bytes.count
+extension PGError {
+    static var cancelledByUser: PGError {
+        PGError(kind: .server, sqlState: "57014", message: "canceling statement due to user request")
     }
-    return values.withUnsafeBufferPointer { valuePointers in
-        lengths.withUnsafeBufferPointer { lengthPointers in
-            formats.withUnsafeBufferPointer { formatPointers in
-                body(valuePointers.baseAddress, lengthPointers.baseAddress, formatPointers.baseAddress)
-            }
-        }
+}
+
+/// Runs blocking `body` on a new thread and resumes the caller with its result: for rare blocking work
+/// (connecting, COPY) that must stay off Swift's cooperative threads and off the I/O loop.
+private func runOnOwnThread<R: Sendable>(name: String, _ body: @escaping @Sendable () throws -> R) async throws -> R {
+    try await withCheckedThrowingContinuation { continuation in
+        let thread = Thread { continuation.resume(with: Result { try body() }) }
+        thread.name = name
+        thread.start()
     }
 }
 

@@ -70,19 +70,12 @@ public final class PGPool: Service, Sendable {
 
     // MARK: Borrowing
 
-    /// Lends a connection for the duration of `body`. While it holds the connection, `body` runs on the
-    /// connection's own thread (task executor preference), so its statements run inline instead of hopping
-    /// threads twice each: a transaction of four statements costs two hops, not eight.
+    /// Lends a connection for the duration of `body`. Its statements go to the shared I/O loop
+    /// (`PGIOLoop`); `body` itself runs wherever the caller's task runs.
     public func withConnection<R: Sendable>(_ body: (PGConnection) async throws -> R) async throws -> R {
-        try await borrow(onWorker: true, body)
-    }
-
-    private func borrow<R: Sendable>(onWorker: Bool, _ body: (PGConnection) async throws -> R) async throws -> R {
         let connection = try await acquire()
         do {
-            let result = onWorker
-                ? try await withTaskExecutorPreference(connection.worker) { try await body(connection) }
-                : try await body(connection)
+            let result = try await body(connection)
             release(connection)
             return result
         } catch {
@@ -118,8 +111,7 @@ public final class PGPool: Service, Sendable {
     /// Runs one statement on a borrowed connection.
     @discardableResult
     public func query(_ query: PGQuery) async throws -> PGResult {
-        // One statement: moving the task onto the worker would cost the same two hops it saves.
-        try await borrow(onWorker: false) { try await $0.query(query) }
+        try await withConnection { try await $0.query(query) }
     }
 
     // MARK: Service

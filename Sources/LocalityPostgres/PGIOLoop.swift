@@ -1,0 +1,356 @@
+internal import CLibPQ
+import Foundation
+import Synchronization
+
+/// A thread that waits for the replies of many connections at once, through libpq's nonblocking API.
+///
+/// Why: a thread per connection costs two thread hops per statement, and on a small machine dozens of
+/// workers compete with the server's backends for the cores. Here the calling task sends its statement
+/// (`PQsendQuery…` in nonblocking mode never waits), queues the request here and suspends; the loop
+/// waits on all sockets with `epoll`, reads replies (`PQconsumeInput`/`PQgetResult`), sends any follow-up
+/// step (execute after prepare) and resumes the waiting tasks. It never runs Swift tasks and never
+/// blocks in libpq, so one slow statement holds up nobody else.
+///
+/// Ownership: a connection's `PGconn` is touched here only while one of its requests is queued or in
+/// flight; the task hands it over under the queue's lock after its last libpq call and gets it back
+/// when its continuation resumes, so the task and this thread never use the `PGconn` at the same time.
+final class PGIOLoop: @unchecked Sendable {
+    /// Shared by every connection in the process, one loop per core: sending a statement wakes the
+    /// server's backend, which costs the sending thread several microseconds, so one loop alone becomes
+    /// the bottleneck with several clients.
+    private static let loops: [PGIOLoop] = (0..<max(1, ProcessInfo.processInfo.activeProcessorCount)).map { PGIOLoop(index: $0) }
+    private static let nextLoop = Atomic<Int>(0)
+
+    /// The loop for a new connection, round-robin.
+    static func next() -> PGIOLoop {
+        let index = nextLoop.add(1, ordering: .relaxed).oldValue
+        return loops[index % loops.count]
+    }
+
+    private let epollFD: Int32
+    /// Written by a submitter to wake the thread when it sleeps in `epoll_wait`.
+    private let wakeFD: Int32
+
+    private struct Submissions {
+        var requests: [PGRequest] = []
+        /// True while the thread is (about to be) asleep in `epoll_wait`: only then is a wake-up write needed.
+        var sleeping = false
+    }
+    private let submissions = Mutex(Submissions())
+
+    // Touched only on the loop thread.
+    /// The request in flight on each socket, indexed by file descriptor.
+    private var inFlight: [PGRequest?] = []
+    /// The connection registered with epoll under each descriptor, to quiet an idle socket that reports.
+    private var registered: [PGConnection?] = []
+
+    private init(index: Int) {
+        epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
+        wakeFD = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
+        precondition(epollFD >= 0 && wakeFD >= 0, "cannot create the PostgreSQL I/O loop's epoll/eventfd: errno \(errno)")
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue
+        event.data.fd = wakeFD
+        epoll_ctl(epollFD, EPOLL_CTL_ADD, wakeFD, &event)
+        let thread = Thread { [self] in self.run() }
+        thread.name = "pg-io-\(index)"
+        thread.start()
+    }
+
+    /// Queues `request`; the loop thread takes it on its next turn.
+    func submit(_ request: PGRequest) {
+        let wake = submissions.withLock { state -> Bool in
+            state.requests.append(request)
+            // Only a sleeping loop needs the syscall; a busy one takes the queue before it sleeps again.
+            // A statement already sent needs none either when its socket listens for input: the reply
+            // wakes the loop, which then takes the queue before looking for the request.
+            guard state.sleeping else { return false }
+            if request.sentByCaller, !request.connection.loopDeaf.load(ordering: .relaxed) { return false }
+            state.sleeping = false
+            return true
+        }
+        if wake { _ = eventfd_write(wakeFD, 1) }
+    }
+
+    /// Takes and starts everything queued; returns how many requests it took.
+    @discardableResult
+    private func takeSubmissions() -> Int {
+        let batch = submissions.withLock { state -> [PGRequest] in
+            let batch = state.requests
+            state.requests.removeAll(keepingCapacity: true)
+            return batch
+        }
+        for request in batch { start(request) }
+        return batch.count
+    }
+
+    // MARK: The loop thread
+
+    private func run() {
+        let capacity: Int32 = 128
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
+        while true {
+            // Take everything submitted since the last turn: one wake-up serves many requests.
+            let taken = takeSubmissions()
+
+            // No spinning before sleeping: measured, it only took CPU from the server's backends (and from
+            // the cooperative threads) on a two-core machine, at every client count.
+            var count: Int32 = 0
+            if taken > 0 {
+                // Look again at once: more may have arrived while we were starting these.
+                count = epoll_wait(epollFD, events, capacity, 0)
+            } else {
+                // Sleep. The flag is set under the lock that guards the queue, so a request submitted after
+                // this check sees it (and writes the eventfd when its reply alone would not wake us).
+                let sleep = submissions.withLock { state -> Bool in
+                    state.sleeping = state.requests.isEmpty
+                    return state.sleeping
+                }
+                if sleep {
+                    count = epoll_wait(epollFD, events, capacity, -1)
+                    submissions.withLock { $0.sleeping = false }
+                }
+            }
+            for index in 0..<Int(max(count, 0)) {
+                handle(events[index])
+            }
+        }
+    }
+
+    private func handle(_ event: epoll_event) {
+        let fd = event.data.fd
+        if fd == wakeFD {
+            var value: eventfd_t = 0
+            _ = eventfd_read(wakeFD, &value)
+            return
+        }
+        if Int(fd) >= inFlight.count || inFlight[Int(fd)] == nil {
+            // A reply can arrive before its request reaches the loop (the caller sends, then queues).
+            takeSubmissions()
+        }
+        guard Int(fd) < inFlight.count, let request = inFlight[Int(fd)] else {
+            // An idle connection's socket reports (the server closed it, or COPY runs on it elsewhere):
+            // stop listening until its next statement, or the level-triggered event would repeat forever.
+            // Then look at the queue once more: a request queued meanwhile, seeing the socket deaf,
+            // wakes the loop itself; one queued before is started here, which listens again.
+            if Int(fd) < registered.count, let connection = registered[Int(fd)], connection.loopInterest != 0 {
+                setInterest(connection, fd: fd, 0)
+                connection.loopDeaf.store(true, ordering: .relaxed)
+                takeSubmissions()
+            }
+            return
+        }
+        let flags = event.events
+        let progress = request.connection.advance(
+            request,
+            readable: flags & (EPOLLIN.rawValue | EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0,
+            writable: flags & EPOLLOUT.rawValue != 0
+        )
+        settle(request, fd: fd, progress)
+    }
+
+    private func start(_ request: PGRequest) {
+        let connection = request.connection
+        let fd = connection.socket
+        if case .close = request.work, fd >= 0, connection.loopSocket == fd {
+            // Forget the socket before libpq closes it, so a later socket with the same number starts clean.
+            var event = epoll_event()
+            _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &event)
+            if Int(fd) < registered.count { registered[Int(fd)] = nil }
+            connection.loopSocket = -1
+        }
+        let progress: PGRequest.Progress
+        if case .close = request.work {
+            connection.finishHandle()
+            progress = .finished(.success(nil))
+        } else {
+            progress = .waiting(flushPending: request.flushPending)
+        }
+        if case .waiting = progress, fd >= 0 {
+            if Int(fd) >= inFlight.count {
+                inFlight.append(contentsOf: repeatElement(nil, count: Int(fd) + 1 - inFlight.count))
+            }
+            inFlight[Int(fd)] = request
+        }
+        settle(request, fd: fd, progress)
+    }
+
+    /// Keeps waiting for a request's socket, or finishes the request.
+    private func settle(_ request: PGRequest, fd: Int32, _ progress: PGRequest.Progress) {
+        switch progress {
+        case .waiting(let flushPending):
+            // libpq closes the socket when it sees the connection drop; never listen on a number it gave up.
+            if fd >= 0, request.connection.socket == fd, listen(request.connection, fd: fd, writable: flushPending) { return }
+            forget(request, fd: fd)
+            request.finish(.failure(request.connection.connectionError()))
+        case .finished(let result):
+            forget(request, fd: fd)
+            request.finish(result)
+        }
+    }
+
+    private func forget(_ request: PGRequest, fd: Int32) {
+        if fd >= 0, Int(fd) < inFlight.count, inFlight[Int(fd)] === request {
+            inFlight[Int(fd)] = nil
+        }
+    }
+
+    /// Level-triggered interest, registered once per socket and changed only when it must be: most
+    /// statements cost no epoll_ctl at all. Writability is asked for only while libpq has output queued.
+    private func listen(_ connection: PGConnection, fd: Int32, writable: Bool) -> Bool {
+        let interest = EPOLLIN.rawValue | (writable ? EPOLLOUT.rawValue : 0)
+        if connection.loopSocket != fd {
+            var event = epoll_event()
+            event.events = interest
+            event.data.fd = fd
+            var result = epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event)
+            if result != 0, errno == EEXIST {
+                // A number reused from a socket libpq closed while still registered elsewhere.
+                result = epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event)
+            }
+            guard result == 0 else { return false }
+            connection.loopSocket = fd
+            connection.loopInterest = interest
+            connection.loopDeaf.store(false, ordering: .relaxed)
+            if Int(fd) >= registered.count {
+                registered.append(contentsOf: repeatElement(nil, count: Int(fd) + 1 - registered.count))
+            }
+            registered[Int(fd)] = connection
+            return true
+        }
+        return connection.loopInterest == interest || setInterest(connection, fd: fd, interest)
+    }
+
+    @discardableResult
+    private func setInterest(_ connection: PGConnection, fd: Int32, _ interest: UInt32) -> Bool {
+        var event = epoll_event()
+        event.events = interest
+        event.data.fd = fd
+        guard epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event) == 0 else { return false }
+        connection.loopInterest = interest
+        if interest != 0 { connection.loopDeaf.store(false, ordering: .relaxed) }
+        return true
+    }
+}
+
+/// One statement (or close) handed to the I/O loop, and its progress there.
+final class PGRequest: @unchecked Sendable {
+    enum Work {
+        /// A parameterised statement: run the cached prepared statement, prepare it first, or run it unnamed.
+        case query(sql: String, statement: Statement, parameters: PGParameterArrays)
+        /// Simple-protocol SQL text, possibly several statements.
+        case simple(String)
+        /// `PQfinish`.
+        case close
+    }
+
+    enum Statement {
+        case cached(name: String)
+        case prepare(name: String, oids: [UInt32])
+        case unnamed(oids: [UInt32])
+    }
+
+    /// Where a statement stands on the loop thread.
+    enum Stage {
+        case preparing(name: String)
+        case executing
+        /// A schema change invalidated the cached plans: `DEALLOCATE ALL` runs, then `error` is reported.
+        case deallocating(PGError)
+    }
+
+    enum Progress {
+        /// Wait for the socket: readable, and writable too when libpq still has output to flush.
+        case waiting(flushPending: Bool)
+        case finished(Result<PGResult?, any Error>)
+    }
+
+    let connection: PGConnection
+    let work: Work
+    /// Nil for statements that must not be cancelled (BEGIN/COMMIT/ROLLBACK, close).
+    let cancel: PGCancelState?
+    private let continuation: UnsafeContinuation<PGResult?, any Error>
+
+    // Loop-thread state.
+    var stage = Stage.executing
+    /// The result kept so far for the current step (the last one, or the first error, as `PQexec` keeps).
+    var pending: OpaquePointer?
+    /// Output libpq could not write yet: the loop listens for writability too and flushes.
+    var flushPending = false
+    /// Sent by the calling task (everything but close): the loop only waits for the reply.
+    var sentByCaller = false
+    var started: ContinuousClock.Instant?
+
+    init(connection: PGConnection, work: Work, cancel: PGCancelState?, continuation: UnsafeContinuation<PGResult?, any Error>) {
+        self.connection = connection
+        self.work = work
+        self.cancel = cancel
+        self.continuation = continuation
+    }
+
+    func finish(_ result: Result<PGResult?, any Error>) {
+        if let pending {
+            PQclear(pending)
+            self.pending = nil
+        }
+        if case .query(_, _, let parameters) = work { parameters.deallocate() }
+        cancel?.end()
+        if let started, let onQueryTime = connection.onQueryTime {
+            onQueryTime(ContinuousClock.now - started)
+        }
+        continuation.resume(with: result)
+    }
+}
+
+/// The three parallel C arrays libpq wants for parameters, plus the bytes they point at, in one allocation
+/// made by the calling task (keeping that work off the loop thread) and freed when the request finishes.
+struct PGParameterArrays: @unchecked Sendable {
+    let count: Int32
+    private let base: UnsafeMutableRawPointer?
+
+    init(_ binds: [PGBind]) {
+        count = Int32(binds.count)
+        guard !binds.isEmpty else {
+            base = nil
+            return
+        }
+        var total = 0
+        for bind in binds { total += bind.bytes?.count ?? 0 }
+        // Layout: pointers (8 bytes each), lengths (4 each), formats (4 each), then the value bytes.
+        let n = binds.count
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: 16 * n + max(total, 1), alignment: 8)
+        let values = raw.bindMemory(to: UnsafePointer<CChar>?.self, capacity: n)
+        let lengths = (raw + 8 * n).bindMemory(to: Int32.self, capacity: n)
+        let formats = (raw + 12 * n).bindMemory(to: Int32.self, capacity: n)
+        let data = (raw + 16 * n).bindMemory(to: CChar.self, capacity: max(total, 1))
+        var offset = 0
+        for (index, bind) in binds.enumerated() {
+            formats[index] = bind.isBinary ? 1 : 0
+            guard let bytes = bind.bytes else {
+                values[index] = nil
+                lengths[index] = 0
+                continue
+            }
+            bytes.withUnsafeBytes { source in
+                if source.count > 0 {
+                    UnsafeMutableRawPointer(data + offset).copyMemory(from: source.baseAddress!, byteCount: source.count)
+                }
+            }
+            values[index] = UnsafePointer(data + offset)
+            lengths[index] = Int32(bytes.count)
+            offset += bytes.count
+        }
+        base = raw
+    }
+
+    var values: UnsafePointer<UnsafePointer<CChar>?>? {
+        base.map { UnsafePointer($0.assumingMemoryBound(to: UnsafePointer<CChar>?.self)) }
+    }
+    var lengths: UnsafePointer<Int32>? {
+        base.map { UnsafePointer(($0 + 8 * Int(count)).assumingMemoryBound(to: Int32.self)) }
+    }
+    var formats: UnsafePointer<Int32>? {
+        base.map { UnsafePointer(($0 + 12 * Int(count)).assumingMemoryBound(to: Int32.self)) }
+    }
+
+    func deallocate() { base?.deallocate() }
+}
