@@ -73,7 +73,8 @@ extension Components.Schemas.Bid {
             declarations: bid.declarations.map {
                 .init(acceptsTerms: $0.acceptsTerms, informationAccurate: $0.informationAccurate, conflictsOfInterest: $0.conflictsOfInterest)
             },
-            submittedAt: bid.submittedAt, receiptSha256: bid.receiptSHA256, version: bid.version, createdAt: bid.createdAt,
+            submittedAt: bid.submittedAt, receiptSha256: bid.receiptSHA256, outcomeNote: bid.outcomeNote, version: bid.version,
+            createdAt: bid.createdAt,
             updatedAt: bid.updatedAt)
     }
 }

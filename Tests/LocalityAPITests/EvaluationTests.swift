@@ -240,6 +240,9 @@ struct EvaluationTests {
             let ledger = try await client.call(.get, "/v1/boards/\(lower(world.a.boards[0].id))/ledger?limit=200", token: lim)
             let mine = ledger.items.filter { ($0["reference"] as? String)?.hasSuffix(project) == true }
             #expect(mine.compactMap { $0["kind"] as? String }.sorted() == ["commitment", "earmark", "release"])
+            let outcome = try await client.call(.get, "/v1/bids/\(lower(world.market.awardBid))", token: world.supplierToken)
+            #expect(outcome.jsonObject["status"] as? String == "awarded")
+            #expect((outcome.jsonObject["outcome_note"] as? String)?.contains("total") == true)
             // Awarding again is refused.
             #expect(try await client.call(.post, "/v1/projects/\(project)/award", token: lim, body: ["bid_id": lower(world.market.awardBid)]).status == .conflict)
         }

@@ -74,6 +74,8 @@ public struct Bid: Sendable, Codable, Equatable {
     public var version: Int
     public var createdAt: Date
     public var updatedAt: Date
+    /// After the award: the bidder's own scores and the winner's total (or, for the winner, its total).
+    public var outcomeNote: String?
 }
 
 public struct BidContent: Sendable {
@@ -126,7 +128,7 @@ public struct BidService: Sendable {
     static let selectSQL = """
         SELECT b.id, b.authority_id, b.project_id, b.supplier_id, s.name, b.status::text, b.price_pence, b.approach, b.outputs,
                b.kpis::text, b.social_value::text, b.declarations::text, b.submitted_at, encode(b.receipt_sha256, 'hex'),
-               b.version, b.created_at, b.updated_at
+               b.version, b.created_at, b.updated_at, b.outcome_note
         FROM bid b JOIN supplier s ON s.id = b.supplier_id
         """
 
@@ -397,7 +399,8 @@ public struct BidService: Sendable {
             socialValue: try decoder.decode([SocialValueCommitment].self, from: Data(try row.decode(String.self, at: 10).utf8)),
             declarations: declarationsText == "{}" ? nil : try decoder.decode(BidDeclarations.self, from: Data(declarationsText.utf8)),
             submittedAt: try row.decode(Date?.self, at: 12), receiptSHA256: try row.decode(String?.self, at: 13),
-            version: try row.decode(Int.self, at: 14), createdAt: try row.decode(Date.self, at: 15), updatedAt: try row.decode(Date.self, at: 16))
+            version: try row.decode(Int.self, at: 14), createdAt: try row.decode(Date.self, at: 15), updatedAt: try row.decode(Date.self, at: 16),
+            outcomeNote: try row.decode(String?.self, at: 17))
     }
 }
 

@@ -57,6 +57,35 @@ public struct AuthorityService: Sendable {
         }
     }
 
+    public struct Settings: Sendable, Codable, Equatable {
+        public var clarificationCutoffHours: Int
+        public var standstillWorkingDays: Int
+    }
+
+    /// The operator's per-authority settings: how long before a bid deadline clarification questions close,
+    /// and the standstill period between award and contract start, in working days.
+    public func configure(_ authority: Authority, clarificationCutoffHours: Int?, standstillWorkingDays: Int?,
+                          osUser: String = OperatorIdentity.osUser) async throws -> Settings {
+        var validator = Validator()
+        if let hours = clarificationCutoffHours { validator.check((0...720).contains(hours), "clarification_cutoff_hours", "must be 0–720") }
+        if let days = standstillWorkingDays { validator.check((0...30).contains(days), "standstill_working_days", "must be 0–30") }
+        try validator.throwIfInvalid()
+        return try await database.transaction(.operatorScope(authorityID: authority.id, osUser: osUser)) { connection in
+            let read = "SELECT (extract(epoch FROM clarification_cutoff) / 3600)::int, standstill_working_days FROM authority WHERE id = app_authority_id()"
+            let (hours, days) = try await connection.query(PGQuery(read)).first!.decode(Int.self, Int.self)
+            let before = Settings(clarificationCutoffHours: hours, standstillWorkingDays: days)
+            try await connection.query("""
+                UPDATE authority SET clarification_cutoff = make_interval(hours => \(clarificationCutoffHours ?? hours)::int),
+                                     standstill_working_days = \(standstillWorkingDays ?? days)
+                WHERE id = app_authority_id()
+                """)
+            let after = Settings(clarificationCutoffHours: clarificationCutoffHours ?? hours, standstillWorkingDays: standstillWorkingDays ?? days)
+            try await AuditLog.record(connection, action: "authority.configure", entityType: "authority", entityID: authority.id.lowercased,
+                                      before: before, after: after)
+            return after
+        }
+    }
+
     /// Every authority: the operator's view (the owner role only).
     public func list() async throws -> [Authority] {
         try await database.pool.withTransaction(readOnly: true) { connection in
