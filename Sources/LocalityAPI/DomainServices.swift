@@ -18,6 +18,7 @@ struct DomainServices: Sendable {
     let evaluation: EvaluationService
     let contracts: ContractService
     let schools: SchoolService
+    let monitoring: MonitoringService
 
     init(database: ScopedDatabase) {
         authorities = AuthorityService(database: database)
@@ -36,6 +37,7 @@ struct DomainServices: Sendable {
         evaluation = EvaluationService(database: database)
         contracts = ContractService(database: database)
         schools = SchoolService(database: database)
+        monitoring = MonitoringService(database: database)
     }
 }
 

@@ -363,4 +363,47 @@ struct EvaluationTests {
             #expect(afterCompletion["available_pence"] as? Int == afterTermination["available_pence"] as? Int)
         }
     }
+
+    /// Returns are rated at once against the straight line; a correction is a new version; an override sits
+    /// beside the computed rating; a Red opens a corrective action plan.
+    @Test func returnsAreRatedVersionedOverriddenAndTriggerCorrectiveAction() async throws {
+        let world = try await World.make()
+        let app = try await buildApplication(testConfiguration(world.database))
+        let lim = world.token(.lim, of: world.a)
+        let supplier = world.supplierToken
+        let path = "/v1/contracts/\(lower(world.market.active))/returns"
+        let period = lower(world.market.activePeriod)
+        try await app.test(.live) { client in
+            let calendar = try await client.call(.get, path, token: lim)
+            #expect(calendar.items.count >= 2, "a termly KPI over the contract has several periods")
+            #expect(calendar.items.allSatisfy { $0["rating"] as? String == "white" })
+            // A count KPI takes one figure; a fraction or both are refused.
+            #expect(try await client.call(.post, path, token: supplier, body: ["period_id": period, "numerator": "1", "denominator": "0"]).status == .unprocessableContent)
+            #expect(try await client.call(.post, path, token: supplier, body: ["period_id": period, "actual": "1", "numerator": "1"]).status == .unprocessableContent)
+            #expect(try await client.call(.post, path, token: supplier, body: ["period_id": period, "actual": "lots"]).status == .unprocessableContent)
+            // Baseline 0, target 120, the target date before this period ends: expected 120; 0 delivered is Red.
+            let red = try await client.call(.post, path, token: supplier, body: ["period_id": period, "actual": "0", "narrative": "Delayed start"])
+            #expect(red.status == .ok)
+            #expect(red.jsonObject["computed_rating"] as? String == "red")
+            #expect(red.jsonObject["procurement_act_level"] as? String == "Requires improvement")
+            let plans = try await client.call(.get, "/v1/contracts/\(lower(world.market.active))/corrective-actions", token: lim)
+            #expect(plans.items.map { $0["trigger"] as? String } == ["red"])
+            // A correction is version 2; the first is kept.
+            let corrected = try await client.call(.post, path, token: supplier, body: ["period_id": period, "actual": "120"])
+            #expect(corrected.jsonObject["versions"] as? Int == 2)
+            #expect(corrected.jsonObject["computed_rating"] as? String == "green")
+            // The LIM's override sits beside the computed rating.
+            let overridden = try await client.call(.post, "\(path)/\(period)/override", token: lim, body: ["rating": "amber", "reason": "Evidence pending"])
+            #expect(overridden.jsonObject["computed_rating"] as? String == "green")
+            #expect(overridden.jsonObject["override_rating"] as? String == "amber" && overridden.jsonObject["rating"] as? String == "amber")
+            #expect(try await client.call(.post, "\(path)/\(period)/override", token: supplier, body: ["rating": "green", "reason": "x"]).status == .forbidden)
+            // No activity, with a reason, is a return too (and not rated).
+            let other = calendar.items.compactMap { $0["period_id"] as? String }.first { $0 != period }!
+            let quiet = try await client.call(.post, path, token: supplier, body: ["period_id": other, "no_activity_reason": "School closed for works"])
+            #expect(quiet.status == .ok && quiet.jsonObject["computed_rating"] == nil)
+            // A contract not started takes no returns.
+            #expect(try await client.call(.post, "/v1/contracts/\(lower(world.market.negotiating))/returns", token: supplier,
+                                          body: ["period_id": period, "actual": "1"]).status == .conflict)
+        }
+    }
 }

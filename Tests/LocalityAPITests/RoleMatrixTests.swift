@@ -238,6 +238,15 @@ func evaluationMatrix(_ world: World) -> [String: MatrixEntry] {
         "clearSchoolConcern": MatrixEntry(
             method: .post, path: "/v1/schools/121003/concern/clear",
             body: { _ in ["reason": "Good inspection", "cleared_on": "2026-03-01"] }, expected: outcomes([.hosi: .ok])),
+        "listReturns": MatrixEntry(method: .get, path: "/v1/contracts/\(lower(m.active))/returns", body: { _ in nil }, expected: outcomes([:], otherwise: .ok)),
+        "submitReturn": MatrixEntry(
+            method: .post, path: "/v1/contracts/\(lower(m.active))/returns",
+            body: { _ in ["period_id": lower(m.activePeriod), "actual": "30", "narrative": "Two sessions held"] }, expected: outcomes(supplierOnly)),
+        "overrideRating": MatrixEntry(
+            method: .post, path: "/v1/contracts/\(lower(m.active))/returns/\(lower(m.activePeriod))/override",
+            body: { _ in ["rating": "amber", "reason": "Sessions postponed by snow"] }, expected: limOK),
+        "listCorrectiveActions": MatrixEntry(
+            method: .get, path: "/v1/contracts/\(lower(m.active))/corrective-actions", body: { _ in nil }, expected: outcomes([:], otherwise: .ok)),
         // Ending contracts runs last, after the negotiation and variation entries used the same contracts.
         "completeContract": MatrixEntry(
             method: .post, path: "/v1/contracts/\(lower(m.active))/complete", body: { _ in nil }, expected: limOK, phase: 1),

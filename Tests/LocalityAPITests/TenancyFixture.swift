@@ -189,6 +189,8 @@ struct MarketFixture: Sendable {
     let active: UUID
     let activeKPI: UUID
     let proposedVariation: UUID
+    /// The active contract's first reporting period.
+    let activePeriod: UUID
 
     static let evaluation = EvaluationModel(
         priceWeight: 40, qualityWeight: 45, socialValueWeight: 15,
@@ -279,6 +281,7 @@ struct MarketFixture: Sendable {
             _ = try await contracts.acceptKPI(party, contractID: active.id, kpiID: active.kpis[0].id, revision: 1)
         }
         _ = try await contracts.start(lim, contractID: active.id)
+        let activePeriod = try await MonitoringService(database: scoped).periods(lim, contractID: active.id)[0].periodID
         let varied = try await contracts.proposeVariation(
             supplier, contractID: active.id, reason: "Extra cohort", valuePence: 95_000, endDate: nil, kpis: [])
         return MarketFixture(
@@ -287,7 +290,8 @@ struct MarketFixture: Sendable {
             openToCancel: openToCancel, closedWithBid: closedWithBid, closedBid: closedBid.id, closedEmpty: closedEmpty,
             draft: draft.id, draftToDelete: draftToDelete.id, draftComplete: draftComplete.id, question: question.id,
             closedForAward: closedForAward, awardBid: awardBid, negotiating: negotiating.id, negotiatingKPI: negotiating.kpis[0].id,
-            agreed: agreed.id, active: active.id, activeKPI: active.kpis[0].id, proposedVariation: varied.variations[0].id)
+            agreed: agreed.id, active: active.id, activeKPI: active.kpis[0].id, proposedVariation: varied.variations[0].id,
+            activePeriod: activePeriod)
     }
 
     /// Moves deadlines (and the question cut-off with them) as the superuser: the database clock decides.

@@ -304,6 +304,7 @@ public struct ContractService: Sendable {
             if !pending.isEmpty { problems.append("\(pending.count) KPI(s) are not yet agreed by both parties") }
             guard problems.isEmpty else { throw DomainError.conflict("The contract cannot start: " + problems.joined(separator: "; ") + ".") }
             try await connection.query("UPDATE contract SET status = 'active', started_at = now() WHERE id = \(contractID)")
+            try await MonitoringService.generateCalendar(connection, contract)
             let after = try await Self.fetch(connection, id: contractID)
             try await AuditLog.record(connection, action: "contract.start", entityType: "contract", entityID: contractID.lowercased,
                                       before: contract, after: after)

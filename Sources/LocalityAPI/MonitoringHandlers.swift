@@ -1,0 +1,69 @@
+import Foundation
+import LocalityDomain
+
+extension APIHandlers {
+    func listReturns(_ input: Operations.ListReturns.Input) async throws -> Operations.ListReturns.Output {
+        let periods = try await services.monitoring.periods(try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"))
+        return .ok(.init(body: .json(.init(items: periods.map(Components.Schemas.Period.init)))))
+    }
+
+    func submitReturn(_ input: Operations.SubmitReturn.Input) async throws -> Operations.SubmitReturn.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        guard let periodID = UUID(uuidString: body.periodId) else { throw DomainError.invalid("period_id", "must be a UUID") }
+        func decimal(_ text: String?, _ field: String) throws -> Decimal? {
+            guard let text else { return nil }
+            guard text.range(of: #"^-?[0-9]{1,12}(\.[0-9]{1,6})?$"#, options: .regularExpression) != nil, let value = Decimal(string: text) else {
+                throw DomainError.invalid(field, "must be a decimal number")
+            }
+            return value
+        }
+        let actual = try decimal(body.actual, "actual")
+        let numerator = try decimal(body.numerator, "numerator")
+        let denominator = try decimal(body.denominator, "denominator")
+        var value: ReturnValue?
+        switch (actual, numerator, denominator, body.noActivityReason) {
+        case (let actual?, nil, nil, nil): value = .number(actual)
+        case (nil, let numerator?, let denominator?, nil): value = .fraction(numerator: numerator, denominator: denominator)
+        case (nil, nil, nil, _?): value = nil
+        default:
+            throw DomainError.invalid("actual", "give an actual figure, a numerator and denominator, or a no-activity reason — one of them")
+        }
+        let status = try await services.monitoring.submit(
+            try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"),
+            ReturnSubmission(periodID: periodID, value: value, noActivityReason: body.noActivityReason, narrative: body.narrative ?? "",
+                             evidence: body.evidence ?? ""))
+        return .ok(.init(body: .json(.init(status))))
+    }
+
+    func overrideRating(_ input: Operations.OverrideRating.Input) async throws -> Operations.OverrideRating.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        let status = try await services.monitoring.override(
+            try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"),
+            periodID: try pathID(input.path.periodId, "reporting period"), rating: RAGRating(rawValue: body.rating.rawValue) ?? .white,
+            reason: body.reason)
+        return .ok(.init(body: .json(.init(status))))
+    }
+
+    func listCorrectiveActions(_ input: Operations.ListCorrectiveActions.Input) async throws -> Operations.ListCorrectiveActions.Output {
+        let plans = try await services.monitoring.correctiveActions(try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"))
+        return .ok(.init(body: .json(.init(items: plans.map {
+            .init(id: $0.id.lowercased, kpiId: $0.kpiID.lowercased, trigger: $0.trigger, status: $0.status, rootCause: $0.rootCause, openedAt: $0.openedAt)
+        }))))
+    }
+}
+
+extension Components.Schemas.Period {
+    init(_ period: PeriodStatus) {
+        self.init(
+            periodId: period.periodID.lowercased, kpiId: period.kpiID.lowercased, label: period.label, starts: period.starts, ends: period.ends,
+            due: period.due, overdue: period.overdue, versions: period.versions,
+            latest: period.latest.map {
+                .init(version: $0.version, actual: $0.actual.map { "\($0)" }, numerator: $0.numerator.map { "\($0)" },
+                      denominator: $0.denominator.map { "\($0)" }, noActivity: $0.noActivity, noActivityReason: $0.noActivityReason,
+                      narrative: $0.narrative, evidence: $0.evidence, submittedAt: $0.submittedAt)
+            },
+            computedRating: period.computedRating.flatMap { .init(rawValue: $0.rawValue) },
+            overrideRating: period.overrideRating.flatMap { .init(rawValue: $0.rawValue) }, overrideReason: period.overrideReason,
+            rating: .init(rawValue: period.rating.rawValue) ?? .white, procurementActLevel: period.rating.procurementActLevel)
+    }
+}

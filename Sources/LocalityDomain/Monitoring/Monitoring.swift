@@ -1,0 +1,231 @@
+public import Foundation
+import LocalityPostgres
+
+public struct KPIReturn: Sendable, Codable, Equatable {
+    public var version: Int
+    public var actual: Decimal?
+    public var numerator: Decimal?
+    public var denominator: Decimal?
+    public var noActivity: Bool
+    public var noActivityReason: String?
+    public var narrative: String
+    public var evidence: String
+    public var submittedAt: Date
+}
+
+public struct PeriodStatus: Sendable, Codable, Equatable {
+    public var periodID: UUID
+    public var kpiID: UUID
+    public var label: String
+    public var starts: String
+    public var ends: String
+    public var due: String
+    public var overdue: Bool
+    public var latest: KPIReturn?
+    public var versions: Int
+    /// The rule's rating (nil when nothing is rated: no return, or "no activity").
+    public var computedRating: RAGRating?
+    public var overrideRating: RAGRating?
+    public var overrideReason: String?
+    /// The override if any, else the computed rating, else White.
+    public var rating: RAGRating { overrideRating ?? computedRating ?? .white }
+}
+
+public struct CorrectiveActionPlan: Sendable, Codable, Equatable {
+    public var id: UUID
+    public var kpiID: UUID
+    public var trigger: String
+    public var status: String
+    public var rootCause: String
+    public var openedAt: Date
+}
+
+public struct ReturnSubmission: Sendable {
+    public var periodID: UUID
+    public var value: ReturnValue?
+    public var noActivityReason: String?
+    public var narrative: String
+    public var evidence: String
+
+    public init(periodID: UUID, value: ReturnValue?, noActivityReason: String?, narrative: String, evidence: String) {
+        self.periodID = periodID
+        self.value = value
+        self.noActivityReason = noActivityReason
+        self.narrative = narrative
+        self.evidence = evidence
+    }
+}
+
+/// Returns against an active contract's KPIs, their RAG ratings, overrides and corrective action plans.
+public struct MonitoringService: Sendable {
+    public let database: ScopedDatabase
+
+    public init(database: ScopedDatabase) {
+        self.database = database
+    }
+
+    /// Called when a contract starts: every live KPI's periods, clipped to the contract's dates.
+    static func generateCalendar(_ connection: PGConnection, _ contract: Contract) async throws {
+        for kpi in contract.kpis where !kpi.removed {
+            for period in ReportingCalendar.periods(frequency: kpi.latest.definition.frequency, contractStart: contract.startDate,
+                                                    contractEnd: contract.endDate) {
+                try await connection.query("""
+                    INSERT INTO reporting_period (authority_id, contract_id, kpi_id, label, starts, ends, due)
+                    VALUES (\(contract.authorityID), \(contract.id), \(kpi.id), \(period.label), \(period.starts)::date,
+                            \(period.ends)::date, \(period.due)::date)
+                    """)
+            }
+        }
+    }
+
+    public func periods(_ scope: AccessScope, contractID: UUID) async throws -> [PeriodStatus] {
+        try scope.require(scope.isStaff || scope.has(.supplierUser), "see returns")
+        return try await database.transaction(scope, readOnly: true) { connection in
+            _ = try await ContractService.fetch(connection, id: contractID)
+            return try await Self.periods(connection, contractID: contractID)
+        }
+    }
+
+    static func periods(_ connection: PGConnection, contractID: UUID) async throws -> [PeriodStatus] {
+        try await connection.query("""
+            SELECT p.id, p.kpi_id, p.label, p.starts::text, p.ends::text, p.due::text,
+                   r.version IS NULL AND current_date > p.due,
+                   r.version, r.actual::text, r.numerator::text, r.denominator::text, coalesce(r.no_activity, false), r.no_activity_reason,
+                   coalesce(r.narrative, ''), coalesce(r.evidence, ''), r.submitted_at, r.computed_rating, o.rating, o.reason
+            FROM reporting_period p
+            LEFT JOIN LATERAL (SELECT * FROM kpi_return k WHERE k.authority_id = p.authority_id AND k.period_id = p.id
+                               ORDER BY k.version DESC LIMIT 1) r ON true
+            LEFT JOIN rating_override o ON o.authority_id = p.authority_id AND o.period_id = p.id
+            WHERE p.contract_id = \(contractID) ORDER BY p.kpi_id, p.starts
+            """).map { row in
+            let version = try row.decode(Int?.self, at: 7)
+            var latest: KPIReturn?
+            if let version {
+                latest = KPIReturn(
+                    version: version, actual: try row.decode(String?.self, at: 8).flatMap { Decimal(string: $0) },
+                    numerator: try row.decode(String?.self, at: 9).flatMap { Decimal(string: $0) },
+                    denominator: try row.decode(String?.self, at: 10).flatMap { Decimal(string: $0) },
+                    noActivity: try row.decode(Bool.self, at: 11), noActivityReason: try row.decode(String?.self, at: 12),
+                    narrative: try row.decode(String.self, at: 13), evidence: try row.decode(String.self, at: 14),
+                    submittedAt: try row.decode(Date.self, at: 15))
+            }
+            return PeriodStatus(
+                periodID: try row.decode(UUID.self, at: 0), kpiID: try row.decode(UUID.self, at: 1), label: try row.decode(String.self, at: 2),
+                starts: try row.decode(String.self, at: 3), ends: try row.decode(String.self, at: 4), due: try row.decode(String.self, at: 5),
+                overdue: try row.decode(Bool.self, at: 6), latest: latest, versions: version ?? 0,
+                computedRating: try row.decode(String?.self, at: 16).flatMap(RAGRating.init(rawValue:)),
+                overrideRating: try row.decode(String?.self, at: 17).flatMap(RAGRating.init(rawValue:)),
+                overrideReason: try row.decode(String?.self, at: 18))
+        }
+    }
+
+    /// The supplier's return for one period (a correction is a new version); rated at once, and a corrective
+    /// action plan opened when the KPI's ratings call for one.
+    public func submit(_ scope: AccessScope, contractID: UUID, _ submission: ReturnSubmission) async throws -> PeriodStatus {
+        try scope.require(scope.has(.supplierUser) && scope.supplierID != nil, "submit returns")
+        var validator = Validator()
+        validator.text(submission.narrative, "narrative", required: false, max: 10_000)
+        validator.text(submission.evidence, "evidence", required: false, max: 4000)
+        if submission.value == nil { validator.text(submission.noActivityReason, "no_activity_reason", max: 2000) }
+        try validator.throwIfInvalid()
+        return try await database.transaction(scope) { connection in
+            let contract = try await ContractService.fetch(connection, id: contractID)
+            guard contract.status == .active else { throw DomainError.conflict("Returns are made against an active contract.") }
+            guard let period = try await Self.periods(connection, contractID: contractID).first(where: { $0.periodID == submission.periodID }) else {
+                throw DomainError.invalid("period_id", "is not a reporting period of this contract")
+            }
+            guard let kpi = contract.kpis.first(where: { $0.id == period.kpiID }) else { throw DomainError.notFound("KPI") }
+            let definition = kpi.latest.definition
+            var rating: RAGRating?
+            var actual: Decimal?
+            var numerator: Decimal?
+            var denominator: Decimal?
+            if let value = submission.value {
+                switch (definition.unit, value) {
+                case (.percentage, .number):
+                    throw DomainError.invalid("numerator", "a percentage KPI is reported as a numerator and a denominator")
+                case (.count, .fraction), (.score, .fraction):
+                    throw DomainError.invalid("actual", "this KPI is reported as a single figure")
+                case (_, .fraction(let n, let d)):
+                    numerator = n
+                    denominator = d
+                case (_, .number(let number)):
+                    actual = number
+                }
+                let figure: Decimal
+                do { figure = try RAG.actual(value) } catch RAG.Problem.zeroDenominator {
+                    throw DomainError.invalid("denominator", "must not be zero")
+                } catch {
+                    throw DomainError.invalid("numerator", "must not be negative")
+                }
+                rating = RAG.rate(
+                    actual: figure, baseline: Decimal(string: String(definition.baseline)) ?? 0,
+                    target: Decimal(string: String(definition.target)) ?? 0, start: CalendarDate.parse(contract.startDate)!,
+                    targetDate: CalendarDate.parse(definition.targetDate) ?? CalendarDate.parse(contract.endDate)!,
+                    periodEnd: CalendarDate.parse(period.ends)!, amberThresholdPercent: definition.amberThresholdPercent)
+            }
+            try await connection.query("""
+                INSERT INTO kpi_return (authority_id, period_id, version, actual, numerator, denominator, no_activity, no_activity_reason,
+                                        narrative, evidence, computed_rating, submitted_by)
+                VALUES (\(contract.authorityID), \(submission.periodID), \(period.versions + 1), \(actual.map { "\($0)" })::numeric,
+                        \(numerator.map { "\($0)" })::numeric, \(denominator.map { "\($0)" })::numeric, \(submission.value == nil),
+                        \(submission.value == nil ? submission.noActivityReason : nil), \(submission.narrative), \(submission.evidence),
+                        \(rating?.rawValue), current_setting('app.actor'))
+                """)
+            let after = try await Self.periods(connection, contractID: contractID)
+            let ratings = after.filter { $0.kpiID == period.kpiID && $0.latest != nil }.map(\.rating).filter { $0 != .white }
+            let overdue = after.contains { $0.kpiID == period.kpiID && $0.overdue }
+            if RAG.needsCorrectiveAction(ratings: ratings, overdue: overdue) {
+                let trigger = overdue ? "overdue" : (ratings.last == .red ? "red" : "two_ambers")
+                try await connection.query("""
+                    INSERT INTO corrective_action_plan (authority_id, contract_id, kpi_id, trigger)
+                    SELECT \(contract.authorityID), \(contractID), \(period.kpiID), \(trigger)
+                    WHERE NOT EXISTS (SELECT 1 FROM corrective_action_plan WHERE kpi_id = \(period.kpiID) AND status <> 'closed')
+                    """)
+            }
+            let status = after.first { $0.periodID == submission.periodID }!
+            try await AuditLog.record(connection, action: "contract.return", entityType: "contract", entityID: contractID.lowercased,
+                                      before: nil, after: status)
+            return status
+        }
+    }
+
+    /// The contract manager's rating, with a reason, kept beside the computed one.
+    public func override(_ scope: AccessScope, contractID: UUID, periodID: UUID, rating: RAGRating, reason: String) async throws -> PeriodStatus {
+        try scope.require(scope.isStaff && scope.has(.lim), "override ratings")
+        var validator = Validator()
+        validator.text(reason, "reason", max: 4000)
+        try validator.throwIfInvalid()
+        return try await database.transaction(scope) { connection in
+            let contract = try await ContractService.fetch(connection, id: contractID)
+            guard try await ContractService.party(connection, contract) == .board else { throw DomainError.forbidden("Only the board's LIMs override ratings.") }
+            guard let before = try await Self.periods(connection, contractID: contractID).first(where: { $0.periodID == periodID }) else {
+                throw DomainError.notFound("reporting period")
+            }
+            try await connection.query("""
+                INSERT INTO rating_override (authority_id, period_id, rating, reason, recorded_by)
+                VALUES (\(contract.authorityID), \(periodID), \(rating.rawValue), \(reason), current_setting('app.actor'))
+                ON CONFLICT (authority_id, period_id) DO UPDATE SET rating = EXCLUDED.rating, reason = EXCLUDED.reason,
+                    recorded_by = EXCLUDED.recorded_by, recorded_at = now()
+                """)
+            let after = try await Self.periods(connection, contractID: contractID).first { $0.periodID == periodID }!
+            try await AuditLog.record(connection, action: "contract.rating_override", entityType: "contract", entityID: contractID.lowercased,
+                                      before: before, after: after)
+            return after
+        }
+    }
+
+    public func correctiveActions(_ scope: AccessScope, contractID: UUID) async throws -> [CorrectiveActionPlan] {
+        try scope.require(scope.isStaff || scope.has(.supplierUser), "see corrective actions")
+        return try await database.transaction(scope, readOnly: true) { connection in
+            _ = try await ContractService.fetch(connection, id: contractID)
+            return try await connection.query("""
+                SELECT id, kpi_id, trigger, status, root_cause, opened_at FROM corrective_action_plan
+                WHERE contract_id = \(contractID) ORDER BY opened_at, id
+                """).map { row in
+                let (id, kpi, trigger, status, rootCause, opened) = try row.decode(UUID.self, UUID.self, String.self, String.self, String.self, Date.self)
+                return CorrectiveActionPlan(id: id, kpiID: kpi, trigger: trigger, status: status, rootCause: rootCause, openedAt: opened)
+            }
+        }
+    }
+}
