@@ -46,9 +46,39 @@ extension APIHandlers {
 
     func listCorrectiveActions(_ input: Operations.ListCorrectiveActions.Input) async throws -> Operations.ListCorrectiveActions.Output {
         let plans = try await services.monitoring.correctiveActions(try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"))
-        return .ok(.init(body: .json(.init(items: plans.map {
-            .init(id: $0.id.lowercased, kpiId: $0.kpiID.lowercased, trigger: $0.trigger, status: $0.status, rootCause: $0.rootCause, openedAt: $0.openedAt)
-        }))))
+        return .ok(.init(body: .json(.init(items: plans.map(Components.Schemas.CorrectiveAction.init)))))
+    }
+
+    func proposeCorrectiveAction(_ input: Operations.ProposeCorrectiveAction.Input) async throws -> Operations.ProposeCorrectiveAction.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        let plan = try await services.monitoring.proposePlan(
+            try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"), planID: try pathID(input.path.planId, "plan"),
+            rootCause: body.rootCause, actions: body.actions.map { CorrectiveAction(description: $0.description, owner: $0.owner, dueDate: $0.dueDate) })
+        return .ok(.init(body: .json(.init(plan))))
+    }
+
+    func decideCorrectiveAction(_ input: Operations.DecideCorrectiveAction.Input) async throws -> Operations.DecideCorrectiveAction.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        let plan = try await services.monitoring.decidePlan(
+            try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"), planID: try pathID(input.path.planId, "plan"),
+            agree: body.agree)
+        return .ok(.init(body: .json(.init(plan))))
+    }
+
+    func completeCorrectiveAction(_ input: Operations.CompleteCorrectiveAction.Input) async throws -> Operations.CompleteCorrectiveAction.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        let plan = try await services.monitoring.completeAction(
+            try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"), planID: try pathID(input.path.planId, "plan"),
+            index: body.index, on: body.doneOn)
+        return .ok(.init(body: .json(.init(plan))))
+    }
+
+    func closeCorrectiveAction(_ input: Operations.CloseCorrectiveAction.Input) async throws -> Operations.CloseCorrectiveAction.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        let plan = try await services.monitoring.closePlan(
+            try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"), planID: try pathID(input.path.planId, "plan"),
+            outcome: body.outcome.rawValue)
+        return .ok(.init(body: .json(.init(plan))))
     }
 }
 
@@ -65,5 +95,14 @@ extension Components.Schemas.Period {
             computedRating: period.computedRating.flatMap { .init(rawValue: $0.rawValue) },
             overrideRating: period.overrideRating.flatMap { .init(rawValue: $0.rawValue) }, overrideReason: period.overrideReason,
             rating: .init(rawValue: period.rating.rawValue) ?? .white, procurementActLevel: period.rating.procurementActLevel)
+    }
+}
+
+extension Components.Schemas.CorrectiveAction {
+    init(_ plan: CorrectiveActionPlan) {
+        self.init(
+            actions: plan.actions.map { .init(description: $0.description, owner: $0.owner, dueDate: $0.dueDate, doneOn: $0.doneOn) },
+            outcome: plan.outcome, overdueActions: plan.overdueActions, id: plan.id.lowercased, kpiId: plan.kpiID.lowercased,
+            trigger: plan.trigger, status: plan.status, rootCause: plan.rootCause, openedAt: plan.openedAt)
     }
 }

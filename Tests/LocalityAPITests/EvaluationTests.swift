@@ -376,16 +376,16 @@ struct EvaluationTests {
         try await app.test(.live) { client in
             let calendar = try await client.call(.get, path, token: lim)
             #expect(calendar.items.count >= 2, "a termly KPI over the contract has several periods")
-            #expect(calendar.items.allSatisfy { $0["rating"] as? String == "white" })
+            #expect(calendar.items.filter { $0["period_id"] as? String != period }.allSatisfy { $0["rating"] as? String == "white" })
             // A count KPI takes one figure; a fraction or both are refused.
             #expect(try await client.call(.post, path, token: supplier, body: ["period_id": period, "numerator": "1", "denominator": "0"]).status == .unprocessableContent)
             #expect(try await client.call(.post, path, token: supplier, body: ["period_id": period, "actual": "1", "numerator": "1"]).status == .unprocessableContent)
             #expect(try await client.call(.post, path, token: supplier, body: ["period_id": period, "actual": "lots"]).status == .unprocessableContent)
-            // Baseline 0, target 120, the target date before this period ends: expected 120; 0 delivered is Red.
-            let red = try await client.call(.post, path, token: supplier, body: ["period_id": period, "actual": "0", "narrative": "Delayed start"])
-            #expect(red.status == .ok)
-            #expect(red.jsonObject["computed_rating"] as? String == "red")
-            #expect(red.jsonObject["procurement_act_level"] as? String == "Requires improvement")
+            // The fixture's return: baseline 0, target 120, the target date before this period ends, so 120 was
+            // expected and 0 delivered is Red — which opened a corrective action plan.
+            let red = calendar.items.first { $0["period_id"] as? String == period } ?? [:]
+            #expect(red["computed_rating"] as? String == "red")
+            #expect(red["procurement_act_level"] as? String == "Requires improvement")
             let plans = try await client.call(.get, "/v1/contracts/\(lower(world.market.active))/corrective-actions", token: lim)
             #expect(plans.items.map { $0["trigger"] as? String } == ["red"])
             // A correction is version 2; the first is kept.
@@ -404,6 +404,38 @@ struct EvaluationTests {
             // A contract not started takes no returns.
             #expect(try await client.call(.post, "/v1/contracts/\(lower(world.market.negotiating))/returns", token: supplier,
                                           body: ["period_id": period, "actual": "1"]).status == .conflict)
+        }
+    }
+
+    /// A corrective action plan: the supplier proposes, the contract manager sends back or agrees, actions are
+    /// done, overdue ones flagged, and the plan closes with an outcome.
+    @Test func correctiveActionPlansRunToClosure() async throws {
+        let world = try await World.make()
+        let app = try await buildApplication(testConfiguration(world.database))
+        let lim = world.token(.lim, of: world.a)
+        let supplier = world.supplierToken
+        let base = "/v1/contracts/\(lower(world.market.active))/corrective-actions/\(lower(world.market.plan))"
+        try await app.test(.live) { client in
+            let proposal: [String: Any] = ["root_cause": "Staff shortage", "actions": [
+                ["description": "Recruit a second trainer", "owner": "Director", "due_date": "2020-01-31"],
+                ["description": "Add evening sessions", "owner": "Ops lead", "due_date": "2099-01-31"],
+            ]]
+            #expect(try await client.call(.post, "\(base)/decision", token: lim, body: ["agree": true]).status == .conflict, "nothing proposed yet")
+            #expect(try await client.call(.post, "\(base)/proposal", token: lim, body: proposal).status == .forbidden, "the supplier proposes")
+            #expect(try await client.call(.post, "\(base)/proposal", token: supplier, body: ["root_cause": "", "actions": []]).status == .unprocessableContent)
+            #expect(try await client.call(.post, "\(base)/proposal", token: supplier, body: proposal).jsonObject["status"] as? String == "proposed")
+            #expect(try await client.call(.post, "\(base)/decision", token: lim, body: ["agree": false]).jsonObject["status"] as? String == "open")
+            #expect(try await client.call(.post, "\(base)/proposal", token: supplier, body: proposal).status == .ok)
+            let agreed = try await client.call(.post, "\(base)/decision", token: lim, body: ["agree": true])
+            #expect(agreed.jsonObject["status"] as? String == "agreed")
+            #expect(agreed.jsonObject["overdue_actions"] as? Int == 1, "the first action's due date has passed")
+            let done = try await client.call(.post, "\(base)/progress", token: supplier, body: ["index": 0, "done_on": "2026-11-20"])
+            #expect(done.jsonObject["overdue_actions"] as? Int == 0)
+            #expect(try await client.call(.post, "\(base)/progress", token: supplier, body: ["index": 5, "done_on": "2026-11-20"]).status == .unprocessableContent)
+            #expect(try await client.call(.post, "\(base)/close", token: supplier, body: ["outcome": "resolved"]).status == .forbidden)
+            let closed = try await client.call(.post, "\(base)/close", token: lim, body: ["outcome": "partly_resolved"])
+            #expect(closed.jsonObject["status"] as? String == "closed" && closed.jsonObject["outcome"] as? String == "partly_resolved")
+            #expect(try await client.call(.post, "\(base)/close", token: lim, body: ["outcome": "resolved"]).status == .conflict)
         }
     }
 }

@@ -245,14 +245,28 @@ func evaluationMatrix(_ world: World) -> [String: MatrixEntry] {
         "overrideRating": MatrixEntry(
             method: .post, path: "/v1/contracts/\(lower(m.active))/returns/\(lower(m.activePeriod))/override",
             body: { _ in ["rating": "amber", "reason": "Sessions postponed by snow"] }, expected: limOK),
+        // The fixture's plan through its states, one phase each: proposed, agreed, an action done, closed.
+        "proposeCorrectiveAction": MatrixEntry(
+            method: .post, path: "/v1/contracts/\(lower(m.active))/corrective-actions/\(lower(m.plan))/proposal",
+            body: { _ in ["root_cause": "Venue unavailable", "actions": [["description": "Book the hall", "owner": "Ops lead", "due_date": "2027-02-01"]]] },
+            expected: outcomes(supplierOnly), phase: 2),
+        "decideCorrectiveAction": MatrixEntry(
+            method: .post, path: "/v1/contracts/\(lower(m.active))/corrective-actions/\(lower(m.plan))/decision",
+            body: { _ in ["agree": true] }, expected: limOK, phase: 3),
+        "completeCorrectiveAction": MatrixEntry(
+            method: .post, path: "/v1/contracts/\(lower(m.active))/corrective-actions/\(lower(m.plan))/progress",
+            body: { _ in ["index": 0, "done_on": "2027-01-20"] }, expected: partiesOK, phase: 4),
+        "closeCorrectiveAction": MatrixEntry(
+            method: .post, path: "/v1/contracts/\(lower(m.active))/corrective-actions/\(lower(m.plan))/close",
+            body: { _ in ["outcome": "resolved"] }, expected: limOK, phase: 5),
         "listCorrectiveActions": MatrixEntry(
             method: .get, path: "/v1/contracts/\(lower(m.active))/corrective-actions", body: { _ in nil }, expected: outcomes([:], otherwise: .ok)),
         // Ending contracts runs last, after the negotiation and variation entries used the same contracts.
         "completeContract": MatrixEntry(
-            method: .post, path: "/v1/contracts/\(lower(m.active))/complete", body: { _ in nil }, expected: limOK, phase: 1),
+            method: .post, path: "/v1/contracts/\(lower(m.active))/complete", body: { _ in nil }, expected: limOK, phase: 9),
         "terminateContract": MatrixEntry(
             method: .post, path: "/v1/contracts/\(lower(m.negotiating))/terminate",
-            body: { _ in ["reason": "Provider withdrew", "amount_paid_pence": 10_000] }, expected: limOK, phase: 1),
+            body: { _ in ["reason": "Provider withdrew", "amount_paid_pence": 10_000] }, expected: limOK, phase: 9),
         "decideVariation": MatrixEntry(
             method: .post, path: "/v1/contracts/\(lower(m.active))/variations/\(lower(m.proposedVariation))/decision",
             body: { _ in ["accept": true] }, expected: limOK),

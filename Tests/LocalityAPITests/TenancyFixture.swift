@@ -189,8 +189,9 @@ struct MarketFixture: Sendable {
     let active: UUID
     let activeKPI: UUID
     let proposedVariation: UUID
-    /// The active contract's first reporting period.
+    /// The active contract's first reporting period, with a Red return that opened `plan`.
     let activePeriod: UUID
+    let plan: UUID
 
     static let evaluation = EvaluationModel(
         priceWeight: 40, qualityWeight: 45, socialValueWeight: 15,
@@ -281,7 +282,11 @@ struct MarketFixture: Sendable {
             _ = try await contracts.acceptKPI(party, contractID: active.id, kpiID: active.kpis[0].id, revision: 1)
         }
         _ = try await contracts.start(lim, contractID: active.id)
-        let activePeriod = try await MonitoringService(database: scoped).periods(lim, contractID: active.id)[0].periodID
+        let monitoring = MonitoringService(database: scoped)
+        let activePeriod = try await monitoring.periods(lim, contractID: active.id)[0].periodID
+        _ = try await monitoring.submit(supplier, contractID: active.id, ReturnSubmission(
+            periodID: activePeriod, value: .number(0), noActivityReason: nil, narrative: "Delayed start", evidence: ""))
+        let plan = try await monitoring.correctiveActions(lim, contractID: active.id)[0].id
         let varied = try await contracts.proposeVariation(
             supplier, contractID: active.id, reason: "Extra cohort", valuePence: 95_000, endDate: nil, kpis: [])
         return MarketFixture(
@@ -291,7 +296,7 @@ struct MarketFixture: Sendable {
             draft: draft.id, draftToDelete: draftToDelete.id, draftComplete: draftComplete.id, question: question.id,
             closedForAward: closedForAward, awardBid: awardBid, negotiating: negotiating.id, negotiatingKPI: negotiating.kpis[0].id,
             agreed: agreed.id, active: active.id, activeKPI: active.kpis[0].id, proposedVariation: varied.variations[0].id,
-            activePeriod: activePeriod)
+            activePeriod: activePeriod, plan: plan)
     }
 
     /// Moves deadlines (and the question cut-off with them) as the superuser: the database clock decides.

@@ -31,13 +31,33 @@ public struct PeriodStatus: Sendable, Codable, Equatable {
     public var rating: RAGRating { overrideRating ?? computedRating ?? .white }
 }
 
+public struct CorrectiveAction: Sendable, Codable, Equatable {
+    public var description: String
+    public var owner: String
+    public var dueDate: String
+    public var doneOn: String?
+
+    public init(description: String, owner: String, dueDate: String, doneOn: String? = nil) {
+        self.description = description
+        self.owner = owner
+        self.dueDate = dueDate
+        self.doneOn = doneOn
+    }
+}
+
+/// open (waiting for the supplier) → proposed (root cause and actions) → agreed, or sent back to open →
+/// closed with an outcome.
 public struct CorrectiveActionPlan: Sendable, Codable, Equatable {
     public var id: UUID
     public var kpiID: UUID
     public var trigger: String
     public var status: String
     public var rootCause: String
+    public var actions: [CorrectiveAction]
+    public var outcome: String?
     public var openedAt: Date
+    /// Actions past their due date and not done (by the date the plan was read).
+    public var overdueActions: Int
 }
 
 public struct ReturnSubmission: Sendable {
@@ -219,13 +239,96 @@ public struct MonitoringService: Sendable {
         try scope.require(scope.isStaff || scope.has(.supplierUser), "see corrective actions")
         return try await database.transaction(scope, readOnly: true) { connection in
             _ = try await ContractService.fetch(connection, id: contractID)
-            return try await connection.query("""
-                SELECT id, kpi_id, trigger, status, root_cause, opened_at FROM corrective_action_plan
-                WHERE contract_id = \(contractID) ORDER BY opened_at, id
-                """).map { row in
-                let (id, kpi, trigger, status, rootCause, opened) = try row.decode(UUID.self, UUID.self, String.self, String.self, String.self, Date.self)
-                return CorrectiveActionPlan(id: id, kpiID: kpi, trigger: trigger, status: status, rootCause: rootCause, openedAt: opened)
+            return try await Self.plans(connection, contractID: contractID)
+        }
+    }
+
+    /// The supplier records the root cause and the actions (owner, due date).
+    public func proposePlan(_ scope: AccessScope, contractID: UUID, planID: UUID, rootCause: String, actions: [CorrectiveAction]) async throws -> CorrectiveActionPlan {
+        var validator = Validator()
+        validator.text(rootCause, "root_cause", max: 4000)
+        validator.check(!actions.isEmpty, "actions", "name at least one action")
+        for (index, action) in actions.enumerated() {
+            validator.text(action.description, "actions[\(index)].description", max: 2000)
+            validator.text(action.owner, "actions[\(index)].owner", max: 200)
+            validator.check(CalendarDate.parse(action.dueDate) != nil, "actions[\(index)].due_date", "must be a date (YYYY-MM-DD)")
+        }
+        try validator.throwIfInvalid()
+        return try await changePlan(scope, contractID: contractID, planID: planID, party: .supplier, from: ["open"], action: "propose") { connection in
+            try await connection.query("""
+                UPDATE corrective_action_plan SET status = 'proposed', root_cause = \(rootCause),
+                    actions = \(try ProjectService.json(actions.map { CorrectiveAction(description: $0.description, owner: $0.owner, dueDate: $0.dueDate) }))::jsonb
+                WHERE id = \(planID)
+                """)
+        }
+    }
+
+    /// The contract manager agrees the plan, or sends it back to the supplier.
+    public func decidePlan(_ scope: AccessScope, contractID: UUID, planID: UUID, agree: Bool) async throws -> CorrectiveActionPlan {
+        try await changePlan(scope, contractID: contractID, planID: planID, party: .board, from: ["proposed"], action: agree ? "agree" : "send_back") { connection in
+            try await connection.query("UPDATE corrective_action_plan SET status = \(agree ? "agreed" : "open") WHERE id = \(planID)")
+        }
+    }
+
+    /// Either party marks an agreed plan's action done.
+    public func completeAction(_ scope: AccessScope, contractID: UUID, planID: UUID, index: Int, on date: String) async throws -> CorrectiveActionPlan {
+        guard CalendarDate.parse(date) != nil else { throw DomainError.invalid("done_on", "must be a date (YYYY-MM-DD)") }
+        return try await changePlan(scope, contractID: contractID, planID: planID, party: nil, from: ["agreed"], action: "action_done") { connection in
+            let changed = try await connection.query("""
+                UPDATE corrective_action_plan SET actions = jsonb_set(actions, ARRAY[\(index)::text, 'done_on'], to_jsonb(\(date)::text))
+                WHERE id = \(planID) AND \(index) >= 0 AND \(index) < jsonb_array_length(actions)
+                """).affectedRows
+            guard changed == 1 else { throw DomainError.invalid("index", "is not an action of this plan") }
+        }
+    }
+
+    /// The contract manager closes the plan with its outcome.
+    public func closePlan(_ scope: AccessScope, contractID: UUID, planID: UUID, outcome: String) async throws -> CorrectiveActionPlan {
+        guard ["resolved", "partly_resolved", "not_resolved"].contains(outcome) else {
+            throw DomainError.invalid("outcome", "must be resolved, partly_resolved or not_resolved")
+        }
+        return try await changePlan(scope, contractID: contractID, planID: planID, party: .board, from: ["agreed"], action: "close") { connection in
+            try await connection.query("UPDATE corrective_action_plan SET status = 'closed', outcome = \(outcome) WHERE id = \(planID)")
+        }
+    }
+
+    private func changePlan(
+        _ scope: AccessScope, contractID: UUID, planID: UUID, party required: ContractParty?, from states: Set<String>, action: String,
+        _ change: (PGConnection) async throws -> Void
+    ) async throws -> CorrectiveActionPlan {
+        try scope.require(scope.isStaff ? scope.has(.lim) : scope.has(.supplierUser), "work on corrective actions")
+        return try await database.transaction(scope) { connection in
+            let contract = try await ContractService.fetch(connection, id: contractID)
+            guard let party = try await ContractService.party(connection, contract) else { throw DomainError.forbidden("Only the contract's parties work on its plans.") }
+            if let required, party != required {
+                throw DomainError.forbidden(required == .board ? "The contract manager does this." : "The supplier does this.")
             }
+            guard let before = try await Self.plans(connection, contractID: contractID).first(where: { $0.id == planID }) else {
+                throw DomainError.notFound("corrective action plan")
+            }
+            guard states.contains(before.status) else { throw DomainError.conflict("The plan is \(before.status).") }
+            try await change(connection)
+            let after = try await Self.plans(connection, contractID: contractID).first { $0.id == planID }!
+            try await AuditLog.record(connection, action: "contract.corrective_action.\(action)", entityType: "contract",
+                                      entityID: contractID.lowercased, before: before, after: after)
+            return after
+        }
+    }
+
+    static func plans(_ connection: PGConnection, contractID: UUID) async throws -> [CorrectiveActionPlan] {
+        let today = try await connection.query("SELECT current_date::text").first!.decode(String.self, at: 0)
+        return try await connection.query("""
+            SELECT id, kpi_id, trigger, status, root_cause, actions::text, outcome, opened_at FROM corrective_action_plan
+            WHERE contract_id = \(contractID) ORDER BY opened_at, id
+            """).map { row in
+            let (id, kpi, trigger, status, rootCause, actionsText, outcome, opened) = try row.decode(
+                UUID.self, UUID.self, String.self, String.self, String.self, String.self, String?.self, Date.self)
+            let decoder = JSONDecoder()
+            decoder.keyDecodingStrategy = .convertFromSnakeCase
+            let actions = try decoder.decode([CorrectiveAction].self, from: Data(actionsText.utf8))
+            return CorrectiveActionPlan(id: id, kpiID: kpi, trigger: trigger, status: status, rootCause: rootCause, actions: actions,
+                                        outcome: outcome, openedAt: opened,
+                                        overdueActions: actions.filter { $0.doneOn == nil && $0.dueDate < today }.count)
         }
     }
 }
