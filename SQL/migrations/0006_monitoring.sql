@@ -101,3 +101,47 @@ CREATE POLICY corrective_action_plan_parties ON corrective_action_plan FOR ALL
 
 GRANT SELECT, INSERT ON reporting_period, kpi_return TO locality_app;
 GRANT SELECT, INSERT, UPDATE ON rating_override, corrective_action_plan TO locality_app;
+
+-- Monitoring visits and the complaints log, kept by the board's LIMs; both parties read them.
+CREATE TABLE monitoring_visit (
+    authority_id  uuid NOT NULL,
+    id            uuid NOT NULL DEFAULT gen_random_uuid(),
+    contract_id   uuid NOT NULL,
+    visit_date    date NOT NULL,
+    kind          text NOT NULL CHECK (kind IN ('planned', 'unannounced')),
+    attendees     text NOT NULL CHECK (length(attendees) BETWEEN 1 AND 2000),
+    findings      text NOT NULL DEFAULT '' CHECK (length(findings) <= 10000),
+    follow_ups    text NOT NULL DEFAULT '' CHECK (length(follow_ups) <= 10000),
+    recorded_by   text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (authority_id, id),
+    FOREIGN KEY (authority_id, contract_id) REFERENCES contract (authority_id, id)
+);
+CREATE TABLE complaint (
+    authority_id   uuid NOT NULL,
+    id             uuid NOT NULL DEFAULT gen_random_uuid(),
+    contract_id    uuid NOT NULL,
+    received_on    date NOT NULL,
+    nature         text NOT NULL CHECK (length(nature) BETWEEN 1 AND 4000),
+    action_taken   text NOT NULL DEFAULT '' CHECK (length(action_taken) <= 4000),
+    resolution     text CHECK (length(resolution) <= 4000),
+    resolved_on    date CHECK (resolved_on >= received_on),
+    recorded_by    text NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (authority_id, id),
+    FOREIGN KEY (authority_id, contract_id) REFERENCES contract (authority_id, id),
+    CONSTRAINT complaint_resolved CHECK ((resolution IS NULL) = (resolved_on IS NULL))
+);
+ALTER TABLE monitoring_visit ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY monitoring_visit_read ON monitoring_visit FOR SELECT
+    USING (EXISTS (SELECT 1 FROM contract c WHERE c.authority_id = monitoring_visit.authority_id AND c.id = monitoring_visit.contract_id));
+CREATE POLICY monitoring_visit_board ON monitoring_visit FOR INSERT
+    WITH CHECK (app_contract_party(authority_id, contract_id) = 'board');
+ALTER TABLE complaint ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY complaint_read ON complaint FOR SELECT
+    USING (EXISTS (SELECT 1 FROM contract c WHERE c.authority_id = complaint.authority_id AND c.id = complaint.contract_id));
+CREATE POLICY complaint_board ON complaint FOR ALL
+    USING (app_contract_party(authority_id, contract_id) = 'board')
+    WITH CHECK (app_contract_party(authority_id, contract_id) = 'board');
+GRANT SELECT, INSERT ON monitoring_visit TO locality_app;
+GRANT SELECT, INSERT, UPDATE ON complaint TO locality_app;

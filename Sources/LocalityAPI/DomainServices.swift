@@ -19,6 +19,7 @@ struct DomainServices: Sendable {
     let contracts: ContractService
     let schools: SchoolService
     let monitoring: MonitoringService
+    let records: ContractRecordsService
 
     init(database: ScopedDatabase) {
         authorities = AuthorityService(database: database)
@@ -38,6 +39,7 @@ struct DomainServices: Sendable {
         contracts = ContractService(database: database)
         schools = SchoolService(database: database)
         monitoring = MonitoringService(database: database)
+        records = ContractRecordsService(database: database)
     }
 }
 

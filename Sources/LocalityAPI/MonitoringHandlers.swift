@@ -106,3 +106,54 @@ extension Components.Schemas.CorrectiveAction {
             trigger: plan.trigger, status: plan.status, rootCause: plan.rootCause, openedAt: plan.openedAt)
     }
 }
+
+extension APIHandlers {
+    func listVisits(_ input: Operations.ListVisits.Input) async throws -> Operations.ListVisits.Output {
+        let visits = try await services.records.visits(try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"))
+        return .ok(.init(body: .json(.init(items: visits.map(Components.Schemas.Visit.init)))))
+    }
+
+    func recordVisit(_ input: Operations.RecordVisit.Input) async throws -> Operations.RecordVisit.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        let visit = try await services.records.recordVisit(
+            try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"), date: body.visitDate, kind: body.kind.rawValue,
+            attendees: body.attendees, findings: body.findings ?? "", followUps: body.followUps ?? "")
+        return .created(.init(body: .json(.init(visit))))
+    }
+
+    func listComplaints(_ input: Operations.ListComplaints.Input) async throws -> Operations.ListComplaints.Output {
+        let complaints = try await services.records.complaints(try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"))
+        return .ok(.init(body: .json(.init(items: complaints.map(Components.Schemas.Complaint.init)))))
+    }
+
+    func logComplaint(_ input: Operations.LogComplaint.Input) async throws -> Operations.LogComplaint.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        let complaint = try await services.records.logComplaint(
+            try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"), receivedOn: body.receivedOn,
+            nature: body.nature, actionTaken: body.actionTaken ?? "")
+        return .created(.init(body: .json(.init(complaint))))
+    }
+
+    func resolveComplaint(_ input: Operations.ResolveComplaint.Input) async throws -> Operations.ResolveComplaint.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        let complaint = try await services.records.resolveComplaint(
+            try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"),
+            complaintID: try pathID(input.path.complaintId, "complaint"), resolution: body.resolution, resolvedOn: body.resolvedOn,
+            actionTaken: body.actionTaken)
+        return .ok(.init(body: .json(.init(complaint))))
+    }
+}
+
+extension Components.Schemas.Visit {
+    init(_ visit: MonitoringVisit) {
+        self.init(id: visit.id.lowercased, visitDate: visit.visitDate, kind: .init(rawValue: visit.kind) ?? .planned, attendees: visit.attendees,
+                  findings: visit.findings, followUps: visit.followUps)
+    }
+}
+
+extension Components.Schemas.Complaint {
+    init(_ complaint: Complaint) {
+        self.init(id: complaint.id.lowercased, receivedOn: complaint.receivedOn, nature: complaint.nature, actionTaken: complaint.actionTaken,
+                  resolution: complaint.resolution, resolvedOn: complaint.resolvedOn)
+    }
+}

@@ -438,4 +438,26 @@ struct EvaluationTests {
             #expect(try await client.call(.post, "\(base)/close", token: lim, body: ["outcome": "resolved"]).status == .conflict)
         }
     }
+
+    @Test func visitsAndComplaintsAreKeptByTheBoardAndReadByBoth() async throws {
+        let world = try await World.make()
+        let app = try await buildApplication(testConfiguration(world.database))
+        let lim = world.token(.lim, of: world.a)
+        let base = "/v1/contracts/\(lower(world.market.active))"
+        try await app.test(.live) { client in
+            #expect(try await client.call(.post, "\(base)/visits", token: lim, body: ["visit_date": "2027-02-30", "kind": "planned", "attendees": "x"]).status == .unprocessableContent)
+            #expect(try await client.call(.post, "\(base)/visits", token: world.supplierToken,
+                                          body: ["visit_date": "2027-02-10", "kind": "planned", "attendees": "x"]).status == .forbidden)
+            #expect(try await client.call(.post, "\(base)/visits", token: lim, body: ["visit_date": "2027-02-10", "kind": "planned", "attendees": "LIM"]).status == .created)
+            #expect(try await client.call(.get, "\(base)/visits", token: world.supplierToken).items.count == 1)
+            let complaint = "\(base)/complaints/\(lower(world.market.complaint))/resolution"
+            #expect(try await client.call(.post, complaint, token: lim, body: ["resolution": "Fixed", "resolved_on": "2027-01-01"]).status == .unprocessableContent,
+                    "not before it was received")
+            let resolved = try await client.call(.post, complaint, token: lim, body: ["resolution": "Fixed", "resolved_on": "2027-01-25"])
+            #expect(resolved.jsonObject["resolved_on"] as? String == "2027-01-25")
+            #expect(try await client.call(.post, complaint, token: lim, body: ["resolution": "Again", "resolved_on": "2027-01-26"]).status == .conflict)
+            let log = try await client.call(.get, "\(base)/complaints", token: world.supplierToken)
+            #expect(log.items.first?["resolution"] as? String == "Fixed")
+        }
+    }
 }

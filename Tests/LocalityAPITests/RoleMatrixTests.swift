@@ -259,6 +259,18 @@ func evaluationMatrix(_ world: World) -> [String: MatrixEntry] {
         "closeCorrectiveAction": MatrixEntry(
             method: .post, path: "/v1/contracts/\(lower(m.active))/corrective-actions/\(lower(m.plan))/close",
             body: { _ in ["outcome": "resolved"] }, expected: limOK, phase: 5),
+        "listVisits": MatrixEntry(method: .get, path: "/v1/contracts/\(lower(m.active))/visits", body: { _ in nil }, expected: outcomes([:], otherwise: .ok)),
+        "recordVisit": MatrixEntry(
+            method: .post, path: "/v1/contracts/\(lower(m.active))/visits",
+            body: { _ in ["visit_date": "2027-02-10", "kind": "unannounced", "attendees": "LIM, provider lead", "findings": "Sessions well attended"] },
+            expected: outcomes([.lim: .created])),
+        "listComplaints": MatrixEntry(method: .get, path: "/v1/contracts/\(lower(m.active))/complaints", body: { _ in nil }, expected: outcomes([:], otherwise: .ok)),
+        "logComplaint": MatrixEntry(
+            method: .post, path: "/v1/contracts/\(lower(m.active))/complaints",
+            body: { _ in ["received_on": "2027-02-12", "nature": "Session cancelled at short notice"] }, expected: outcomes([.lim: .created])),
+        "resolveComplaint": MatrixEntry(
+            method: .post, path: "/v1/contracts/\(lower(m.active))/complaints/\(lower(m.complaint))/resolution",
+            body: { _ in ["resolution": "Rescheduled; apology sent", "resolved_on": "2027-02-20"] }, expected: limOK),
         "listCorrectiveActions": MatrixEntry(
             method: .get, path: "/v1/contracts/\(lower(m.active))/corrective-actions", body: { _ in nil }, expected: outcomes([:], otherwise: .ok)),
         // Ending contracts runs last, after the negotiation and variation entries used the same contracts.

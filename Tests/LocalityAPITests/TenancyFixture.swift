@@ -192,6 +192,8 @@ struct MarketFixture: Sendable {
     /// The active contract's first reporting period, with a Red return that opened `plan`.
     let activePeriod: UUID
     let plan: UUID
+    /// An unresolved complaint on the active contract.
+    let complaint: UUID
 
     static let evaluation = EvaluationModel(
         priceWeight: 40, qualityWeight: 45, socialValueWeight: 15,
@@ -287,6 +289,8 @@ struct MarketFixture: Sendable {
         _ = try await monitoring.submit(supplier, contractID: active.id, ReturnSubmission(
             periodID: activePeriod, value: .number(0), noActivityReason: nil, narrative: "Delayed start", evidence: ""))
         let plan = try await monitoring.correctiveActions(lim, contractID: active.id)[0].id
+        let complaint = try await ContractRecordsService(database: scoped).logComplaint(
+            lim, contractID: active.id, receivedOn: "2027-01-20", nature: "Late start", actionTaken: "")
         let varied = try await contracts.proposeVariation(
             supplier, contractID: active.id, reason: "Extra cohort", valuePence: 95_000, endDate: nil, kpis: [])
         return MarketFixture(
@@ -296,7 +300,7 @@ struct MarketFixture: Sendable {
             draft: draft.id, draftToDelete: draftToDelete.id, draftComplete: draftComplete.id, question: question.id,
             closedForAward: closedForAward, awardBid: awardBid, negotiating: negotiating.id, negotiatingKPI: negotiating.kpis[0].id,
             agreed: agreed.id, active: active.id, activeKPI: active.kpis[0].id, proposedVariation: varied.variations[0].id,
-            activePeriod: activePeriod, plan: plan)
+            activePeriod: activePeriod, plan: plan, complaint: complaint.id)
     }
 
     /// Moves deadlines (and the question cut-off with them) as the superuser: the database clock decides.
