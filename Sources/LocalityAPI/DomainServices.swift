@@ -20,6 +20,7 @@ struct DomainServices: Sendable {
     let schools: SchoolService
     let monitoring: MonitoringService
     let records: ContractRecordsService
+    let dashboards: DashboardService
 
     init(database: ScopedDatabase) {
         authorities = AuthorityService(database: database)
@@ -40,6 +41,7 @@ struct DomainServices: Sendable {
         schools = SchoolService(database: database)
         monitoring = MonitoringService(database: database)
         records = ContractRecordsService(database: database)
+        dashboards = DashboardService(database: database)
     }
 }
 

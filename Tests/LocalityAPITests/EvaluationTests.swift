@@ -460,4 +460,33 @@ struct EvaluationTests {
             #expect(log.items.first?["resolution"] as? String == "Fixed")
         }
     }
+
+    @Test func dashboardsAndTheTermlyReport() async throws {
+        let world = try await World.make()
+        let app = try await buildApplication(testConfiguration(world.database))
+        let board = lower(world.a.boards[0].id)
+        try await app.test(.live) { client in
+            let dashboard = try await client.call(.get, "/v1/boards/\(board)/dashboard?financial_year=2025-26", token: world.token(.lim, of: world.a))
+            #expect(dashboard.status == .ok)
+            let body = dashboard.jsonObject
+            let locality = (body["budget"] as? [[String: Any]])?.first { $0["funding_stream_code"] as? String == "locality" }
+            #expect(locality?["allocated_pence"] as? Int == 10_000_000)
+            #expect((body["projects_by_status"] as? [String: Any])?["awarded"] as? Int == 3)
+            let active = (body["contracts"] as? [[String: Any]])?.first { $0["contract_id"] as? String == lower(world.market.active) }
+            #expect(active?["kpi_ratings"] as? [String] == ["red"])
+            #expect(body["open_corrective_actions"] as? Int == 1)
+            // The authority view adds the other board; board-scoped roles cannot see it.
+            let authority = try await client.call(.get, "/v1/dashboard?financial_year=2025-26", token: world.token(.hosi, of: world.a))
+            let total = (authority.jsonObject["budget"] as? [[String: Any]])?.first { $0["funding_stream_code"] as? String == "locality" }
+            #expect(total?["allocated_pence"] as? Int == 20_000_001)
+            #expect(try await client.call(.get, "/v1/dashboard?financial_year=2025-26", token: world.token(.lim, of: world.a)).status == .forbidden)
+            #expect(try await client.call(.get, "/v1/boards/\(lower(world.a.boards[1].id))/dashboard?financial_year=2025-26",
+                                          token: world.token(.lim, of: world.a)).status == .notFound)
+            let csv = try await client.call(.get, "/v1/boards/\(board)/monitoring-report.csv?academic_year=2026-27&term=spring",
+                                            token: world.token(.lim, of: world.a))
+            let lines = String(buffer: csv.body).split(separator: "\r\n")
+            #expect(lines.first?.hasPrefix("project,supplier,contract_id") == true)
+            #expect(lines.contains { $0.contains("Awarded and started") && $0.contains(",red,Requires improvement,") })
+        }
+    }
 }

@@ -259,6 +259,15 @@ func evaluationMatrix(_ world: World) -> [String: MatrixEntry] {
         "closeCorrectiveAction": MatrixEntry(
             method: .post, path: "/v1/contracts/\(lower(m.active))/corrective-actions/\(lower(m.plan))/close",
             body: { _ in ["outcome": "resolved"] }, expected: limOK, phase: 5),
+        "getAuthorityDashboard": MatrixEntry(
+            method: .get, path: "/v1/dashboard?financial_year=2025-26", body: { _ in nil },
+            expected: outcomes([.authorityAdmin: .ok, .hosi: .ok, .auditor: .ok])),
+        "getBoardDashboard": MatrixEntry(
+            method: .get, path: "/v1/boards/\(lower(world.a.boards[0].id))/dashboard?financial_year=2025-26", body: { _ in nil },
+            expected: outcomes(all(.ok, staffRoles))),
+        "exportMonitoringReport": MatrixEntry(
+            method: .get, path: "/v1/boards/\(lower(world.a.boards[0].id))/monitoring-report.csv?academic_year=2026-27&term=spring",
+            body: { _ in nil }, expected: outcomes(all(.ok, staffRoles))),
         "listVisits": MatrixEntry(method: .get, path: "/v1/contracts/\(lower(m.active))/visits", body: { _ in nil }, expected: outcomes([:], otherwise: .ok)),
         "recordVisit": MatrixEntry(
             method: .post, path: "/v1/contracts/\(lower(m.active))/visits",
