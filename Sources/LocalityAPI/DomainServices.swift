@@ -21,6 +21,7 @@ struct DomainServices: Sendable {
     let monitoring: MonitoringService
     let records: ContractRecordsService
     let dashboards: DashboardService
+    let spip: SPIPService
 
     init(database: ScopedDatabase) {
         authorities = AuthorityService(database: database)
@@ -42,6 +43,7 @@ struct DomainServices: Sendable {
         monitoring = MonitoringService(database: database)
         records = ContractRecordsService(database: database)
         dashboards = DashboardService(database: database)
+        spip = SPIPService(database: database)
     }
 }
 

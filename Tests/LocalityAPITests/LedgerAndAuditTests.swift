@@ -92,7 +92,7 @@ struct LedgerAndAuditTests {
                                                    body: ByteBuffer(string: "{not json"))
             #expect(notJSON.status == .badRequest)
             let ledger = try await client.call(.get, path + "?financial_year=2025-26", token: admin)
-            #expect(ledger.items.count == 1, "only the fixture's allocation: nothing was written by the refusals")
+            #expect(ledger.items.count == 2, "only the fixture's two allocations: nothing was written by the refusals")
         }
     }
 

@@ -230,6 +230,21 @@ func evaluationMatrix(_ world: World) -> [String: MatrixEntry] {
         "proposeVariation": MatrixEntry(
             method: .post, path: "/v1/contracts/\(lower(m.active))/variations",
             body: { role in ["reason": "Change by \(role.rawValue)", "end_date": "2027-08-31"] }, expected: partiesOK),
+        "getSPIP": MatrixEntry(method: .get, path: "/v1/schools/121003/spip", body: { _ in nil }, expected: outcomes(all(.ok, staffRoles))),
+        "addSPIPPriority": MatrixEntry(
+            method: .post, path: "/v1/schools/121003/spip/priorities",
+            body: { _ in ["priority": "Improve attendance", "actions": ["Weekly attendance panel"]] }, expected: outcomes([.hosi: .ok])),
+        "recordSchoolContract": MatrixEntry(
+            method: .post, path: "/v1/schools/121001/contracts",
+            body: { _ in ["supplier_id": lower(world.supplierID), "service": "peer_review", "description": "Peer review of leadership",
+                          "value_pence": 300_000, "financial_year": "2025-26", "start_date": "2026-02-01", "end_date": "2026-03-31"] },
+            expected: outcomes([.hosi: .created])),
+        "addSchoolContractOutput": MatrixEntry(
+            method: .post, path: "/v1/school-contracts/\(lower(world.schoolContract))/outputs", body: { _ in ["title": "Governance report"] },
+            expected: outcomes([.hosi: .ok, .supplierUser: .ok])),
+        "assessSchoolContract": MatrixEntry(
+            method: .post, path: "/v1/school-contracts/\(lower(world.schoolContract))/assessments",
+            body: { _ in ["assessed_on": "2026-02-15", "progress": "expected", "note": "On track"] }, expected: outcomes([.hosi: .ok])),
         "listSchools": MatrixEntry(method: .get, path: "/v1/schools", body: { _ in nil }, expected: staffOK),
         "markSchoolConcern": MatrixEntry(
             method: .post, path: "/v1/schools/121001/concern",

@@ -36,6 +36,8 @@ struct World: Sendable {
     /// Registered, admitted nowhere.
     let outsiderToken: String
     let market: MarketFixture
+    /// A contract on school 121003's improvement plan, with the admitted supplier.
+    let schoolContract: UUID
 
     static let year = "2025-26"
 
@@ -54,9 +56,10 @@ struct World: Sendable {
             _ = try await admissions.apply(applicantScope, authority: "alpha", goodDeclarations)
             let market = try await MarketFixture.make(database: database, scoped: scoped, a: a, supplierID: supplier.id)
             try await schools(scoped, a)
+            let schoolContract = try await schoolContract(scoped, a, supplierID: supplier.id)
             return World(database: database, a: a, b: b, supplierToken: supplierToken, supplierUserID: supplierUser.id,
                          supplierID: supplier.id, applicantToken: applicantToken, applicantID: applicant.id,
-                         outsiderToken: outsiderToken, market: market)
+                         outsiderToken: outsiderToken, market: market, schoolContract: schoolContract)
         }
     }
 
@@ -72,6 +75,15 @@ struct World: Sendable {
         ]), laCode: "815")
         let hosi = AccessScope(authorityID: a.authority.id, userID: a.users[.hosi]!.id, roles: [.hosi], boardIDs: [], actor: "user:test")
         _ = try await SchoolService(database: database).markConcern(hosi, urn: 121003, category: "local_concern", reason: "Falling outcomes", since: "2025-09-01")
+    }
+
+    /// A contract on 121003's improvement plan, to the admitted supplier; returns its id.
+    static func schoolContract(_ database: ScopedDatabase, _ a: TenantFixture, supplierID: UUID) async throws -> UUID {
+        let hosi = AccessScope(authorityID: a.authority.id, userID: a.users[.hosi]!.id, roles: [.hosi], boardIDs: [], actor: "user:test")
+        let spip = try await SPIPService(database: database).recordContract(hosi, urn: 121003, SchoolContractDraft(
+            supplierID: supplierID, service: "governance_audit", description: "External review of governance", valuePence: 500_000,
+            financialYear: "2025-26", startDate: "2026-01-05", endDate: "2026-03-31"))
+        return spip.contracts[0].id
     }
 
     static let goodDeclarations = AdmissionDeclarations(
@@ -98,6 +110,8 @@ struct World: Sendable {
             boards.append(board)
             _ = try await budgets.append(scope, boardID: board.id, LedgerEntryDraft(
                 financialYear: year, fundingStream: "locality", kind: .allocation, amountPence: 10_000_000 + index, reason: "test allocation"))
+            _ = try await budgets.append(scope, boardID: board.id, LedgerEntryDraft(
+                financialYear: year, fundingStream: "school_improvement", kind: .allocation, amountPence: 5_030_000, reason: "test allocation"))
         }
         let userService = UserService(database: database)
         let tokenService = TokenService(database: database)

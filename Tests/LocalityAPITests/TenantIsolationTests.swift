@@ -19,7 +19,7 @@ struct TenantIsolationTests {
                          m.draft, m.draftToDelete, m.draftComplete]
         let aIDs = Set(world.a.boards.map { lower($0.id) } + world.a.users.values.map { lower($0.id) } + aProjects.map(lower)
                        + [m.draftBid, m.completeBid, m.submittedBid, m.closedBid, m.question, m.theme, m.spareTheme, m.closedForAward,
-                          m.awardBid, m.negotiating, m.negotiatingKPI, m.agreed, m.active, m.activeKPI, m.proposedVariation, m.activePeriod, m.plan, m.complaint].map(lower))
+                          m.awardBid, m.negotiating, m.negotiatingKPI, m.agreed, m.active, m.activeKPI, m.proposedVariation, m.activePeriod, m.plan, m.complaint, world.schoolContract].map(lower))
         let auditBefore = try await auditCount(world.database, authority: world.a.authority.id)
         let app = try await buildApplication(testConfiguration(world.database))
         try await app.test(.live) { client in
