@@ -6,7 +6,7 @@ struct AuthorityCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "authority",
         abstract: "Create and list authorities (the tenants).",
-        subcommands: [Create.self, List.self, Configure.self]
+        subcommands: [Create.self, List.self, Configure.self, Terms.self]
     )
 }
 
@@ -100,6 +100,41 @@ extension AuthorityCommand {
                 } else {
                     print("clarification questions close \(settings.clarificationCutoffHours) h before the deadline; standstill \(settings.standstillWorkingDays) working days")
                 }
+            }
+        }
+    }
+}
+
+extension AuthorityCommand {
+    struct Terms: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set an academic year's term dates (termly reporting periods follow them).",
+            discussion: "Each term is START:END, e.g. --autumn 2026-09-03:2026-12-18. Without them, standard dates apply."
+        )
+
+        @Option(help: "The academic year, e.g. 2026-27.")
+        var academicYear: String
+
+        @Option(help: "Autumn term START:END.") var autumn: String
+        @Option(help: "Spring term START:END.") var spring: String
+        @Option(help: "Summer term START:END.") var summer: String
+
+        @OptionGroup var authority: AuthorityOptions
+        @OptionGroup var database: DatabaseOptions
+        @OptionGroup var logging: LoggingOptions
+
+        func run() async throws {
+            try await reportingFailure {
+                guard let year = FinancialYear(academicYear) else { throw CLIError("--academic-year must be like 2026-27") }
+                let terms = try [("autumn", autumn), ("spring", spring), ("summer", summer)].map { name, range in
+                    let parts = range.split(separator: ":").map(String.init)
+                    guard parts.count == 2 else { throw CLIError("--\(name) must be START:END, e.g. 2026-09-03:2026-12-18") }
+                    return TermDates.Term(name: name, starts: parts[0], ends: parts[1])
+                }
+                try await CommandContext.withAuthority(database, logging, authority) { session in
+                    try await MonitoringService(database: session.database).setTermDates(session.scope, TermDates(academicYear: year.startYear, terms: terms))
+                }
+                print("term dates for \(year) set")
             }
         }
     }

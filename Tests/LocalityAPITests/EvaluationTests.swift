@@ -489,4 +489,31 @@ struct EvaluationTests {
             #expect(lines.contains { $0.contains("Awarded and started") && $0.contains(",red,Requires improvement,") })
         }
     }
+
+    /// Termly periods follow the authority's own term dates when it has set them.
+    @Test func termlyPeriodsFollowTheAuthoritysTermDates() async throws {
+        let world = try await World.make()
+        try await world.database.withPool(conninfo: world.database.ownerConninfo, maxConnections: 1) { pool in
+            let service = MonitoringService(database: ScopedDatabase(pool: pool))
+            let scope = AccessScope.operatorScope(authorityID: world.a.authority.id, osUser: "test")
+            await #expect(throws: DomainError.self) {
+                try await service.setTermDates(scope, TermDates(academicYear: 2026, terms: [.init(name: "autumn", starts: "2026-09-03", ends: "2026-12-18")]))
+            }
+            try await service.setTermDates(scope, TermDates(academicYear: 2026, terms: [
+                .init(name: "autumn", starts: "2026-09-03", ends: "2026-12-18"),
+                .init(name: "spring", starts: "2027-01-06", ends: "2027-03-26"),
+                .init(name: "summer", starts: "2027-04-12", ends: "2027-07-21"),
+            ]))
+        }
+        let app = try await buildApplication(testConfiguration(world.database))
+        try await app.test(.live) { client in
+            let started = try await client.call(.post, "/v1/contracts/\(lower(world.market.agreed))/start", token: world.token(.lim, of: world.a))
+            #expect(started.status == .ok)
+            let periods = try await client.call(.get, "/v1/contracts/\(lower(world.market.agreed))/returns", token: world.token(.lim, of: world.a))
+            let first = periods.items.first ?? [:]
+            #expect(first["label"] as? String == "spring 2026-27")
+            #expect(first["ends"] as? String == "2027-03-26")
+            #expect(periods.items.dropFirst().first?["starts"] as? String == "2027-04-12")
+        }
+    }
 }

@@ -98,11 +98,11 @@ public struct DashboardService: Sendable {
         try scope.require(scope.isStaff, "see monitoring reports")
         guard scope.canSee(board: boardID) else { throw DomainError.notFound("board") }
         guard let year = FinancialYear(academicYear) else { throw DomainError.invalid("academic_year", "must be like 2026-27") }
-        guard let dates = TermDates.standard(year.startYear).terms.first(where: { $0.name == term }) else {
-            throw DomainError.invalid("term", "must be autumn, spring or summer")
-        }
         return try await database.transaction(scope, readOnly: true) { connection in
             _ = try await BoardService.fetch(connection, id: boardID)
+            guard let dates = try await MonitoringService.termDates(connection)(year.startYear).terms.first(where: { $0.name == term }) else {
+                throw DomainError.invalid("term", "must be autumn, spring or summer")
+            }
             let rows = try await connection.query("""
                 SELECT p.title, s.name, c.id, rp.kpi_id, rp.label, rp.ends::text, rp.due::text, r.actual::text,
                        CASE WHEN r.numerator IS NOT NULL THEN r.numerator::text || '/' || r.denominator::text END,

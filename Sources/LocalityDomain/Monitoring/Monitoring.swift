@@ -86,15 +86,56 @@ public struct MonitoringService: Sendable {
 
     /// Called when a contract starts: every live KPI's periods, clipped to the contract's dates.
     static func generateCalendar(_ connection: PGConnection, _ contract: Contract) async throws {
+        let terms = try await termDates(connection)
         for kpi in contract.kpis where !kpi.removed {
             for period in ReportingCalendar.periods(frequency: kpi.latest.definition.frequency, contractStart: contract.startDate,
-                                                    contractEnd: contract.endDate) {
+                                                    contractEnd: contract.endDate, termDates: terms) {
                 try await connection.query("""
                     INSERT INTO reporting_period (authority_id, contract_id, kpi_id, label, starts, ends, due)
                     VALUES (\(contract.authorityID), \(contract.id), \(kpi.id), \(period.label), \(period.starts)::date,
                             \(period.ends)::date, \(period.due)::date)
                     """)
             }
+        }
+    }
+
+    /// The authority's term dates by academic year, standard dates where it set none.
+    static func termDates(_ connection: PGConnection) async throws -> @Sendable (Int) -> TermDates {
+        let rows = try await connection.query("SELECT academic_year, term, starts::text, ends::text FROM term_dates ORDER BY academic_year, starts")
+            .map { try $0.decode(Int.self, String.self, String.self, String.self) }
+        var byYear: [Int: [TermDates.Term]] = [:]
+        for (year, term, starts, ends) in rows { byYear[year, default: []].append(.init(name: term, starts: starts, ends: ends)) }
+        let configured = byYear
+        return { year in configured[year].map { TermDates(academicYear: year, terms: $0) } ?? TermDates.standard(year) }
+    }
+
+    /// Sets an academic year's three terms (authority admins, or the operator).
+    public func setTermDates(_ scope: AccessScope, _ dates: TermDates) async throws {
+        try scope.require(scope.isStaff && scope.has(.authorityAdmin), "set term dates")
+        var validator = Validator()
+        validator.check(Set(dates.terms.map(\.name)) == ["autumn", "spring", "summer"] && dates.terms.count == 3, "terms",
+                        "give autumn, spring and summer")
+        var previousEnd: Date?
+        for term in dates.terms {
+            let starts = CalendarDate.parse(term.starts), ends = CalendarDate.parse(term.ends)
+            validator.check(starts != nil && ends != nil, term.name, "dates must be YYYY-MM-DD")
+            if let starts, let ends {
+                validator.check(ends >= starts, term.name, "must not end before it starts")
+                if let previousEnd { validator.check(starts > previousEnd, term.name, "terms must not overlap, in order autumn, spring, summer") }
+                previousEnd = ends
+            }
+        }
+        try validator.throwIfInvalid()
+        try await database.transaction(scope) { connection in
+            for term in dates.terms {
+                try await connection.query("""
+                    INSERT INTO term_dates (authority_id, academic_year, term, starts, ends)
+                    VALUES (app_authority_id(), \(dates.academicYear), \(term.name), \(term.starts)::date, \(term.ends)::date)
+                    ON CONFLICT (authority_id, academic_year, term) DO UPDATE SET starts = EXCLUDED.starts, ends = EXCLUDED.ends
+                    """)
+            }
+            try await AuditLog.record(connection, action: "authority.term_dates", entityType: "term_dates", entityID: String(dates.academicYear),
+                                      before: nil, after: Dictionary(dates.terms.map { ($0.name, "\($0.starts)..\($0.ends)") }, uniquingKeysWith: { a, _ in a }))
         }
     }
 

@@ -46,7 +46,7 @@ public struct TermDates: Sendable, Equatable {
 public enum ReportingCalendar {
     public static func periods(
         frequency: ReportingFrequency, contractStart: String, contractEnd: String, dueAfterDays: Int = 14,
-        termDates: (Int) -> TermDates = TermDates.standard
+        termDates: (Int) -> TermDates = { TermDates.standard($0) }
     ) -> [ReportingPeriod] {
         guard let start = CalendarDate.parse(contractStart), let end = CalendarDate.parse(contractEnd), start <= end else { return [] }
         var calendar = Calendar(identifier: .gregorian)
