@@ -86,7 +86,7 @@ extension Components.Schemas.Period {
     init(_ period: PeriodStatus) {
         self.init(
             periodId: period.periodID.lowercased, kpiId: period.kpiID.lowercased, label: period.label, starts: period.starts, ends: period.ends,
-            due: period.due, overdue: period.overdue, versions: period.versions,
+            due: period.due, overdue: period.overdue, late: period.late, versions: period.versions,
             latest: period.latest.map {
                 .init(version: $0.version, actual: $0.actual.map { "\($0)" }, numerator: $0.numerator.map { "\($0)" },
                       denominator: $0.denominator.map { "\($0)" }, noActivity: $0.noActivity, noActivityReason: $0.noActivityReason,

@@ -356,8 +356,14 @@ struct EvaluationTests {
             #expect(try await client.call(.post, "/v1/contracts/\(lower(world.market.agreed))/complete", token: lim).status == .conflict,
                     "only an active contract completes")
             #expect(try await client.call(.post, "/v1/contracts/\(lower(world.market.active))/complete", token: world.supplierToken).status == .forbidden)
+            #expect(try await client.call(.post, "/v1/contracts/\(lower(world.market.active))/returns", token: world.supplierToken,
+                                          body: ["period_id": lower(world.market.activePeriod), "actual": "120"]).jsonObject["computed_rating"] as? String == "green")
             let completed = try await client.call(.post, "/v1/contracts/\(lower(world.market.active))/complete", token: lim)
             #expect(completed.jsonObject["status"] as? String == "completed")
+            // Completed with the target met (the supplier's corrected return): Blue.
+            let returns = try await client.call(.get, "/v1/contracts/\(lower(world.market.active))/returns", token: lim)
+            #expect(returns.items.first?["computed_rating"] as? String == "blue")
+            #expect(returns.items.first?["late"] as? Bool == false)
             let afterCompletion = try await locality()
             #expect((afterCompletion["spent_pence"] as? Int ?? 0) == (afterTermination["spent_pence"] as? Int ?? 0) + 90_000)
             #expect(afterCompletion["available_pence"] as? Int == afterTermination["available_pence"] as? Int)

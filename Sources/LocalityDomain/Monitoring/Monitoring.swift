@@ -21,6 +21,8 @@ public struct PeriodStatus: Sendable, Codable, Equatable {
     public var ends: String
     public var due: String
     public var overdue: Bool
+    /// The first version came in after the due date.
+    public var late: Bool
     public var latest: KPIReturn?
     public var versions: Int
     /// The rule's rating (nil when nothing is rated: no return, or "no activity").
@@ -148,11 +150,31 @@ public struct MonitoringService: Sendable {
     }
 
     static func periods(_ connection: PGConnection, contractID: UUID) async throws -> [PeriodStatus] {
+        var periods = try await rawPeriods(connection, contractID: contractID)
+        // Blue: the contract is completed and the return met the KPI's target.
+        let contract = try await ContractService.fetch(connection, id: contractID)
+        if contract.status == .completed {
+            for index in periods.indices {
+                guard let latest = periods[index].latest, let kpi = contract.kpis.first(where: { $0.id == periods[index].kpiID }) else { continue }
+                let definition = kpi.latest.definition
+                let value: ReturnValue? = latest.actual.map(ReturnValue.number)
+                    ?? latest.numerator.flatMap { n in latest.denominator.map { ReturnValue.fraction(numerator: n, denominator: $0) } }
+                guard let value, let actual = try? RAG.actual(value), let target = Decimal(string: String(definition.target)),
+                    let baseline = Decimal(string: String(definition.baseline))
+                else { continue }
+                if target >= baseline ? actual >= target : actual <= target { periods[index].computedRating = .blue }
+            }
+        }
+        return periods
+    }
+
+    private static func rawPeriods(_ connection: PGConnection, contractID: UUID) async throws -> [PeriodStatus] {
         try await connection.query("""
             SELECT p.id, p.kpi_id, p.label, p.starts::text, p.ends::text, p.due::text,
                    r.version IS NULL AND current_date > p.due,
                    r.version, r.actual::text, r.numerator::text, r.denominator::text, coalesce(r.no_activity, false), r.no_activity_reason,
-                   coalesce(r.narrative, ''), coalesce(r.evidence, ''), r.submitted_at, r.computed_rating, o.rating, o.reason
+                   coalesce(r.narrative, ''), coalesce(r.evidence, ''), r.submitted_at, r.computed_rating, o.rating, o.reason,
+                   coalesce((SELECT min(x.submitted_at)::date FROM kpi_return x WHERE x.authority_id = p.authority_id AND x.period_id = p.id) > p.due, false)
             FROM reporting_period p
             LEFT JOIN LATERAL (SELECT * FROM kpi_return k WHERE k.authority_id = p.authority_id AND k.period_id = p.id
                                ORDER BY k.version DESC LIMIT 1) r ON true
@@ -173,7 +195,7 @@ public struct MonitoringService: Sendable {
             return PeriodStatus(
                 periodID: try row.decode(UUID.self, at: 0), kpiID: try row.decode(UUID.self, at: 1), label: try row.decode(String.self, at: 2),
                 starts: try row.decode(String.self, at: 3), ends: try row.decode(String.self, at: 4), due: try row.decode(String.self, at: 5),
-                overdue: try row.decode(Bool.self, at: 6), latest: latest, versions: version ?? 0,
+                overdue: try row.decode(Bool.self, at: 6), late: try row.decode(Bool.self, at: 19), latest: latest, versions: version ?? 0,
                 computedRating: try row.decode(String?.self, at: 16).flatMap(RAGRating.init(rawValue:)),
                 overrideRating: try row.decode(String?.self, at: 17).flatMap(RAGRating.init(rawValue:)),
                 overrideReason: try row.decode(String?.self, at: 18))
