@@ -94,7 +94,7 @@ extension Components.Schemas.Period {
             },
             computedRating: period.computedRating.flatMap { .init(rawValue: $0.rawValue) },
             overrideRating: period.overrideRating.flatMap { .init(rawValue: $0.rawValue) }, overrideReason: period.overrideReason,
-            rating: .init(rawValue: period.rating.rawValue) ?? .white, procurementActLevel: period.rating.procurementActLevel)
+            rating: .init(rawValue: period.rating.rawValue) ?? .white, procurementActLevel: period.performanceLevel ?? period.rating.procurementActLevel)
     }
 }
 

@@ -522,4 +522,39 @@ struct EvaluationTests {
             #expect(periods.items.dropFirst().first?["starts"] as? String == "2027-04-12")
         }
     }
+
+    /// The scheduled check opens a plan for an overdue return; a second Red in a row is Inadequate.
+    @Test func overdueReturnsOpenPlansAndRepeatedRedsAreInadequate() async throws {
+        let world = try await World.make()
+        let app = try await buildApplication(testConfiguration(world.database))
+        let lim = world.token(.lim, of: world.a)
+        try await app.test(.live) { client in
+            #expect(try await client.call(.post, "/v1/contracts/\(lower(world.market.agreed))/start", token: lim).status == .ok)
+            _ = try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+                try await connection.query("""
+                    UPDATE reporting_period SET starts = current_date - 30, ends = current_date - 20, due = current_date - 1
+                    WHERE id = (SELECT id FROM reporting_period WHERE contract_id = \(world.market.agreed) ORDER BY starts LIMIT 1)
+                    """)
+            }
+            let opened = try await world.database.withPool(conninfo: world.database.ownerConninfo, maxConnections: 1) { pool in
+                let service = MonitoringService(database: ScopedDatabase(pool: pool))
+                let scope = AccessScope.operatorScope(authorityID: world.a.authority.id, osUser: "test")
+                return (try await service.openPlansForOverdueReturns(scope), try await service.openPlansForOverdueReturns(scope))
+            }
+            #expect(opened.0 == 1 && opened.1 == 0, "one plan, and not twice")
+            let plans = try await client.call(.get, "/v1/contracts/\(lower(world.market.agreed))/corrective-actions", token: lim)
+            #expect(plans.items.map { $0["trigger"] as? String } == ["overdue"])
+            let overdue = try await client.call(.get, "/v1/contracts/\(lower(world.market.agreed))/returns", token: lim)
+            #expect(overdue.items.first?["overdue"] as? Bool == true)
+
+            // The active contract's first return was Red; a second Red in a row is Inadequate.
+            let periods = try await client.call(.get, "/v1/contracts/\(lower(world.market.active))/returns", token: lim)
+            #expect(periods.items.first?["procurement_act_level"] as? String == "Requires improvement")
+            let second = periods.items.dropFirst().first?["period_id"] as? String ?? ""
+            let red = try await client.call(.post, "/v1/contracts/\(lower(world.market.active))/returns", token: world.supplierToken,
+                                            body: ["period_id": second, "actual": "0"])
+            #expect(red.jsonObject["computed_rating"] as? String == "red")
+            #expect(red.jsonObject["procurement_act_level"] as? String == "Inadequate")
+        }
+    }
 }

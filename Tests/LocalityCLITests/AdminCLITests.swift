@@ -251,4 +251,16 @@ struct AdminCLITests {
             ["schools", "import", file.path, "--authority", "test-la", "--la-code", "815"], database: db))
         #expect(again.stdout.contains("0 added, 0 updated, 1 unchanged"), "\(again)")
     }
+
+    @Test func scheduledMonitoringAndConcernCategories() async throws {
+        let db = try await TestDatabase.migrated()
+        try await authorityWithBoard(db)
+        let check = try expectSuccess(await AdminCLI.run(["monitoring", "open-overdue"], database: db))
+        #expect(check.stdout.contains("test-la: 0 plan(s) opened"), "\(check)")
+        let category = try expectSuccess(await AdminCLI.run(
+            ["schools", "category", "--authority", "test-la", "--code", "serious_weaknesses", "--name", "Ofsted: serious weaknesses"], database: db))
+        #expect(category.stdout.contains("serious_weaknesses"))
+        let bad = try await AdminCLI.run(["schools", "category", "--authority", "test-la", "--code", "Bad Code", "--name", "x"], database: db)
+        #expect(bad.status != 0 && bad.stderrLines.count == 1, "\(bad)")
+    }
 }

@@ -119,11 +119,14 @@ public struct DashboardService: Sendable {
                 ORDER BY p.title, c.id, rp.kpi_id, rp.starts
                 """)
             var lines = ["project,supplier,contract_id,kpi_id,period,period_end,due,actual,fraction,rating,performance_level,override_reason,overdue"]
+            var previousRed: Set<UUID> = []
             for row in rows {
                 let (title, supplier, contract, kpi, label, ends, due, actual, fraction, rating, reason, overdue) = try row.decode(
                     String.self, String.self, UUID.self, UUID.self, String.self, String.self, String.self, String?.self, String?.self,
                     String.self, String?.self, Bool.self)
-                let level = RAGRating(rawValue: rating)?.procurementActLevel ?? ""
+                // As in the API: a second Red in a row for the same KPI is Inadequate.
+                let level = rating == "red" && previousRed.contains(kpi) ? "Inadequate" : (RAGRating(rawValue: rating)?.procurementActLevel ?? "")
+                if rating == "red" { previousRed.insert(kpi) } else if actual != nil || fraction != nil { previousRed.remove(kpi) }
                 lines.append([title, supplier, contract.lowercased, kpi.lowercased, label, ends, due, actual ?? "", fraction ?? "", rating, level,
                               reason ?? "", overdue ? "yes" : "no"].map(EvaluationService.csvField).joined(separator: ","))
             }

@@ -31,6 +31,8 @@ public struct PeriodStatus: Sendable, Codable, Equatable {
     public var overrideReason: String?
     /// The override if any, else the computed rating, else White.
     public var rating: RAGRating { overrideRating ?? computedRating ?? .white }
+    /// The Procurement Act 2023 level: as the rating's, except that a second Red in a row is Inadequate.
+    public var performanceLevel: String?
 }
 
 public struct CorrectiveAction: Sendable, Codable, Equatable {
@@ -111,6 +113,29 @@ public struct MonitoringService: Sendable {
         return { year in configured[year].map { TermDates(academicYear: year, terms: $0) } ?? TermDates.standard(year) }
     }
 
+    /// The operator's scheduled check: opens a corrective action plan for every KPI of an active contract with
+    /// an overdue return and no plan in progress. Returns how many it opened.
+    public func openPlansForOverdueReturns(_ scope: AccessScope) async throws -> Int {
+        try scope.require(scope.isStaff && scope.has(.authorityAdmin), "open corrective action plans")
+        return try await database.transaction(scope) { connection in
+            let opened = try await connection.query("""
+                INSERT INTO corrective_action_plan (authority_id, contract_id, kpi_id, trigger)
+                SELECT DISTINCT p.authority_id, p.contract_id, p.kpi_id, 'overdue'
+                FROM reporting_period p JOIN contract c ON c.authority_id = p.authority_id AND c.id = p.contract_id
+                WHERE c.status = 'active' AND p.due < current_date
+                  AND NOT EXISTS (SELECT 1 FROM kpi_return r WHERE r.authority_id = p.authority_id AND r.period_id = p.id)
+                  AND NOT EXISTS (SELECT 1 FROM corrective_action_plan a WHERE a.authority_id = p.authority_id AND a.kpi_id = p.kpi_id
+                                  AND a.status <> 'closed')
+                RETURNING contract_id
+                """).rowCount
+            if opened > 0 {
+                try await AuditLog.record(connection, action: "monitoring.overdue_plans", entityType: "corrective_action_plan",
+                                          entityID: "overdue", before: nil, after: ["opened": String(opened)])
+            }
+            return opened
+        }
+    }
+
     /// Sets an academic year's three terms (authority admins, or the operator).
     public func setTermDates(_ scope: AccessScope, _ dates: TermDates) async throws {
         try scope.require(scope.isStaff && scope.has(.authorityAdmin), "set term dates")
@@ -151,6 +176,12 @@ public struct MonitoringService: Sendable {
 
     static func periods(_ connection: PGConnection, contractID: UUID) async throws -> [PeriodStatus] {
         var periods = try await rawPeriods(connection, contractID: contractID)
+        var previous: [UUID: RAGRating] = [:]
+        for index in periods.indices where periods[index].latest != nil {
+            let rating = periods[index].rating
+            periods[index].performanceLevel = rating == .red && previous[periods[index].kpiID] == .red ? "Inadequate" : rating.procurementActLevel
+            previous[periods[index].kpiID] = rating
+        }
         // Blue: the contract is completed and the return met the KPI's target.
         let contract = try await ContractService.fetch(connection, id: contractID)
         if contract.status == .completed {

@@ -155,6 +155,23 @@ public struct SchoolImportService: Sendable {
         ("safeguarding", "Safeguarding concern"), ("local_concern", "Local authority concern"),
     ]
 
+    /// Adds (or renames) a category of concern.
+    public func setConcernCategory(_ scope: AccessScope, code: String, name: String) async throws {
+        try scope.require(scope.isStaff && scope.has(.authorityAdmin), "manage concern categories")
+        var validator = Validator()
+        validator.check(code.range(of: "^[a-z][a-z0-9_]{1,40}$", options: .regularExpression) != nil, "code", "must be lower-case letters, digits and _")
+        validator.text(name, "name", max: 200)
+        try validator.throwIfInvalid()
+        try await database.transaction(scope) { connection in
+            try await connection.query("""
+                INSERT INTO concern_category (authority_id, code, name) VALUES (app_authority_id(), \(code), \(name))
+                ON CONFLICT (authority_id, code) DO UPDATE SET name = EXCLUDED.name
+                """)
+            try await AuditLog.record(connection, action: "schools.concern_category", entityType: "concern_category", entityID: code,
+                                      before: nil, after: ["code": code, "name": name])
+        }
+    }
+
     public func seedConcernCategories(_ scope: AccessScope) async throws {
         try await database.transaction(scope) { connection in
             for (code, name) in Self.defaultConcernCategories {
