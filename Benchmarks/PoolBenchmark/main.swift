@@ -24,6 +24,9 @@ struct PoolBenchmark: AsyncParsableCommand {
     @Option(help: "Comma-separated client counts.")
     var concurrency: String = "1,8,32"
 
+    @Flag(help: "Skip pgbench and the cooperative-pool run: measure only the pool with I/O affinity (for profiling).")
+    var affinityOnly = false
+
     @Option(help: "A superuser conninfo/URL of an existing server (default: a throwaway embedded cluster).")
     var databaseURL: String?
 
@@ -60,30 +63,43 @@ struct PoolBenchmark: AsyncParsableCommand {
         print("initialising pgbench_accounts (scale 1 = 100,000 rows)…")
         _ = try await runProcess(pgbench, ["-i", "-s", "1", "-q", conninfo])
 
-        print("clients  pgbench tps  pool tps  pool/pgbench")
-        var lines: [String] = []
+        print("clients  pgbench tps  pool tps (I/O affinity)  pool/pgbench  pool tps (cooperative pool)  pool/pgbench")
         for clients in clientCounts {
             let threads = min(clients, ProcessInfo.processInfo.activeProcessorCount)
+            if affinityOnly {
+                let affinityTPS = try await measurePool(conninfo: conninfo, clients: clients, ioAffinity: true, logger: logger)
+                print(String(format: "%7d            -  %23.0f", clients, affinityTPS))
+                continue
+            }
             let output = try await runProcess(pgbench, ["-S", "-M", "prepared", "-n", "-c", "\(clients)", "-j", "\(threads)", "-T", "\(duration)", conninfo])
             let pgbenchTPS = parseTPS(output)
-            let poolTPS = try await measurePool(conninfo: conninfo, clients: clients, logger: logger)
-            let line = String(format: "%7d  %11.0f  %8.0f  %11.0f%%", clients, pgbenchTPS, poolTPS, 100 * poolTPS / pgbenchTPS)
-            print(line)
-            lines.append(line)
+            let affinityTPS = try await measurePool(conninfo: conninfo, clients: clients, ioAffinity: true, logger: logger)
+            let cooperativeTPS = try await measurePool(conninfo: conninfo, clients: clients, ioAffinity: false, logger: logger)
+            print(String(
+                format: "%7d  %11.0f  %23.0f  %11.0f%%  %27.0f  %11.0f%%",
+                clients, pgbenchTPS, affinityTPS, 100 * affinityTPS / pgbenchTPS, cooperativeTPS, 100 * cooperativeTPS / pgbenchTPS
+            ))
         }
         await embedded?.stop()
     }
 
-    /// `clients` tasks, each borrowing a connection per query, for `duration` seconds.
-    func measurePool(conninfo: String, clients: Int, logger: Logger) async throws -> Double {
+    /// `clients` tasks, each borrowing a connection per query, for `duration` seconds. With `ioAffinity`
+    /// the tasks run on the pool's I/O loops (`PGPool.withIOAffinity`, as the API server's requests do);
+    /// without, on Swift's cooperative pool.
+    func measurePool(conninfo: String, clients: Int, ioAffinity: Bool, logger: Logger) async throws -> Double {
         let pool = PGPool(
             configuration: .init(connection: .init(conninfo: conninfo, applicationName: "bench"), maxConnections: clients, acquireTimeout: .seconds(30)),
             logger: logger
         )
+        @Sendable func client(_ work: @Sendable () async throws -> Int) async throws -> Int {
+            ioAffinity ? try await pool.withIOAffinity(work) : try await work()
+        }
         // Warm up: open every connection and prepare the statement on each.
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        try await withThrowingTaskGroup(of: Int.self) { group in
             for _ in 0..<clients {
-                group.addTask { _ = try await pool.query("SELECT abalance FROM pgbench_accounts WHERE aid = \(1)") }
+                group.addTask {
+                    try await client { _ = try await pool.query("SELECT abalance FROM pgbench_accounts WHERE aid = \(1)"); return 0 }
+                }
             }
             try await group.waitForAll()
         }
@@ -92,15 +108,19 @@ struct PoolBenchmark: AsyncParsableCommand {
         let total = try await withThrowingTaskGroup(of: Int.self) { group in
             for _ in 0..<clients {
                 group.addTask {
-                    var count = 0
-                    var generator = SystemRandomNumberGenerator()
-                    while ContinuousClock.now < stop {
-                        let aid = Int.random(in: 1...100_000, using: &generator)
-                        let result = try await pool.query("SELECT abalance FROM pgbench_accounts WHERE aid = \(aid)")
-                        _ = try result.first?.decode(Int32.self, at: 0)
-                        count += 1
+                    try await client {
+                        var count = 0
+                        // A user-space generator, as pgbench's: a getrandom(2) per query would be measured too.
+                        var seeder = SystemRandomNumberGenerator()
+                        var generator = SplitMix64(seed: seeder.next())
+                        while ContinuousClock.now < stop {
+                            let aid = Int.random(in: 1...100_000, using: &generator)
+                            let result = try await pool.query("SELECT abalance FROM pgbench_accounts WHERE aid = \(aid)")
+                            _ = try result.first?.decode(Int32.self, at: 0)
+                            count += 1
+                        }
+                        return count
                     }
-                    return count
                 }
             }
             return try await group.reduce(0, +)
@@ -134,5 +154,18 @@ struct PoolBenchmark: AsyncParsableCommand {
             return Double(number) ?? 0
         }
         return 0
+    }
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): fast and plenty for picking account ids.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

@@ -66,6 +66,7 @@ public func buildApplication(
 
     let routes = RouteTable(maxBodyBytes: configuration.maxRequestBodyBytes)
     let router = Router(context: AppRequestContext.self)
+    router.add(middleware: DatabaseAffinityMiddleware(pool: pool))
     router.add(middleware: RequestIDMiddleware())
     router.add(middleware: HTTPMetricsMiddleware(factory: metricsFactory))
     router.add(middleware: NoStoreMiddleware())

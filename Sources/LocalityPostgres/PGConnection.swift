@@ -40,7 +40,9 @@ public final class PGConnection: @unchecked Sendable {
     // and resuming its continuation order those uses. `PQsocket`/`PQstatus` are also read while idle.
     private let handle: OpaquePointer
     private let cancelHandle: OpaquePointer?
-    private let loop: PGIOLoop
+    /// The I/O loop that waits for this connection's replies. Changed only by the borrowing task, while no
+    /// request is queued or in flight (`move(to:)`).
+    private(set) var loop: PGIOLoop
     private let cacheCapacity: Int
     private var statementCache: [String: PreparedStatement] = [:]
     private let broken = Atomic<Bool>(false)
@@ -76,7 +78,8 @@ public final class PGConnection: @unchecked Sendable {
         let handle = try await runOnOwnThread(name: "pg-connect") { try openHandle(configuration) }
         return PGConnection(
             handle: handle.pointer,
-            loop: PGIOLoop.next(),
+            // A task running on a loop keeps its connections there, so replies resume it without a hop.
+            loop: PGIOLoop.current ?? PGIOLoop.next(),
             cacheCapacity: configuration.statementCacheCapacity,
             onQueryTime: onQueryTime
         )
@@ -252,6 +255,13 @@ public final class PGConnection: @unchecked Sendable {
         }
     }
 
+    /// Hands the idle connection to another I/O loop: its current loop stops watching the socket first.
+    func move(to target: PGIOLoop) async {
+        guard target !== loop else { return }
+        _ = try? await perform(.detach, cancellable: false)
+        loop = target
+    }
+
     /// Closes the session (`PQfinish`, on the I/O loop).
     public func close() async {
         _ = try? await perform(.close, cancellable: false)
@@ -289,9 +299,12 @@ public final class PGConnection: @unchecked Sendable {
     /// Sending here spreads that work (and the cost of waking the server's backend) over the cooperative
     /// threads, and the loop then needs no wake-up of its own: the reply's arrival on the socket wakes it.
     private func dispatch(_ request: PGRequest) {
-        if case .close = request.work {
+        switch request.work {
+        case .close, .detach:
             loop.submit(request)
             return
+        case .query, .simple:
+            break
         }
         switch send(request) {
         case .finished(let result):
@@ -338,7 +351,7 @@ public final class PGConnection: @unchecked Sendable {
         if onQueryTime != nil { request.started = ContinuousClock.now }
         let sent: Bool
         switch request.work {
-        case .close:
+        case .close, .detach:
             sent = false
         case .simple(let sql):
             request.stage = .executing

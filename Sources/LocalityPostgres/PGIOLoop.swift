@@ -14,7 +14,12 @@ import Synchronization
 /// Ownership: a connection's `PGconn` is touched here only while one of its requests is queued or in
 /// flight; the task hands it over under the queue's lock after its last libpq call and gets it back
 /// when its continuation resumes, so the task and this thread never use the `PGconn` at the same time.
-final class PGIOLoop: @unchecked Sendable {
+///
+/// The loop is also a `TaskExecutor`. A task that prefers it (`PGPool.withIOAffinity`) runs on this
+/// thread between statements, the way pgbench's client threads run: a reply resumes its task by
+/// appending a job to the loop's own list, with no wake-up of another thread, and the task sends its next
+/// statement before the loop waits again. Such tasks must never block, or every connection on the loop waits.
+final class PGIOLoop: TaskExecutor, @unchecked Sendable {
     /// Shared by every connection in the process, one loop per core: sending a statement wakes the
     /// server's backend, which costs the sending thread several microseconds, so one loop alone becomes
     /// the bottleneck with several clients.
@@ -27,12 +32,23 @@ final class PGIOLoop: @unchecked Sendable {
         return loops[index % loops.count]
     }
 
+    /// The loop whose thread is running the caller, if any.
+    static var current: PGIOLoop? {
+        let me = UInt(pthread_self())
+        return loops.first { $0.threadID.load(ordering: .relaxed) == me }
+    }
+
+    /// The loop thread's id (`pthread_self`), set when the thread starts.
+    private let threadID = Atomic<UInt>(0)
+
     private let epollFD: Int32
     /// Written by a submitter to wake the thread when it sleeps in `epoll_wait`.
     private let wakeFD: Int32
 
     private struct Submissions {
         var requests: [PGRequest] = []
+        /// Jobs of tasks that prefer this loop, enqueued from other threads.
+        var jobs: [UnownedJob] = []
         /// True while the thread is (about to be) asleep in `epoll_wait`: only then is a wake-up write needed.
         var sleeping = false
     }
@@ -43,6 +59,8 @@ final class PGIOLoop: @unchecked Sendable {
     private var inFlight: [PGRequest?] = []
     /// The connection registered with epoll under each descriptor, to quiet an idle socket that reports.
     private var registered: [PGConnection?] = []
+    /// Jobs enqueued by the loop thread itself (mostly tasks resumed by their replies): no lock, no wake.
+    private var localJobs: [UnownedJob] = []
 
     private init(index: Int) {
         epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
@@ -57,8 +75,13 @@ final class PGIOLoop: @unchecked Sendable {
         thread.start()
     }
 
-    /// Queues `request`; the loop thread takes it on its next turn.
+    /// Queues `request`; the loop thread takes it on its next turn. A task running on the loop itself
+    /// starts it at once: no lock, and nothing for the loop to look at again before it sleeps.
     func submit(_ request: PGRequest) {
+        if isLoopThread {
+            start(request)
+            return
+        }
         let wake = submissions.withLock { state -> Bool in
             state.requests.append(request)
             // Only a sleeping loop needs the syscall; a busy one takes the queue before it sleeps again.
@@ -72,16 +95,51 @@ final class PGIOLoop: @unchecked Sendable {
         if wake { _ = eventfd_write(wakeFD, 1) }
     }
 
-    /// Takes and starts everything queued; returns how many requests it took.
+    // MARK: TaskExecutor
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        if isLoopThread {
+            localJobs.append(job)
+            return
+        }
+        let wake = submissions.withLock { state -> Bool in
+            state.jobs.append(job)
+            guard state.sleeping else { return false }
+            state.sleeping = false
+            return true
+        }
+        if wake { _ = eventfd_write(wakeFD, 1) }
+    }
+
+    private var isLoopThread: Bool {
+        threadID.load(ordering: .relaxed) == UInt(pthread_self())
+    }
+
+    /// Takes and starts everything queued; returns how many requests and jobs it took.
     @discardableResult
     private func takeSubmissions() -> Int {
-        let batch = submissions.withLock { state -> [PGRequest] in
-            let batch = state.requests
-            state.requests.removeAll(keepingCapacity: true)
-            return batch
+        let (batch, jobs) = submissions.withLock { state -> ([PGRequest], [UnownedJob]) in
+            // The common case on a busy loop: nothing from other threads, and nothing to allocate.
+            if state.requests.isEmpty, state.jobs.isEmpty { return ([], []) }
+            defer { (state.requests, state.jobs) = ([], []) }
+            return (state.requests, state.jobs)
         }
         for request in batch { start(request) }
-        return batch.count
+        localJobs.append(contentsOf: jobs)
+        return batch.count + jobs.count
+    }
+
+    /// Runs the jobs queued so far (not those they queue in turn: the sockets get a look in between).
+    private func runJobs() {
+        guard !localJobs.isEmpty else { return }
+        var jobs: [UnownedJob] = []
+        swap(&jobs, &localJobs)
+        let executor = asUnownedTaskExecutor()
+        for job in jobs { job.runSynchronously(on: executor) }
+        // Keep the storage: the next batch is usually as large.
+        jobs.removeAll(keepingCapacity: true)
+        if localJobs.isEmpty { swap(&jobs, &localJobs) }
     }
 
     // MARK: The loop thread
@@ -89,21 +147,24 @@ final class PGIOLoop: @unchecked Sendable {
     private func run() {
         let capacity: Int32 = 128
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
+        threadID.store(UInt(pthread_self()), ordering: .relaxed)
         while true {
-            // Take everything submitted since the last turn: one wake-up serves many requests.
-            let taken = takeSubmissions()
+            // Take everything submitted since the last turn: one wake-up serves many requests. Then run
+            // the tasks resumed by the last replies, which send their next statements.
+            takeSubmissions()
+            runJobs()
 
             // No spinning before sleeping: measured, it only took CPU from the server's backends (and from
             // the cooperative threads) on a two-core machine, at every client count.
             var count: Int32 = 0
-            if taken > 0 {
-                // Look again at once: more may have arrived while we were starting these.
+            if !localJobs.isEmpty {
+                // Jobs queued by the jobs just run: look at the sockets without sleeping, then run them.
                 count = epoll_wait(epollFD, events, capacity, 0)
             } else {
                 // Sleep. The flag is set under the lock that guards the queue, so a request submitted after
                 // this check sees it (and writes the eventfd when its reply alone would not wake us).
                 let sleep = submissions.withLock { state -> Bool in
-                    state.sleeping = state.requests.isEmpty
+                    state.sleeping = state.requests.isEmpty && state.jobs.isEmpty
                     return state.sleeping
                 }
                 if sleep {
@@ -152,18 +213,28 @@ final class PGIOLoop: @unchecked Sendable {
     private func start(_ request: PGRequest) {
         let connection = request.connection
         let fd = connection.socket
-        if case .close = request.work, fd >= 0, connection.loopSocket == fd {
-            // Forget the socket before libpq closes it, so a later socket with the same number starts clean.
+        let leaving: Bool
+        switch request.work {
+        case .close, .detach: leaving = true
+        case .query, .simple: leaving = false
+        }
+        if leaving, fd >= 0, connection.loopSocket == fd {
+            // Forget the socket before libpq closes it (or another loop takes it), so a later socket with
+            // the same number starts clean.
             var event = epoll_event()
             _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &event)
             if Int(fd) < registered.count { registered[Int(fd)] = nil }
             connection.loopSocket = -1
+            connection.loopDeaf.store(true, ordering: .relaxed)
         }
         let progress: PGRequest.Progress
-        if case .close = request.work {
+        switch request.work {
+        case .close:
             connection.finishHandle()
             progress = .finished(.success(nil))
-        } else {
+        case .detach:
+            progress = .finished(.success(nil))
+        case .query, .simple:
             progress = .waiting(flushPending: request.flushPending)
         }
         if case .waiting = progress, fd >= 0 {
@@ -242,6 +313,8 @@ final class PGRequest: @unchecked Sendable {
         case simple(String)
         /// `PQfinish`.
         case close
+        /// Stop watching the idle connection's socket: it moves to another loop.
+        case detach
     }
 
     enum Statement {

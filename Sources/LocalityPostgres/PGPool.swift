@@ -108,6 +108,17 @@ public final class PGPool: Service, Sendable {
         }
     }
 
+    /// Runs `body` on one of the I/O loop threads (round-robin), the way pgbench's client threads run.
+    ///
+    /// Why: each reply otherwise resumes its task on Swift's cooperative pool, a wake-up of another thread
+    /// per statement. Inside `body` the reply resumes the task on the loop thread that read it, and the pool
+    /// lends connections served by that loop first. Use it around a unit of work that runs several
+    /// statements (an API request); `body` must never block the thread (no blocking I/O, no long
+    /// computation), or every connection on that loop waits. Child tasks inherit the preference.
+    public func withIOAffinity<R>(_ body: () async throws -> R) async rethrows -> R {
+        try await withTaskExecutorPreference(PGIOLoop.next(), operation: body)
+    }
+
     /// Runs one statement on a borrowed connection.
     @discardableResult
     public func query(_ query: PGQuery) async throws -> PGResult {
@@ -160,7 +171,12 @@ public final class PGPool: Service, Sendable {
             let grant = try await nextGrant()
             switch grant {
             case .connection(let connection):
-                if connection.looksHealthyWhileIdle() { return connection }
+                if connection.looksHealthyWhileIdle() {
+                    // A task on an I/O loop keeps its connections there: each reply then resumes it
+                    // without waking another thread (see `withIOAffinity`).
+                    if let loop = PGIOLoop.current { await connection.move(to: loop) }
+                    return connection
+                }
                 logger.debug("discarding a connection the server closed", metadata: ["pid": "\(connection.backendPID)"])
                 discard(connection, reopenForWaiter: false)
                 await connection.close()
@@ -185,8 +201,14 @@ public final class PGPool: Service, Sendable {
             case wait(Int)
             case closed
         }
+        let currentLoop = PGIOLoop.current
         let immediate = state.withLock { state -> Immediate in
             if state.closed { return .closed }
+            // A task on an I/O loop gets a connection of that loop if one is idle (see `withIOAffinity`).
+            if let loop = currentLoop, let index = state.idle.lastIndex(where: { $0.loop === loop }) {
+                state.inUse += 1
+                return .grant(.connection(state.idle.remove(at: index)))
+            }
             if let connection = state.idle.popLast() {
                 state.inUse += 1
                 return .grant(.connection(connection))
