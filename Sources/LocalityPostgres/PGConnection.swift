@@ -230,10 +230,20 @@ public final class PGConnection: @unchecked Sendable {
 
     func markBroken() { broken.store(true, ordering: .relaxed) }
 
+    /// When the pool last took this connection back (written and read under the pool's lock).
+    var idleSince = ContinuousClock.now
+
+    /// How long a returned connection is lent again without looking at its socket. HikariCP's
+    /// `aliveBypassWindowMs` idea: under load a connection is reused within microseconds, and the check
+    /// is a system call per borrow; a session that ends inside the window fails its next statement
+    /// with a connection error, as one dying mid-statement does, and is then replaced.
+    static let aliveBypassWindow = Duration.milliseconds(1)
+
     /// Cheap check before lending an idle connection: an idle session has nothing to read, so readable
     /// input means the server ended it (for example `pg_terminate_backend`) or the socket closed.
-    func looksHealthyWhileIdle() -> Bool {
+    func looksHealthyWhileIdle(now: ContinuousClock.Instant) -> Bool {
         guard !isBroken, PQstatus(handle) == CONNECTION_OK else { return false }
+        if now - idleSince < Self.aliveBypassWindow { return true }
         var descriptor = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
         return poll(&descriptor, 1, 0) == 0
     }

@@ -171,7 +171,7 @@ public final class PGPool: Service, Sendable {
             let grant = try await nextGrant()
             switch grant {
             case .connection(let connection):
-                if connection.looksHealthyWhileIdle() {
+                if connection.looksHealthyWhileIdle(now: start) {
                     // A task on an I/O loop keeps its connections there: each reply then resumes it
                     // without waking another thread (see `withIOAffinity`).
                     if let loop = PGIOLoop.current { await connection.move(to: loop) }
@@ -277,6 +277,7 @@ public final class PGPool: Service, Sendable {
             case close
             case idle
         }
+        let now = ContinuousClock.now
         let next = state.withLock { state -> Next in
             if state.closed {
                 state.inUse -= 1
@@ -288,6 +289,7 @@ public final class PGPool: Service, Sendable {
                 return .handTo(state.waiters.removeFirst())
             }
             state.inUse -= 1
+            connection.idleSince = now
             state.idle.append(connection)
             return .idle
         }
