@@ -98,7 +98,7 @@ struct PoolBenchmark: AsyncParsableCommand {
         try await withThrowingTaskGroup(of: Int.self) { group in
             for _ in 0..<clients {
                 group.addTask {
-                    try await client { _ = try await pool.query("SELECT abalance FROM pgbench_accounts WHERE aid = \(1)"); return 0 }
+                    try await client { _ = try await pool.query("SELECT abalance FROM pgbench_accounts WHERE aid = \(Int32(1))"); return 0 }
                 }
             }
             try await group.waitForAll()
@@ -114,7 +114,7 @@ struct PoolBenchmark: AsyncParsableCommand {
                         var seeder = SystemRandomNumberGenerator()
                         var generator = SplitMix64(seed: seeder.next())
                         while ContinuousClock.now < stop {
-                            let aid = Int.random(in: 1...100_000, using: &generator)
+                            let aid = Int32.random(in: 1...100_000, using: &generator)  // aid is int4, as pgbench binds it
                             let result = try await pool.query("SELECT abalance FROM pgbench_accounts WHERE aid = \(aid)")
                             _ = try result.first?.decode(Int32.self, at: 0)
                             count += 1

@@ -89,13 +89,21 @@ public struct PGQuery: Sendable, ExpressibleByStringInterpolation {
 
         public mutating func appendInterpolation(_ value: some PGEncodable) {
             binds.append(value.pgBind())
-            sql += "$\(binds.count)"
+            appendPlaceholder()
         }
 
         public mutating func appendInterpolation<Value: PGEncodable>(_ value: Value?) {
             binds.append(value.pgBind())
-            sql += "$\(binds.count)"
+            appendPlaceholder()
         }
+
+        /// `$n` for the bind just added; the common ones are made once, not formatted per query.
+        private mutating func appendPlaceholder() {
+            let index = binds.count
+            sql += index < Self.placeholders.count ? Self.placeholders[index] : "$\(index)"
+        }
+
+        private static let placeholders = (0..<64).map { "$\($0)" }
 
         /// Appends SQL text verbatim. Only for trusted fragments written in our code.
         public mutating func appendInterpolation(unsafeSQL fragment: String) {
@@ -105,6 +113,12 @@ public struct PGQuery: Sendable, ExpressibleByStringInterpolation {
 }
 
 // MARK: - Encoding
+
+/// An integer in network byte order, PostgreSQL's binary format for int2/int4/int8: one small allocation
+/// per parameter, where text needs a String and then its bytes.
+func bigEndianBytes<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
+    withUnsafeBytes(of: value.bigEndian) { Array($0) }
+}
 
 /// A Swift value that can be bound as a query parameter.
 public protocol PGEncodable: Sendable {
@@ -129,19 +143,19 @@ extension Bool: PGEncodable {
 }
 
 extension Int: PGEncodable {
-    public func pgBind() -> PGBind { PGBind(oid: PGType.int8, text: String(self)) }
+    public func pgBind() -> PGBind { PGBind(oid: PGType.int8, binary: bigEndianBytes(Int64(self))) }
 }
 
 extension Int64: PGEncodable {
-    public func pgBind() -> PGBind { PGBind(oid: PGType.int8, text: String(self)) }
+    public func pgBind() -> PGBind { PGBind(oid: PGType.int8, binary: bigEndianBytes(self)) }
 }
 
 extension Int32: PGEncodable {
-    public func pgBind() -> PGBind { PGBind(oid: PGType.int4, text: String(self)) }
+    public func pgBind() -> PGBind { PGBind(oid: PGType.int4, binary: bigEndianBytes(self)) }
 }
 
 extension Int16: PGEncodable {
-    public func pgBind() -> PGBind { PGBind(oid: PGType.int2, text: String(self)) }
+    public func pgBind() -> PGBind { PGBind(oid: PGType.int2, binary: bigEndianBytes(self)) }
 }
 
 extension Double: PGEncodable {
