@@ -128,6 +128,22 @@ struct TenantIsolationTests {
         #expect(names == world.a.boards.map(\.name).sorted())
     }
 
+    /// PostgreSQL re-parses and re-plans a SECURITY DEFINER function written in SQL on every call (it is
+    /// never inlined); in PL/pgSQL its plans are kept per session. The token lookup runs on every request.
+    @Test func securityDefinerFunctionsAreWrittenInPLpgSQL() async throws {
+        let database = try await TestDatabase.migrated()
+        try await PGConnection.withConnection(.init(conninfo: database.superuserConninfo, applicationName: "t")) { connection in
+            let definers = try await connection.query("""
+                SELECT p.proname, l.lanname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                JOIN pg_language l ON l.oid = p.prolang
+                WHERE n.nspname = 'public' AND p.prosecdef ORDER BY p.proname
+                """).map { try $0.decode(String.self, String.self) }
+            #expect(definers.contains { $0.0 == "find_api_token" })
+            let inSQL = definers.filter { $0.1 != "plpgsql" }.map(\.0)
+            #expect(inSQL.isEmpty, "SECURITY DEFINER functions re-planned on every call: \(inSQL)")
+        }
+    }
+
     /// Walks the catalog, so tables added later are covered without editing this test.
     @Test func everyTenantTableHasForcedRowLevelSecurityAndTheAppRoleOwnsNothing() async throws {
         let database = try await TestDatabase.migrated()
