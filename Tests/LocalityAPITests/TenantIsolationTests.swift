@@ -128,9 +128,10 @@ struct TenantIsolationTests {
         #expect(names == world.a.boards.map(\.name).sorted())
     }
 
-    /// PostgreSQL re-parses and re-plans a SECURITY DEFINER function written in SQL on every call (it is
-    /// never inlined); in PL/pgSQL its plans are kept per session. The token lookup runs on every request.
-    @Test func securityDefinerFunctionsAreWrittenInPLpgSQL() async throws {
+    /// PostgreSQL re-parses and re-plans a SQL function it cannot inline in every statement that calls it;
+    /// in PL/pgSQL the plans are kept per session. The token lookup runs on every request, policy helpers
+    /// in most statements.
+    @Test func functionsPostgresCannotInlineAreWrittenInPLpgSQL() async throws {
         let database = try await TestDatabase.migrated()
         try await PGConnection.withConnection(.init(conninfo: database.superuserConninfo, applicationName: "t")) { connection in
             let definers = try await connection.query("""
@@ -141,6 +142,15 @@ struct TenantIsolationTests {
             #expect(definers.contains { $0.0 == "find_api_token" })
             let inSQL = definers.filter { $0.1 != "plpgsql" }.map(\.0)
             #expect(inSQL.isEmpty, "SECURITY DEFINER functions re-planned on every call: \(inSQL)")
+            // Scalar SQL functions with a FROM or a sub-select are not inlined either (policy helpers).
+            let notInlinable = try await connection.query("""
+                SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                JOIN pg_language l ON l.oid = p.prolang
+                WHERE n.nspname = 'public' AND l.lanname = 'sql' AND NOT p.proretset
+                  AND (p.prosrc ~* '\\mFROM\\M' OR p.prosrc ~* '\\mSELECT\\M.*\\mSELECT\\M')
+                ORDER BY 1
+                """).map { try $0.decode(String.self, at: 0) }
+            #expect(notInlinable.isEmpty, "SQL functions planned again in every statement: \(notInlinable)")
         }
     }
 
