@@ -124,19 +124,21 @@ public final class PGConnection: @unchecked Sendable {
     /// Runs one parameterised statement (prepared once per connection, then executed by name).
     @discardableResult
     public func query(_ query: PGQuery) async throws -> PGResult {
-        // Choose the statement here, on the borrowing task, so the I/O loop only sends and reads.
-        let statement: PGRequest.Statement
+        let work = PGRequest.Work.query(sql: query.sql, statement: statement(for: query), parameters: PGParameterArrays(query.binds))
+        return try await perform(work, cancellable: true)!
+    }
+
+    /// Chooses the statement here, on the borrowing task, so the I/O loop only sends and reads.
+    private func statement(for query: PGQuery) -> PGRequest.Statement {
         let cached = statementCache[query.sql]
         if let cached, cached.oids.elementsEqual(query.binds.lazy.map(\.oid)) {
-            statement = .cached(name: cached.name)
+            return .cached(name: cached.name)
         } else if cached == nil, statementCache.count < cacheCapacity {
             // Named after the cache size; the loop adds it to the cache once the server has prepared it.
-            statement = .prepare(name: "s\(statementCache.count + 1)", oids: query.binds.map(\.oid))
+            return .prepare(name: "s\(statementCache.count + 1)", oids: query.binds.map(\.oid))
         } else {
-            statement = .unnamed(oids: query.binds.map(\.oid))
+            return .unnamed(oids: query.binds.map(\.oid))
         }
-        let work = PGRequest.Work.query(sql: query.sql, statement: statement, parameters: PGParameterArrays(query.binds))
-        return try await perform(work, cancellable: true)!
     }
 
     /// Runs trusted SQL text with no parameters through the simple-query protocol (several statements
@@ -196,14 +198,26 @@ public final class PGConnection: @unchecked Sendable {
     // MARK: Transactions
 
     /// Runs `body` in a transaction: COMMIT when it returns, ROLLBACK when it throws.
+    ///
+    /// `prelude`, when given, is sent together with `BEGIN` in one round trip (libpq pipeline mode) and runs
+    /// first inside the transaction: for the statement every transaction of a kind starts with (the tenant
+    /// context). It is not cancellable, like `BEGIN`.
     public func withTransaction<R: Sendable>(
         isolation: PGIsolationLevel = .readCommitted,
         readOnly: Bool = false,
+        prelude: PGQuery? = nil,
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
-        try await runUncancellable("BEGIN ISOLATION LEVEL \(isolation.rawValue)\(readOnly ? " READ ONLY" : "")")
+        let begin = "BEGIN ISOLATION LEVEL \(isolation.rawValue)\(readOnly ? " READ ONLY" : "")"
         let result: R
         do {
+            if let prelude {
+                let work = PGRequest.Work.pipeline(
+                    begin: begin, sql: prelude.sql, statement: statement(for: prelude), parameters: PGParameterArrays(prelude.binds))
+                _ = try await perform(work, cancellable: false)
+            } else {
+                try await runUncancellable(begin)
+            }
             result = try await body(self)
         } catch {
             if !isBroken {
@@ -313,7 +327,7 @@ public final class PGConnection: @unchecked Sendable {
         case .close, .detach:
             loop.submit(request)
             return
-        case .query, .simple:
+        case .query, .simple, .pipeline:
             break
         }
         switch send(request) {
@@ -366,6 +380,8 @@ public final class PGConnection: @unchecked Sendable {
         case .simple(let sql):
             request.stage = .executing
             sent = PQsendQuery(handle, sql) == 1
+        case .pipeline(let begin, let sql, let statement, let parameters):
+            sent = sendPipeline(request, begin: begin, sql: sql, statement: statement, parameters: parameters)
         case .query(let sql, let statement, let parameters):
             switch statement {
             case .cached(let name):
@@ -388,6 +404,51 @@ public final class PGConnection: @unchecked Sendable {
         }
         guard sent else { return .finished(.failure(connectionError())) }
         return flush()
+    }
+
+    /// Queues BEGIN, the statement (prepared first if new) and a sync point, in pipeline mode.
+    private func sendPipeline(
+        _ request: PGRequest, begin: String, sql: String, statement: PGRequest.Statement, parameters: PGParameterArrays
+    ) -> Bool {
+        guard PQenterPipelineMode(handle) == 1 else { return false }
+        var prepared: String? = nil
+        var sent = PQsendQueryParams(handle, begin, 0, nil, nil, nil, nil, 0) == 1
+        switch statement {
+        case .cached(let name):
+            sent = sent && sendPrepared(name, parameters)
+        case .prepare(let name, let oids):
+            prepared = name
+            sent = sent
+                && oids.withUnsafeBufferPointer { PQsendPrepare(handle, name, sql, Int32(oids.count), $0.baseAddress) == 1 }
+                && sendPrepared(name, parameters)
+        case .unnamed(let oids):
+            sent = sent && oids.withUnsafeBufferPointer { types in
+                PQsendQueryParams(
+                    handle, sql, parameters.count, types.baseAddress, parameters.values, parameters.lengths, parameters.formats, 0
+                ) == 1
+            }
+        }
+        sent = sent && PQpipelineSync(handle) == 1
+        // A half-queued pipeline leaves the session in an unknown state.
+        if !sent { markBroken() }
+        request.stage = .pipelining(prepared: prepared)
+        return sent
+    }
+
+    /// The pipeline's sync point arrived: leave pipeline mode and report the statement's result (or the
+    /// first error: an error skips the rest of the pipeline, whose results say "aborted").
+    private func pipelineDone(_ request: PGRequest) -> PGRequest.Progress {
+        let raw = request.pending
+        request.pending = nil
+        if PQexitPipelineMode(handle) != 1 {
+            while PQisBusy(handle) == 0, let extra = PQgetResult(handle) { PQclear(extra) }
+            if PQexitPipelineMode(handle) != 1 {
+                markBroken()
+                if let raw { PQclear(raw) }
+                return .finished(.failure(connectionError()))
+            }
+        }
+        return .finished(Result { try check(raw) as PGResult? })
     }
 
     private func sendPrepared(_ name: String, _ parameters: PGParameterArrays) -> Bool {
@@ -424,12 +485,28 @@ public final class PGConnection: @unchecked Sendable {
             default: return .finished(.failure(connectionError()))
             }
         }
+        var boundaries = 0
         while PQisBusy(handle) == 0 {
             guard let result = PQgetResult(handle) else {
+                // In a pipeline, the end of one statement's results; the next statement's follow. Two ends
+                // in a row would mean libpq has nothing more queued, not even the sync point.
+                if case .pipelining = request.stage {
+                    boundaries += 1
+                    if boundaries < 2 { continue }
+                    markBroken()
+                    return .finished(.failure(PGError(kind: .client, message: "internal: a pipeline lost its sync point")))
+                }
                 // Every result of this step is in: check it, then finish or send the next step.
                 return stepDone(request)
             }
+            boundaries = 0
             switch PQresultStatus(result) {
+            case PGRES_PIPELINE_SYNC:
+                PQclear(result)
+                return pipelineDone(request)
+            case PGRES_PIPELINE_ABORTED:
+                // Skipped because an earlier statement of the pipeline failed; that error is kept.
+                PQclear(result)
             case PGRES_COPY_IN:
                 // COPY FROM STDIN sent through query/execute: refuse it, and the server ends the statement
                 // with an error, leaving the session usable.
@@ -446,6 +523,15 @@ public final class PGConnection: @unchecked Sendable {
                 markBroken()
                 return .finished(.failure(PGError(kind: .client, message: "COPY TO STDOUT is not supported; the session is discarded")))
             default:
+                if case .pipelining(.some(let name)) = request.stage {
+                    // The second result of a pipeline that prepares is the prepare's: once it succeeds the
+                    // statement exists on the server, whatever happens to its execution.
+                    request.pipelineResults += 1
+                    if request.pipelineResults == 2, PQresultStatus(result) == PGRES_COMMAND_OK,
+                        case .pipeline(_, let sql, .prepare(_, let oids), _) = request.work {
+                        statementCache[sql] = PreparedStatement(name: name, oids: oids)
+                    }
+                }
                 // As PQexec does: keep the last result, except that the first error wins.
                 if let kept = request.pending {
                     if PQresultStatus(kept) == PGRES_FATAL_ERROR {
@@ -493,6 +579,9 @@ public final class PGConnection: @unchecked Sendable {
         case .deallocating(let error):
             if let raw { PQclear(raw) }
             return .finished(.failure(error))
+        case .pipelining:
+            if let raw { PQclear(raw) }
+            return .finished(.failure(PGError(kind: .client, message: "internal: a pipeline ended without its sync point")))
         }
     }
 

@@ -216,7 +216,7 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
         let leaving: Bool
         switch request.work {
         case .close, .detach: leaving = true
-        case .query, .simple: leaving = false
+        case .query, .simple, .pipeline: leaving = false
         }
         if leaving, fd >= 0, connection.loopSocket == fd {
             // Forget the socket before libpq closes it (or another loop takes it), so a later socket with
@@ -234,7 +234,7 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
             progress = .finished(.success(nil))
         case .detach:
             progress = .finished(.success(nil))
-        case .query, .simple:
+        case .query, .simple, .pipeline:
             progress = .waiting(flushPending: request.flushPending)
         }
         if case .waiting = progress, fd >= 0 {
@@ -311,6 +311,9 @@ final class PGRequest: @unchecked Sendable {
         case query(sql: String, statement: Statement, parameters: PGParameterArrays)
         /// Simple-protocol SQL text, possibly several statements.
         case simple(String)
+        /// `BEGIN …` (text, no parameters) and one parameterised statement, sent together in libpq's
+        /// pipeline mode: one round trip for both. The statement's result is the request's result.
+        case pipeline(begin: String, sql: String, statement: Statement, parameters: PGParameterArrays)
         /// `PQfinish`.
         case close
         /// Stop watching the idle connection's socket: it moves to another loop.
@@ -329,6 +332,8 @@ final class PGRequest: @unchecked Sendable {
         case executing
         /// A schema change invalidated the cached plans: `DEALLOCATE ALL` runs, then `error` is reported.
         case deallocating(PGError)
+        /// Reading a pipeline's results until its sync point; `prepared` names the statement prepared in it.
+        case pipelining(prepared: String?)
     }
 
     enum Progress {
@@ -349,6 +354,8 @@ final class PGRequest: @unchecked Sendable {
     var pending: OpaquePointer?
     /// Output libpq could not write yet: the loop listens for writability too and flushes.
     var flushPending = false
+    /// Results of a pipeline seen so far (not counting skipped ones).
+    var pipelineResults = 0
     /// Sent by the calling task (everything but close): the loop only waits for the reply.
     var sentByCaller = false
     var started: ContinuousClock.Instant?
@@ -365,7 +372,10 @@ final class PGRequest: @unchecked Sendable {
             PQclear(pending)
             self.pending = nil
         }
-        if case .query(_, _, let parameters) = work { parameters.deallocate() }
+        switch work {
+        case .query(_, _, let parameters), .pipeline(_, _, _, let parameters): parameters.deallocate()
+        case .simple, .close, .detach: break
+        }
         cancel?.end()
         if let started, let onQueryTime = connection.onQueryTime {
             onQueryTime(ContinuousClock.now - started)

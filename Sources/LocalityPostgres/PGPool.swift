@@ -86,17 +86,19 @@ public final class PGPool: Service, Sendable {
 
     /// Runs `body` in a transaction on a borrowed connection; with `.onConflict`, a serialization failure
     /// or deadlock re-runs the whole transaction after a short randomised backoff.
+    /// `prelude` is sent with `BEGIN` in one round trip (see `PGConnection.withTransaction`).
     public func withTransaction<R: Sendable>(
         isolation: PGIsolationLevel = .readCommitted,
         readOnly: Bool = false,
         retry: PGTransactionRetry = .never,
+        prelude: PGQuery? = nil,
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
         var attempt = 1
         while true {
             do {
                 return try await withConnection { connection in
-                    try await connection.withTransaction(isolation: isolation, readOnly: readOnly, body)
+                    try await connection.withTransaction(isolation: isolation, readOnly: readOnly, prelude: prelude, body)
                 }
             } catch let error as PGError where error.isRetryableTransactionFailure && attempt < retry.maxAttempts {
                 metrics.transactionRetries.increment()

@@ -77,6 +77,61 @@ struct ErrorAndTransactionTests {
         }
     }
 
+    @Test func aPreludeSentWithBeginRunsInsideTheTransaction() async throws {
+        let database = try await TestDatabase.migrated()
+        try await database.withPool(maxConnections: 1) { pool in
+            // Twice on the one connection: first the statement is prepared inside the pipeline, then reused.
+            for round in 1...3 {
+                let (setting, inTransaction, pid) = try await pool.withTransaction(
+                    readOnly: true, prelude: "SELECT set_config('app.authority_id', \("round-\(round)"), true)"
+                ) { connection in
+                    let row = try await connection.query("""
+                        SELECT current_setting('app.authority_id', true), now() = statement_timestamp(), pg_backend_pid()
+                        """).first!
+                    return try row.decode(String?.self, Bool.self, Int32.self)
+                }
+                #expect(setting == "round-\(round)")
+                // now() is the transaction's start: it differs from this statement's start only inside BEGIN.
+                #expect(inTransaction == false)
+                #expect(pid != 0)
+                let after = try await pool.query("SELECT current_setting('app.authority_id', true)").first!.decode(String?.self, at: 0)
+                #expect(after == nil || after == "")
+            }
+            // READ ONLY from the BEGIN in the pipeline applies.
+            let readOnly = try await pool.withTransaction(readOnly: true, prelude: "SELECT \(1)") { connection in
+                try await connection.query("SELECT current_setting('transaction_read_only')").first!.decode(String.self, at: 0)
+            }
+            #expect(readOnly == "on")
+        }
+    }
+
+    @Test func aFailingPreludeRollsBackAndLeavesTheConnectionUsable() async throws {
+        let database = try await TestDatabase.migrated()
+        try await database.withPool(conninfo: database.ownerConninfo, maxConnections: 1) { pool in
+            try await pool.query("CREATE TABLE t (v int)")
+            var bodyRan = false
+            do {
+                try await pool.withTransaction(prelude: "SELECT 1 / \(0)") { connection in
+                    bodyRan = true
+                    try await connection.query("INSERT INTO t VALUES (1)")
+                }
+                Issue.record("the prelude's error was swallowed")
+            } catch let error as PGError {
+                #expect(error.sqlState == "22012")
+            }
+            #expect(!bodyRan)
+            // Not left in pipeline mode or in the failed transaction: plain statements and transactions work.
+            #expect(try await pool.query("SELECT 7").first!.decode(Int32.self, at: 0) == 7)
+            _ = try await pool.withTransaction(prelude: "SELECT \(2)") { try await $0.query("INSERT INTO t VALUES (2)") }
+            #expect(try await pool.query("SELECT array_agg(v) FROM t").first!.decode([Int].self, at: 0) == [2])
+            // An invalid statement in the prelude (prepared inside the pipeline) fails the same way.
+            await #expect(throws: PGError.self) {
+                try await pool.withTransaction(prelude: "SELEC \(1)") { _ in }
+            }
+            #expect(try await pool.query("SELECT 8").first!.decode(Int32.self, at: 0) == 8)
+        }
+    }
+
     @Test func conflictingSerializableTransactionsRetryAndBothLand() async throws {
         let database = try await TestDatabase.migrated()
         try await database.withPool(conninfo: database.ownerConninfo, maxConnections: 4) { pool in

@@ -27,10 +27,9 @@ public struct ScopedDatabase: Sendable {
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
         do {
-            return try await pool.withTransaction(isolation: isolation, readOnly: readOnly, retry: retry) { connection in
-                try await Self.setContext(scope, on: connection)
-                return try await body(connection)
-            }
+            // The context goes with BEGIN in one round trip.
+            return try await pool.withTransaction(
+                isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), body)
         } catch let error as PGError {
             throw ConstraintTranslation.domainError(for: error) ?? error
         }
@@ -38,12 +37,16 @@ public struct ScopedDatabase: Sendable {
 
     /// States `scope` for the current transaction (transaction-local settings).
     public static func setContext(_ scope: AccessScope, on connection: PGConnection) async throws {
+        try await connection.query(contextQuery(scope))
+    }
+
+    static func contextQuery(_ scope: AccessScope) -> PGQuery {
         let boards = "{" + scope.boardIDs.map(\.uuidString).joined(separator: ",") + "}"
-        try await connection.query(PGQuery(setContextSQL, [
+        return PGQuery(setContextSQL, [
             (scope.authorityID?.uuidString ?? "").pg, (scope.supplierID?.uuidString ?? "").pg,
             (scope.userID?.uuidString ?? "").pg, scope.roles.map(\.rawValue).sorted().joined(separator: ",").pg,
             boards.pg, scope.actor.pg, (scope.requestID ?? "").pg,
-        ]))
+        ])
     }
 }
 
