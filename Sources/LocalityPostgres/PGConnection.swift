@@ -343,12 +343,15 @@ public final class PGConnection: @unchecked Sendable {
     private func sendCancelRequest(_ state: PGCancelState) {
         guard let cancelHandle else { return }
         let cancel = UnsafeSendableHandle(cancelHandle)
-        // PQcancel opens a connection of its own and blocks: keep it off the caller's thread.
-        DispatchQueue.global().async {
+        // PQcancel opens a connection of its own and blocks: a short-lived thread of its own, never the
+        // caller's, an I/O loop or Dispatch's global queues (which Swift's cooperative pool uses on Linux).
+        let thread = Thread {
             guard state.isRunning else { return }
             var buffer = [CChar](repeating: 0, count: 256)
             _ = PQcancel(cancel.pointer, &buffer, Int32(buffer.count))
         }
+        thread.name = "pg-cancel"
+        thread.start()
     }
 
     // MARK: On the I/O loop thread
