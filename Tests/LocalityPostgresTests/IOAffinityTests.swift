@@ -81,6 +81,63 @@ struct IOAffinityTests {
         }
     }
 
+    /// Pipelined transactions, failing preludes and failing bodies, across loops and connection moves:
+    /// every outcome is the expected one and the pool ends clean.
+    @Test func mixedOutcomesUnderAffinityLeaveEveryConnectionClean() async throws {
+        struct Boom: Error {}
+        let database = try await TestDatabase.migrated()
+        try await database.withPool(conninfo: database.ownerConninfo, maxConnections: 4, acquireTimeout: .seconds(30)) { pool in
+            try await pool.query("CREATE TABLE landed (v int PRIMARY KEY)")
+            let outcomes = try await withThrowingTaskGroup(of: String.self) { group in
+                for index in 0..<300 {
+                    group.addTask {
+                        let work: @Sendable () async throws -> String = {
+                            do {
+                                let divisor = index % 5 == 1 ? 0 : 1
+                                try await pool.withTransaction(prelude: "SELECT set_config('app.n', (\(index) / \(divisor))::text, true)") { connection in
+                                    let seen = try await connection.query("SELECT current_setting('app.n')").first!.decode(String.self, at: 0)
+                                    guard seen == String(index) else { throw PGError(kind: .client, message: "context \(seen) in task \(index)") }
+                                    try await connection.query("INSERT INTO landed VALUES (\(index))")
+                                    if index % 5 == 2 { throw Boom() }
+                                }
+                                return "landed"
+                            } catch let error as PGError where error.sqlState == "22012" {
+                                return "prelude failed"
+                            } catch is Boom {
+                                return "body failed"
+                            }
+                        }
+                        return index.isMultiple(of: 4) ? try await work() : try await pool.withIOAffinity(work)
+                    }
+                }
+                var counts: [String: Int] = [:]
+                for try await outcome in group { counts[outcome, default: 0] += 1 }
+                return counts
+            }
+            #expect(outcomes == ["landed": 180, "prelude failed": 60, "body failed": 60])
+            let landed = try await pool.query("SELECT count(*), count(*) FILTER (WHERE v % 5 IN (1, 2)) FROM landed").first!
+            #expect(try landed.decode(Int.self, Int.self) == (180, 0))
+            #expect(pool.statistics.inUse == 0)
+            // No connection was left inside a transaction, and each still answers (none stuck in pipeline mode).
+            try await database.withPool(conninfo: database.superuserConninfo, maxConnections: 1) { admin in
+                let lingering = try await admin.query("""
+                    SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = current_database() AND application_name = 'test' AND state LIKE 'idle in transaction%'
+                    """).first!.decode(Int.self, at: 0)
+                #expect(lingering == 0)
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<4 {
+                    group.addTask {
+                        let one = try await pool.withConnection { try await $0.query("SELECT 1").first!.decode(Int32.self, at: 0) }
+                        #expect(one == 1)
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
     @Test func cancellingATaskWithAffinityCancelsItsQueryWithinASecond() async throws {
         let database = try await TestDatabase.migrated()
         try await database.withPool(maxConnections: 1) { pool in
