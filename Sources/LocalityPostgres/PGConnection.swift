@@ -48,6 +48,8 @@ public final class PGConnection: @unchecked Sendable {
     private let broken = Atomic<Bool>(false)
     /// Called with each statement's duration (for the pool's query-time metric).
     let onQueryTime: (@Sendable (Duration) -> Void)?
+    /// Requests handed to the I/O loop so far (a pipeline counts once): round trips, for tests.
+    private(set) var requestCount = 0
     /// The server process id, for diagnostics and tests.
     public let backendPID: Int32
 
@@ -301,6 +303,7 @@ public final class PGConnection: @unchecked Sendable {
     /// Sends `work` and suspends until the I/O loop has its result. When `cancellable`, cancelling the
     /// calling task sends the server a cancel request (`PQcancel`), or drops the statement unsent.
     private func perform(_ work: PGRequest.Work, cancellable: Bool) async throws -> PGResult? {
+        requestCount += 1
         guard cancellable else {
             return try await withUnsafeThrowingContinuation { continuation in
                 dispatch(PGRequest(connection: self, work: work, cancel: nil, continuation: continuation))

@@ -169,14 +169,16 @@ public final class PGPool: Service, Sendable {
     private func acquire() async throws -> PGConnection {
         let start = ContinuousClock.now
         defer { metrics.acquireTime.recordNanoseconds(durationNanoseconds(ContinuousClock.now - start)) }
+        // The I/O loop this task runs on, if any (see `withIOAffinity`); awaiting keeps a task on it.
+        let home = PGIOLoop.current
         while true {
-            let grant = try await nextGrant()
+            let grant = try await nextGrant(home: home)
             switch grant {
             case .connection(let connection):
                 if connection.looksHealthyWhileIdle(now: start) {
                     // A task on an I/O loop keeps its connections there: each reply then resumes it
-                    // without waking another thread (see `withIOAffinity`).
-                    if let loop = PGIOLoop.current { await connection.move(to: loop) }
+                    // without waking another thread.
+                    if let home { await connection.move(to: home) }
                     return connection
                 }
                 logger.debug("discarding a connection the server closed", metadata: ["pid": "\(connection.backendPID)"])
@@ -197,17 +199,16 @@ public final class PGPool: Service, Sendable {
         }
     }
 
-    private func nextGrant() async throws -> Grant {
+    private func nextGrant(home: PGIOLoop?) async throws -> Grant {
         enum Immediate {
             case grant(Grant)
             case wait(Int)
             case closed
         }
-        let currentLoop = PGIOLoop.current
         let immediate = state.withLock { state -> Immediate in
             if state.closed { return .closed }
-            // A task on an I/O loop gets a connection of that loop if one is idle (see `withIOAffinity`).
-            if let loop = currentLoop, let index = state.idle.lastIndex(where: { $0.loop === loop }) {
+            // A task on an I/O loop gets a connection of that loop if one is idle.
+            if let home, let index = state.idle.lastIndex(where: { $0.loop === home }) {
                 state.inUse += 1
                 return .grant(.connection(state.idle.remove(at: index)))
             }

@@ -81,6 +81,25 @@ struct IOAffinityTests {
         }
     }
 
+    /// BEGIN and the prelude share one round trip: a transaction with a prelude and one statement costs three
+    /// requests (pipeline, statement, COMMIT), not four.
+    @Test func aPreludeCostsNoRoundTripOfItsOwn() async throws {
+        let database = try await TestDatabase.migrated()
+        try await database.withPool(maxConnections: 1) { pool in
+            try await pool.withConnection { connection in
+                for prelude in [nil, "SELECT set_config('app.x', \("y"), true)"] as [PGQuery?] {
+                    let before = connection.requestCount
+                    let value = try await connection.withTransaction(prelude: prelude) {
+                        try await $0.query("SELECT current_setting('app.x', true)").first!.decode(String?.self, at: 0)
+                    }
+                    // BEGIN, statement, COMMIT; with a prelude sent on its own it would be four.
+                    #expect(connection.requestCount - before == 3)
+                    if prelude != nil { #expect(value == "y") }
+                }
+            }
+        }
+    }
+
     /// Pipelined transactions, failing preludes and failing bodies, across loops and connection moves:
     /// every outcome is the expected one and the pool ends clean.
     @Test func mixedOutcomesUnderAffinityLeaveEveryConnectionClean() async throws {
