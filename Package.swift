@@ -6,6 +6,12 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
+/// For the database client, the services and the benchmark: their async functions run on the caller's
+/// executor (SE-0461) instead of hopping to the global one, so a request's task stays on its PostgreSQL
+/// I/O loop without an executor check at every call (measured: 11 of them per pooled query before, 4 after).
+/// Not for the API target: its Hummingbird middleware conformances must stay `@concurrent`.
+let callerIsolatedSettings = swiftSettings + [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]
+
 let package = Package(
     name: "locality-commissioning",
     platforms: [.macOS(.v15)],
@@ -41,7 +47,7 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: callerIsolatedSettings
         ),
         // A private PostgreSQL cluster started from the installed server binaries.
         .target(
@@ -61,7 +67,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: callerIsolatedSettings
         ),
         // The REST API: OpenAPI document, generated types, handlers, middleware, app builder.
         .target(
@@ -122,7 +128,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/PoolBenchmark",
-            swiftSettings: swiftSettings
+            swiftSettings: callerIsolatedSettings
         ),
         // Test support: one throwaway cluster per test process, a fresh migrated database per test.
         .target(

@@ -246,12 +246,13 @@ public final class PGConnection: @unchecked Sendable {
 
     func markBroken() { broken.store(true, ordering: .relaxed) }
 
-    /// When the pool last took this connection back (written and read under the pool's lock).
-    var idleSince = ContinuousClock.now
+    /// When the server last answered a statement on this session (set on the I/O loop when the reply is
+    /// read; read by the pool after the borrowing task has resumed and returned the connection).
+    var lastReply = ContinuousClock.now
 
-    /// How long a returned connection is lent again without looking at its socket. HikariCP's
-    /// `aliveBypassWindowMs` idea: under load a connection is reused within microseconds, and the check
-    /// is a system call per borrow; a session that ends inside the window fails its next statement
+    /// How long after its last reply a returned connection is lent again without looking at its socket.
+    /// HikariCP's `aliveBypassWindowMs` idea: under load a connection is reused within microseconds, and the
+    /// check is a system call per borrow; a session that ends inside the window fails its next statement
     /// with a connection error, as one dying mid-statement does, and is then replaced.
     static let aliveBypassWindow = Duration.milliseconds(1)
 
@@ -259,7 +260,7 @@ public final class PGConnection: @unchecked Sendable {
     /// input means the server ended it (for example `pg_terminate_backend`) or the socket closed.
     func looksHealthyWhileIdle(now: ContinuousClock.Instant) -> Bool {
         guard !isBroken, PQstatus(handle) == CONNECTION_OK else { return false }
-        if now - idleSince < Self.aliveBypassWindow { return true }
+        if now - lastReply < Self.aliveBypassWindow { return true }
         var descriptor = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
         return poll(&descriptor, 1, 0) == 0
     }
@@ -304,18 +305,20 @@ public final class PGConnection: @unchecked Sendable {
     /// calling task sends the server a cancel request (`PQcancel`), or drops the statement unsent.
     private func perform(_ work: PGRequest.Work, cancellable: Bool) async throws -> PGResult? {
         requestCount += 1
+        let request = PGRequest(connection: self, work: work, cancellable: cancellable)
         guard cancellable else {
             return try await withUnsafeThrowingContinuation { continuation in
-                dispatch(PGRequest(connection: self, work: work, cancel: nil, continuation: continuation))
+                request.continuation = continuation
+                dispatch(request)
             }
         }
-        let state = PGCancelState()
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { continuation in
-                dispatch(PGRequest(connection: self, work: work, cancel: state, continuation: continuation))
+                request.continuation = continuation
+                dispatch(request)
             }
         } onCancel: { [self] in
-            if state.cancel() { sendCancelRequest(state) }
+            if request.cancel() { sendCancelRequest(request) }
         }
     }
 
@@ -375,7 +378,7 @@ public final class PGConnection: @unchecked Sendable {
     /// Sends `request`'s first message, or finishes it at once (cancelled, send failed). Runs on the calling
     /// task, before the request is handed to the loop.
     private func send(_ request: PGRequest) -> PGRequest.Progress {
-        if let cancel = request.cancel, !cancel.begin() {
+        if request.cancellable, !request.begin() {
             return .finished(.failure(PGError.cancelledByUser))
         }
         if onQueryTime != nil { request.started = ContinuousClock.now }
@@ -665,7 +668,8 @@ extension PGResult {
 }
 
 /// Tracks one statement for cancellation: whether it started, finished, or was cancelled first.
-final class PGCancelState: Sendable {
+/// Not final: a `PGRequest` is its own cancellation state, one allocation per statement instead of two.
+class PGCancelState: @unchecked Sendable {
     private struct State {
         var running = false
         var finished = false

@@ -304,8 +304,8 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
     }
 }
 
-/// One statement (or close) handed to the I/O loop, and its progress there.
-final class PGRequest: @unchecked Sendable {
+/// One statement (or close) handed to the I/O loop, and its progress there; also its cancellation state.
+final class PGRequest: PGCancelState, @unchecked Sendable {
     enum Work {
         /// A parameterised statement: run the cached prepared statement, prepare it first, or run it unnamed.
         case query(sql: String, statement: Statement, parameters: PGParameterArrays)
@@ -344,9 +344,10 @@ final class PGRequest: @unchecked Sendable {
 
     let connection: PGConnection
     let work: Work
-    /// Nil for statements that must not be cancelled (BEGIN/COMMIT/ROLLBACK, close).
-    let cancel: PGCancelState?
-    private let continuation: UnsafeContinuation<PGResult?, any Error>
+    /// False for statements that must not be cancelled (BEGIN/COMMIT/ROLLBACK, close).
+    let cancellable: Bool
+    /// Set by the calling task before it hands the request over.
+    var continuation: UnsafeContinuation<PGResult?, any Error>?
 
     // Loop-thread state.
     var stage = Stage.executing
@@ -360,11 +361,10 @@ final class PGRequest: @unchecked Sendable {
     var sentByCaller = false
     var started: ContinuousClock.Instant?
 
-    init(connection: PGConnection, work: Work, cancel: PGCancelState?, continuation: UnsafeContinuation<PGResult?, any Error>) {
+    init(connection: PGConnection, work: Work, cancellable: Bool) {
         self.connection = connection
         self.work = work
-        self.cancel = cancel
-        self.continuation = continuation
+        self.cancellable = cancellable
     }
 
     func finish(_ result: Result<PGResult?, any Error>) {
@@ -376,11 +376,15 @@ final class PGRequest: @unchecked Sendable {
         case .query(_, _, let parameters), .pipeline(_, _, _, let parameters): parameters.deallocate()
         case .simple, .close, .detach: break
         }
-        cancel?.end()
-        if let started, let onQueryTime = connection.onQueryTime {
-            onQueryTime(ContinuousClock.now - started)
+        if cancellable { end() }
+        if sentByCaller {
+            // The server answered (a lost connection is marked broken instead): the pool's alive-bypass
+            // window starts here, with no clock read of its own when the connection is returned.
+            let now = ContinuousClock.now
+            connection.lastReply = now
+            if let started, let onQueryTime = connection.onQueryTime { onQueryTime(now - started) }
         }
-        continuation.resume(with: result)
+        continuation?.resume(with: result)
     }
 }
 
