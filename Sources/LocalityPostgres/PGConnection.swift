@@ -322,7 +322,8 @@ public final class PGConnection: @unchecked Sendable {
         }
     }
 
-    /// The calling task sends the statement itself, then hands it to the loop to wait for the reply.
+    /// The calling task sends the statement itself, reads the reply if it is already there, and otherwise
+    /// hands the statement to the loop to wait for the reply.
     ///
     /// Why send here: in nonblocking mode `PQsend…` and `PQflush` only copy into libpq's buffer and write
     /// what the socket takes at once; they never wait, so this does not block the cooperative thread.
@@ -336,7 +337,16 @@ public final class PGConnection: @unchecked Sendable {
         case .query, .simple, .pipeline:
             break
         }
-        switch send(request) {
+        var progress = send(request)
+        if case .waiting(flushPending: false) = progress, loop.mayReadInline() {
+            request.sentByCaller = true
+            // Look for the reply at once, as pgbench does: sending wakes the server's backend, which often
+            // runs straight away on this core and answers before we get the core back. Then the result is
+            // here, the task goes on without suspending, and the loop never sees this statement. When it is
+            // not, the cost is one nonblocking read that finds nothing.
+            progress = advance(request, readable: true, writable: false)
+        }
+        switch progress {
         case .finished(let result):
             request.finish(result)
         case .waiting(let flushPending):

@@ -112,6 +112,23 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
         if wake { _ = eventfd_write(wakeFD, 1) }
     }
 
+    /// Replies read by tasks on this thread right after sending (`PGConnection.dispatch`) since the loop
+    /// last looked at its sockets.
+    private var inlineReads = 0
+    /// A task whose replies are always ready at once would never suspend, and the loop's other
+    /// connections would wait for it: after this many, the next statement waits its turn on the loop.
+    /// At 10–20 µs a statement the sockets get a look at least every 5–10 ms. Measured: a cap of 32 cost
+    /// 15–20% of the 32-client benchmark (streaks of ready replies are long and cheap); 512 costs nothing.
+    static let inlineReadsPerTurn = 512
+
+    /// Whether a task that has just sent a statement on one of this loop's connections may look for the
+    /// reply itself. Always, from a thread that is not this loop's.
+    func mayReadInline() -> Bool {
+        guard isLoopThread else { return true }
+        inlineReads += 1
+        return inlineReads <= Self.inlineReadsPerTurn
+    }
+
     private var isLoopThread: Bool {
         threadID.load(ordering: .relaxed) == UInt(pthread_self())
     }
@@ -172,6 +189,7 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
                     submissions.withLock { $0.sleeping = false }
                 }
             }
+            inlineReads = 0
             for index in 0..<Int(max(count, 0)) {
                 handle(events[index])
             }

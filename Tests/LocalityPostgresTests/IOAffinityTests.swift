@@ -157,6 +157,29 @@ struct IOAffinityTests {
         }
     }
 
+    /// A reply already there when the statement is sent is read by the task itself; a task doing that without
+    /// end would hold the loop's thread, so after `inlineReadsPerTurn` of them the loop gets its turn first.
+    @Test func readingRepliesInlineIsCappedPerTurnOfTheLoop() async throws {
+        let database = try await TestDatabase.migrated()
+        try await database.withPool(maxConnections: 1) { pool in
+            try await pool.withIOAffinity {
+                let loop = try #require(PGIOLoop.current)
+                // No suspension in between, so the loop cannot take a turn: the budget runs out.
+                let allowed = (0..<(PGIOLoop.inlineReadsPerTurn + 10)).filter { _ in loop.mayReadInline() }.count
+                #expect(allowed <= PGIOLoop.inlineReadsPerTurn)
+                #expect(!loop.mayReadInline())
+                // Statements still complete, through the loop.
+                for value in 1...3 {
+                    #expect(try await pool.query("SELECT \(Int32(value))").first!.decode(Int32.self, at: 0) == Int32(value))
+                }
+                // The loop has looked at its sockets since: inline reads are allowed again.
+                await Task.yield()
+                #expect(PGIOLoop.current === loop)
+                #expect(loop.mayReadInline())
+            }
+        }
+    }
+
     @Test func cancellingATaskWithAffinityCancelsItsQueryWithinASecond() async throws {
         let database = try await TestDatabase.migrated()
         try await database.withPool(maxConnections: 1) { pool in
