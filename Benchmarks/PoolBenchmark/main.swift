@@ -62,6 +62,9 @@ struct PoolBenchmark: AsyncParsableCommand {
         let pgbench = try locatePgbench()
         print("initialising pgbench_accounts (scale 1 = 100,000 rows)…")
         _ = try await runProcess(pgbench, ["-i", "-s", "1", "-q", conninfo])
+        // Write the freshly loaded table out now, so that background writeback does not land in (and skew)
+        // whichever measurement comes first.
+        try await PGConnection.withConnection(.init(conninfo: conninfo, applicationName: "bench")) { try await $0.execute("CHECKPOINT") }
 
         print("clients  pgbench tps  pool tps (I/O affinity)  pool/pgbench  pool tps (cooperative pool)  pool/pgbench")
         for clients in clientCounts {

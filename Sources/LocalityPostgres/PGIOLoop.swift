@@ -15,6 +15,9 @@ import Synchronization
 /// flight; the task hands it over under the queue's lock after its last libpq call and gets it back
 /// when its continuation resumes, so the task and this thread never use the `PGconn` at the same time.
 ///
+/// The sending task first looks for the reply itself (`PGConnection.dispatch`): when the server answered at
+/// once, the statement never reaches the loop at all.
+///
 /// The loop is also a `TaskExecutor`. A task that prefers it (`PGPool.withIOAffinity`) runs on this
 /// thread between statements, the way pgbench's client threads run: a reply resumes its task by
 /// appending a job to the loop's own list, with no wake-up of another thread, and the task sends its next
