@@ -6,6 +6,7 @@ public import Logging
 import Metrics
 public import NIOCore
 import OpenAPIHummingbird
+import OpenAPIRuntime
 import Prometheus
 import ServiceLifecycle
 
@@ -76,7 +77,9 @@ public func buildApplication(
     router.add(middleware: RegistrationRateLimitMiddleware(limiter: RegistrationRateLimiter(perHour: configuration.registrationsPerHour)))
     router.add(middleware: AuthenticationMiddleware(tokens: domain.tokens, routes: routes))
     let handlers = APIHandlers(pool: pool, migrator: migrator, registry: registry, services: domain)
-    try handlers.registerHandlers(on: RecordingTransport(router: router, table: routes))
+    // Compact JSON (the runtime's default also pretty-prints) with keys still sorted, so output stays stable.
+    let openAPIConfiguration = Configuration(dateTranscoder: InternetDateTranscoder(), jsonEncodingOptions: [.sortedKeys])
+    try handlers.registerHandlers(on: RecordingTransport(router: router, table: routes), configuration: openAPIConfiguration)
 
     // Services stop in reverse order: the server first (finishing in-flight requests), then the pool,
     // then the embedded cluster.

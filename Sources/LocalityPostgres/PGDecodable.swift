@@ -97,10 +97,44 @@ extension Double: PGDecodable {
 
 extension UUID: PGDecodable {
     public init(pgText bytes: UnsafeBufferPointer<UInt8>, column: String) throws {
+        // PostgreSQL writes the canonical 8-4-4-4-12 form; `UUID(uuidString:)` parses it with `sscanf`,
+        // which showed up per request, so that form is read here and anything else is left to Foundation.
+        if let value = Self.canonical(bytes) {
+            self = value
+            return
+        }
         guard let value = UUID(uuidString: String(decoding: bytes, as: UTF8.self)) else {
             throw PGError.decoding(column: column, type: UUID.self, reason: "expected a uuid, got \(pgPreview(bytes))")
         }
         self = value
+    }
+
+    private static func canonical(_ text: UnsafeBufferPointer<UInt8>) -> UUID? {
+        guard text.count == 36 else { return nil }
+        var bytes: uuid_t = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        let parsed = withUnsafeMutableBytes(of: &bytes) { output -> Bool in
+            var position = 0
+            for index in 0..<16 {
+                if position == 8 || position == 13 || position == 18 || position == 23 {
+                    guard text[position] == UInt8(ascii: "-") else { return false }
+                    position += 1
+                }
+                guard let high = hexValue(text[position]), let low = hexValue(text[position + 1]) else { return false }
+                output[index] = high << 4 | low
+                position += 2
+            }
+            return true
+        }
+        return parsed ? UUID(uuid: bytes) : nil
+    }
+
+    private static func hexValue(_ character: UInt8) -> UInt8? {
+        switch character {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): character - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): character - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): character - UInt8(ascii: "A") + 10
+        default: nil
+        }
     }
 }
 

@@ -44,6 +44,27 @@ struct TypeRoundTripTests {
         #expect(try await roundTrip(Data(), as: "bytea") == Data())
     }
 
+    /// UUIDs are bound as 16 binary bytes and read back from PostgreSQL's text without Foundation's parser:
+    /// the server must see the same value Foundation prints, in both directions.
+    @Test func uuidsMeanTheSameValueOnBothSides() async throws {
+        let database = try await TestDatabase.migrated()
+        try await database.withPool { pool in
+            for id in [UUID(), UUID(uuidString: "00000000-0000-0000-0000-000000000000")!, UUID(uuidString: "FFFFFFFF-FFFF-4FFF-BFFF-FFFFFFFFFFFF")!] {
+                let text = try await pool.query("SELECT \(id)::text").first!.decode(String.self, at: 0)
+                #expect(text == id.uuidString.lowercased())
+            }
+            let literal = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+            let sql = "SELECT '\(literal)'::uuid, upper('\(literal)'), '{\(literal)}'"
+            let parsed = try await pool.query(PGQuery(sql)).first!
+            #expect(try parsed.decode(UUID.self, at: 0) == UUID(uuidString: literal))
+            #expect(try parsed.decode(UUID.self, at: 1) == UUID(uuidString: literal))
+            // Not the canonical form, and not a uuid at all: Foundation decides, and the error names the column.
+            #expect(throws: PGError.self) { try parsed.decode(UUID.self, at: 2) }
+            let malformed = try await pool.query("SELECT 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1g' AS id").first!
+            #expect(performing: { try malformed.decode(UUID.self, at: 0) }, throws: { ($0 as? PGError)?.message.contains("id") == true })
+        }
+    }
+
     @Test func timestampsFromAncientToFarFuture() async throws {
         let values = [
             Date(timeIntervalSince1970: 0),
