@@ -117,14 +117,11 @@ public final class PGPool: Service, Sendable {
     /// lends connections served by that loop first. Use it around a unit of work that runs several
     /// statements (an API request); `body` must never block the thread (no blocking I/O, no long
     /// computation), or every connection on that loop waits. Child tasks inherit the preference.
-    public func withIOAffinity<R>(_ body: () async throws -> R) async rethrows -> R {
-        try await withTaskExecutorPreference(PGIOLoop.next()) {
-            // `body` runs on its caller's executor (this module's functions are `nonisolated(nonsending)`),
-            // which would leave the task on its current thread until its first suspension: suspend now,
-            // and the task resumes on the loop it prefers.
-            await Task.yield()
-            return try await body()
-        }
+    public func withIOAffinity<R>(_ body: @concurrent () async throws -> R) async rethrows -> R {
+        // `body` is `@concurrent`: entering it moves the task to the loop it now prefers. A closure that ran on
+        // its caller's executor (this module's default) would stay on the current thread until its first
+        // suspension.
+        try await withTaskExecutorPreference(PGIOLoop.next(), operation: body)
     }
 
     /// Runs one statement on a borrowed connection.
