@@ -338,20 +338,21 @@ public final class PGConnection: @unchecked Sendable {
             break
         }
         var progress = send(request)
-        if case .waiting(flushPending: false) = progress, loop.mayReadInline() {
+        if case .waiting(let flushPending) = progress {
             request.sentByCaller = true
-            // Look for the reply at once, as pgbench does: sending wakes the server's backend, which often
-            // runs straight away on this core and answers before we get the core back. Then the result is
-            // here, the task goes on without suspending, and the loop never sees this statement. When it is
-            // not, the cost is one nonblocking read that finds nothing.
-            progress = advance(request, readable: true, writable: false)
+            if !flushPending, loop.mayReadInline() {
+                // Look for the reply at once, as pgbench does: sending wakes the server's backend, which
+                // often runs straight away on this core and answers before we get the core back. Then the
+                // result is here, the task goes on without suspending, and the loop never sees this
+                // statement. When it is not, the cost is one nonblocking read that finds nothing.
+                progress = advance(request, readable: true, writable: false)
+            }
         }
         switch progress {
         case .finished(let result):
             request.finish(result)
         case .waiting(let flushPending):
             request.flushPending = flushPending
-            request.sentByCaller = true
             loop.submit(request)
         }
     }
