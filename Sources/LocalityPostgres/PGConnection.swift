@@ -362,13 +362,11 @@ public final class PGConnection: @unchecked Sendable {
         let cancel = UnsafeSendableHandle(cancelHandle)
         // PQcancel opens a connection of its own and blocks: a short-lived thread of its own, never the
         // caller's, an I/O loop or Dispatch's global queues (which Swift's cooperative pool uses on Linux).
-        let thread = Thread {
+        startThread(named: "pg-cancel") {
             guard state.isRunning else { return }
             var buffer = [CChar](repeating: 0, count: 256)
             _ = PQcancel(cancel.pointer, &buffer, Int32(buffer.count))
         }
-        thread.name = "pg-cancel"
-        thread.start()
     }
 
     // MARK: On the I/O loop thread
@@ -746,10 +744,17 @@ extension PGError {
 /// (connecting, COPY) that must stay off Swift's cooperative threads and off the I/O loop.
 private func runOnOwnThread<R: Sendable>(name: String, _ body: @escaping @Sendable () throws -> R) async throws -> R {
     try await withCheckedThrowingContinuation { continuation in
-        let thread = Thread { continuation.resume(with: Result { try body() }) }
-        thread.name = name
-        thread.start()
+        startThread(named: name) { continuation.resume(with: Result { try body() }) }
     }
+}
+
+/// Starts a thread that `top -H`, `perf` and `/proc` show under `name`. On Linux, Foundation applies a
+/// thread's name only when it is set from the thread itself; set before `start()` it is silently dropped.
+func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
+    Thread {
+        Thread.current.name = name
+        body()
+    }.start()
 }
 
 private func withCStringArray<R>(_ strings: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>) -> R) -> R {

@@ -73,9 +73,7 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
         event.events = EPOLLIN.rawValue
         event.data.fd = wakeFD
         epoll_ctl(epollFD, EPOLL_CTL_ADD, wakeFD, &event)
-        let thread = Thread { [self] in self.run() }
-        thread.name = "pg-io-\(index)"
-        thread.start()
+        startThread(named: "pg-io-\(index)") { [self] in self.run() }
     }
 
     /// Queues `request`; the loop thread takes it on its next turn. A task running on the loop itself

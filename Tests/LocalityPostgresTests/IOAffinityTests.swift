@@ -32,6 +32,18 @@ struct IOAffinityTests {
         }
     }
 
+    /// Diagnostics (`top -H`, `perf`) show the loop threads by name.
+    @Test func loopThreadsAreNamed() async throws {
+        let database = try await TestDatabase.migrated()
+        try await database.withPool(maxConnections: 1) { pool in
+            let name = try await pool.withIOAffinity {
+                _ = try await pool.query("SELECT 1")
+                return try String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)
+            }
+            #expect(name.hasPrefix("pg-io-"), "\(name)")
+        }
+    }
+
     @Test func anIdleConnectionMovesToTheBorrowersLoopAndKeepsWorking() async throws {
         let database = try await TestDatabase.migrated()
         try await database.withPool(maxConnections: 1) { pool in
