@@ -28,7 +28,8 @@ extension APIHandlers {
     func submitBid(_ input: Operations.SubmitBid.Input) async throws -> Operations.SubmitBid.Output {
         let (bid, receipt) = try await services.bids.submit(try Authenticated.scope(), id: try pathID(input.path.bidId, "bid"))
         return .ok(.init(body: .json(.init(
-            bid: .init(bid), receipt: .init(bidId: receipt.bidID.lowercased, submittedAt: receipt.submittedAt, sha256: receipt.sha256)))))
+            bid: .init(bid), receipt: .init(bidId: receipt.bidID.lowercased, submittedAt: receipt.submittedAt, sha256: receipt.sha256,
+                                 canonical: receipt.canonical)))))
     }
 
     func withdrawBid(_ input: Operations.WithdrawBid.Input) async throws -> Operations.WithdrawBid.Output {

@@ -93,6 +93,13 @@ struct MarketplaceTests {
             #expect(accepted.status == .ok)
             let receipt = accepted.jsonObject["receipt"] as? [String: Any]
             #expect((receipt?["sha256"] as? String)?.count == 64)
+            // The bidder can verify the receipt with nothing but the receipt: the documented check is
+            // `sha256sum` over `canonical`, which must name this bid and its stored submission time.
+            let canonical = try #require(receipt?["canonical"] as? String)
+            #expect(try sha256sum(canonical) == receipt?["sha256"] as? String)
+            #expect(canonical.contains("\"bid_id\":\"\(lower(m.completeBid))\""))
+            let stored = try await client.call(.get, "/v1/bids/\(lower(m.completeBid))", token: world.supplierToken).jsonObject
+            #expect(stored["receipt_sha256"] as? String == receipt?["sha256"] as? String)
 
             // …and one second after is refused, with nothing changed.
             try await MarketFixture.setDeadline(world.database, projects: [m.openWithDraft], "now() - interval '1 second'")
@@ -388,4 +395,21 @@ struct MarketplaceTests {
             #expect(limited.headers[.retryAfter] != nil)
         }
     }
+}
+
+/// `sha256sum` of `text`, as a bidder would check a receipt (the tool, not our code, so the test cannot
+/// agree with a wrong implementation of ours).
+func sha256sum(_ text: String) throws -> String {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["sha256sum"]
+    let input = Pipe(), output = Pipe()
+    process.standardInput = input
+    process.standardOutput = output
+    try process.run()
+    input.fileHandleForWriting.write(Data(text.utf8))
+    try input.fileHandleForWriting.close()
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return String(decoding: data, as: UTF8.self).split(separator: " ").first.map(String.init) ?? ""
 }

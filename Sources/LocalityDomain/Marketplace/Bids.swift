@@ -110,8 +110,11 @@ public struct BidContent: Sendable {
 public struct BidReceipt: Sendable, Equatable {
     public var bidID: UUID
     public var submittedAt: Date
-    /// SHA-256 (hex) of the canonical bid content: the bidder can later prove what it submitted.
+    /// SHA-256 (hex) of `canonical`: the bidder can later prove what it submitted.
     public var sha256: String
+    /// Exactly the UTF-8 text that was hashed (see `BidService.receiptCanonical`), so that the bidder can
+    /// check the digest without knowing how we serialise: `sha256(canonical) == sha256`.
+    public var canonical: String
 }
 
 /// Sealed bids. A supplier keeps one bid per project: draft → submitted → withdrawn → (revised) →
@@ -204,7 +207,8 @@ public struct BidService: Sendable {
             let submittedAt = try await connection.query("SELECT statement_timestamp()").first!.decode(Date.self, at: 0)
             var submitted = before
             submitted.submittedAt = submittedAt
-            let digest = Self.receiptDigest(submitted)
+            let canonical = Self.receiptCanonical(submitted)
+            let digest = Self.sha256Hex(canonical)
             let changed = try await connection.query("""
                 UPDATE bid SET status = 'submitted', submitted_at = \(submittedAt), receipt_sha256 = decode(\(digest), 'hex'),
                     version = version + 1
@@ -215,7 +219,7 @@ public struct BidService: Sendable {
             let after = try await Self.fetch(connection, id: id)
             try await AuditLog.record(connection, action: before.status == .withdrawn ? "bid.resubmit" : "bid.submit",
                                       entityType: "bid", entityID: id.lowercased, before: AuditedBid(before), after: AuditedBid(after))
-            return (after, BidReceipt(bidID: id, submittedAt: submittedAt, sha256: digest))
+            return (after, BidReceipt(bidID: id, submittedAt: submittedAt, sha256: digest, canonical: canonical))
         }
     }
 
@@ -356,8 +360,11 @@ public struct BidService: Sendable {
             declarations: try content.declarations.map(ProjectService.json) ?? "{}")
     }
 
-    /// SHA-256 over the canonical content: sorted-key JSON of what was submitted and when.
-    static func receiptDigest(_ bid: Bid) -> String {
+    /// The canonical form a receipt's digest covers: one line of JSON, keys sorted, snake_case, no
+    /// insignificant whitespace, `/` escaped as `\/` (Foundation's JSONEncoder), with the bid's id, project,
+    /// supplier, price, approach, outputs, KPIs, social-value commitments, declarations and `submitted_at` in
+    /// PostgreSQL's UTC text form with microseconds (the stored value, not the API's rendering of it).
+    static func receiptCanonical(_ bid: Bid) -> String {
         struct Canonical: Encodable {
             var bidID: String
             var projectID: String
@@ -374,8 +381,12 @@ public struct BidService: Sendable {
             bidID: bid.id.lowercased, projectID: bid.projectID.lowercased, supplierID: bid.supplierID.lowercased,
             pricePence: bid.pricePence, approach: bid.approach, outputs: bid.outputs, kpis: bid.kpis, socialValue: bid.socialValue,
             declarations: bid.declarations, submittedAt: PGDateFormat.string(bid.submittedAt ?? Date()))
-        let data = (try? AuditLog.auditEncoder.encode(canonical)) ?? Data()
-        return SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+        return String(decoding: (try? AuditLog.auditEncoder.encode(canonical)) ?? Data(), as: UTF8.self)
+    }
+
+    /// SHA-256 (lowercase hex) of `text`'s UTF-8 bytes.
+    static func sha256Hex(_ text: String) -> String {
+        SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
     }
 
     static func fetch(_ connection: PGConnection, id: UUID, forUpdate: Bool = false) async throws -> Bid {
