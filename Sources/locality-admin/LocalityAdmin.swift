@@ -114,9 +114,45 @@ struct Migrate: AsyncParsableCommand {
 func printJSON(_ value: some Encodable) {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-    encoder.keyEncodingStrategy = .convertToSnakeCase
+    encoder.keyEncodingStrategy = .custom { path in SnakeCaseKey(snakeCase(path.last!.stringValue)) }
     encoder.dateEncodingStrategy = .iso8601
     if let data = try? encoder.encode(value) {
         print(String(decoding: data, as: UTF8.self))
     }
+}
+
+/// snake_case that keeps acronyms whole, plurals included: `unmappedURNs` → `unmapped_urns`, `boardIDs` →
+/// `board_ids`, `receiptSHA256` → `receipt_sha256` (Foundation's `.convertToSnakeCase` gives `unmapped_ur_ns`).
+func snakeCase(_ key: String) -> String {
+    let characters = Array(key)
+    var words: [String] = []
+    var index = 0
+    while index < characters.count {
+        var end = index + 1
+        if characters[index].isUppercase {
+            // An acronym: the run of capitals, with a plural "s" that ends the key or precedes a capital; its last
+            // capital starts the next word when a lowercase letter follows ("URLPath" → "url", "path").
+            while end < characters.count, characters[end].isUppercase || characters[end].isNumber { end += 1 }
+            if end < characters.count, characters[end] == "s", end + 1 == characters.count || characters[end + 1].isUppercase {
+                end += 1
+            } else if end - index > 1, end < characters.count, characters[end].isLowercase {
+                end -= 1
+            } else if end - index == 1 {
+                while end < characters.count, characters[end].isLowercase || characters[end].isNumber { end += 1 }
+            }
+        } else {
+            while end < characters.count, !characters[end].isUppercase { end += 1 }
+        }
+        words.append(String(characters[index..<end]).lowercased())
+        index = end
+    }
+    return words.joined(separator: "_")
+}
+
+private struct SnakeCaseKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(_ stringValue: String) { self.stringValue = stringValue }
+    init?(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
 }
