@@ -13,7 +13,7 @@ struct SeedCommand: AsyncParsableCommand {
 extension SeedCommand {
     struct Demo: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Create the demo authority (north-yorkshire): five boards, 2025-26 budgets, one user per role.",
+            abstract: "Create the demo authority (north-yorkshire): five boards, budgets from 2025-26 to the current year, one user per role.",
             discussion: """
                 Prints each demo user's API token; they are shown once only. Does nothing (and succeeds) when the \
                 demo authority already exists.
@@ -41,7 +41,7 @@ extension SeedCommand {
                     var balances: [[BudgetBalance]] = []
                     for board in result.boards {
                         balances.append(try await BudgetService(database: scoped)
-                            .balances(scope, boardID: board.id, financialYear: DemoSeed.financialYear))
+                            .balances(scope, boardID: board.id, financialYear: DemoSeed.currentFinancialYear))
                     }
                     return Seeded(result: result, balances: balances)
                 }
@@ -62,7 +62,7 @@ extension SeedCommand {
             let authority = seeded.result.authority
             print("Authority: \(authority.name) (\(authority.slug), id \(authority.id.lowercased))")
             print("")
-            print("Boards, \(DemoSeed.financialYear) allocations:")
+            print("Boards, \(DemoSeed.currentFinancialYear) allocations (and each year from \(DemoSeed.financialYear)):")
             printTable(
                 ["CODE", "NAME", "STREAM", "ALLOCATED", "AVAILABLE"],
                 zip(seeded.result.boards, seeded.balances).flatMap { board, balances in
@@ -102,7 +102,7 @@ struct DemoJSON: Encodable {
     init(_ seeded: SeedCommand.Demo.Seeded) {
         authority = AuthorityJSON(seeded.result.authority)
         boards = zip(seeded.result.boards, seeded.balances).map { board, balances in
-            BoardEntry(board: BoardJSON(board), financialYear: DemoSeed.financialYear, balances: balances.map(BalanceJSON.init))
+            BoardEntry(board: BoardJSON(board), financialYear: DemoSeed.currentFinancialYear, balances: balances.map(BalanceJSON.init))
         }
         users = seeded.result.users.map {
             UserEntry(role: $0.role.rawValue, email: $0.email, displayName: $0.displayName, token: $0.token)

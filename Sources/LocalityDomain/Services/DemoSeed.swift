@@ -1,7 +1,7 @@
 import Foundation
 
-/// North Yorkshire County Council with its five locality boards, 2025-26 budgets and one user per role:
-/// enough to try every endpoint. Tokens are returned once, for printing.
+/// North Yorkshire County Council with its five locality boards, budgets from 2025-26 to the current financial
+/// year, and one user per role: enough to try every endpoint. Tokens are returned once, for printing.
 public struct DemoSeed: Sendable {
     public let database: ScopedDatabase
 
@@ -11,6 +11,14 @@ public struct DemoSeed: Sendable {
 
     public static let authoritySlug = "north-yorkshire"
     public static let financialYear = "2025-26"
+    /// The financial year of today (a newcomer publishing a project at once needs its budget).
+    public static var currentFinancialYear: String { FinancialYear.containing(Date()).description }
+    /// 2025-26 (the specification's figures) and every year up to the current one.
+    static var seededFinancialYears: [String] {
+        let first = FinancialYear(Self.financialYear)!.startYear
+        let last = max(first, FinancialYear.containing(Date()).startYear)
+        return (first...last).map { FinancialYear(startYear: $0).description }
+    }
     /// £50,300 per board for school improvement, as in the specification.
     public static let schoolImprovementPence = 5_030_000
 
@@ -51,12 +59,14 @@ public struct DemoSeed: Sendable {
         for spec in Self.boards {
             let board = try await boardService.create(scope, BoardDraft(name: spec.name, shortCode: spec.code, area: spec.area))
             boards.append(board)
-            _ = try await budgets.append(scope, boardID: board.id, LedgerEntryDraft(
-                financialYear: Self.financialYear, fundingStream: "locality", kind: .allocation,
-                amountPence: spec.localityPence, reason: "2025-26 locality budget"))
-            _ = try await budgets.append(scope, boardID: board.id, LedgerEntryDraft(
-                financialYear: Self.financialYear, fundingStream: "school_improvement", kind: .allocation,
-                amountPence: Self.schoolImprovementPence, reason: "2025-26 school improvement allocation"))
+            for year in Self.seededFinancialYears {
+                _ = try await budgets.append(scope, boardID: board.id, LedgerEntryDraft(
+                    financialYear: year, fundingStream: "locality", kind: .allocation,
+                    amountPence: spec.localityPence, reason: "\(year) locality budget"))
+                _ = try await budgets.append(scope, boardID: board.id, LedgerEntryDraft(
+                    financialYear: year, fundingStream: "school_improvement", kind: .allocation,
+                    amountPence: Self.schoolImprovementPence, reason: "\(year) school improvement allocation"))
+            }
         }
         let imports = SchoolImportService(database: database)
         try await imports.setRules(scope, source: "district", rules: SchoolImportService.northYorkshireDistricts.compactMap { rule in
