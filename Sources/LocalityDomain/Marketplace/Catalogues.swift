@@ -131,15 +131,23 @@ public struct CatalogueService: Sendable {
                 try await AuditLog.record(connection, action: "theme.create", entityType: "theme", entityID: theme.id.lowercased,
                                           before: nil, after: theme)
             }
-            for (code, name, unit, proxy) in Self.defaultSocialValueMeasures {
-                let id = try await connection.query("""
-                    INSERT INTO social_value_measure (authority_id, code, name, unit, proxy_value_pence)
-                    VALUES (app_authority_id(), \(code), \(name), \(unit), \(proxy)) RETURNING id
-                    """).first!.decode(UUID.self, at: 0)
-                try await AuditLog.record(connection, action: "social_value_measure.create", entityType: "social_value_measure",
-                                          entityID: id.lowercased, before: nil,
-                                          after: ["code": code, "name": name, "unit": unit, "proxy_value_pence": String(proxy)])
-            }
+            try await Self.seedDefaultMeasures(connection)
+        }
+    }
+
+    /// The default social-value measures (TOMs-style), for an authority that lacks them; every new authority
+    /// gets them when it is created, so its first project can ask for social value.
+    static func seedDefaultMeasures(_ connection: PGConnection) async throws {
+        for (code, name, unit, proxy) in Self.defaultSocialValueMeasures {
+            guard let row = try await connection.query("""
+                INSERT INTO social_value_measure (authority_id, code, name, unit, proxy_value_pence)
+                VALUES (app_authority_id(), \(code), \(name), \(unit), \(proxy))
+                ON CONFLICT ON CONSTRAINT social_value_measure_code_unique DO NOTHING RETURNING id
+                """).first
+            else { continue }
+            try await AuditLog.record(connection, action: "social_value_measure.create", entityType: "social_value_measure",
+                                      entityID: try row.decode(UUID.self, at: 0).lowercased, before: nil,
+                                      after: ["code": code, "name": name, "unit": unit, "proxy_value_pence": String(proxy)])
         }
     }
 

@@ -53,6 +53,7 @@ public struct AuthorityService: Sendable {
                 try await AuditLog.record(connection, action: "funding_stream.create", entityType: "funding_stream",
                                           entityID: fundingStream.id.uuidString.lowercased(), before: nil, after: fundingStream)
             }
+            try await CatalogueService.seedDefaultMeasures(connection)
             return authority
         }
     }
