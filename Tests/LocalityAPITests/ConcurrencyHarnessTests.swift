@@ -171,3 +171,56 @@ struct ConcurrencyHarnessTests {
         }
     }
 }
+
+extension ConcurrencyHarnessTests {
+    /// Two requests that exclude each other, each sent `copies` times at once: exactly one copy of one of them
+    /// wins, every other copy is refused with a problem, and the ledger stays exact.
+    @Test func conflictingConcurrentRequestsLeaveExactlyOneOutcome() async throws {
+        let world = try await World.make()
+        let m = world.market
+        var configuration = testConfiguration(world.database)
+        configuration.poolSize = 8
+        configuration.acquireTimeout = .seconds(30)
+        let app = try await buildApplication(configuration)
+        let lim = world.token(.lim, of: world.a)
+        typealias Call = (method: HTTPRequest.Method, path: String, body: ByteBuffer?)
+        func json(_ object: [String: Any]) -> ByteBuffer { ByteBuffer(bytes: (try? JSONSerialization.data(withJSONObject: object)) ?? Data()) }
+        let pairs: [(name: String, first: Call, second: Call, losers: Set<Int>)] = [
+            ("award or mark unsuccessful",
+             (.post, "/v1/projects/\(lower(m.closedForAward))/award", json(["bid_id": lower(m.awardBid)])),
+             (.post, "/v1/projects/\(lower(m.closedForAward))/unsuccessful", json(["reason": "No suitable bid"])), [409]),
+            ("publish or delete a draft",
+             (.post, "/v1/projects/\(lower(m.draftComplete))/publish", nil),
+             (.delete, "/v1/projects/\(lower(m.draftComplete))", nil), [404, 409]),
+            ("accept or reject a variation",
+             (.post, "/v1/contracts/\(lower(m.active))/variations/\(lower(m.proposedVariation))/decision", json(["accept": true])),
+             (.post, "/v1/contracts/\(lower(m.active))/variations/\(lower(m.proposedVariation))/decision", json(["accept": false])), [409]),
+            ("complete or terminate",
+             (.post, "/v1/contracts/\(lower(m.active))/complete", nil),
+             (.post, "/v1/contracts/\(lower(m.active))/terminate", json(["reason": "Provider withdrew", "amount_paid_pence": 10_000])), [409]),
+        ]
+        try await app.test(.live) { client in
+            for pair in pairs {
+                let calls = (0..<Self.copies).flatMap { _ in [pair.first, pair.second] }
+                let responses = try await withThrowingTaskGroup(of: (String, Int, String).self) { group in
+                    for (method, path, body) in calls {
+                        var headers: HTTPFields = [.authorization: "Bearer \(lim)"]
+                        if body != nil { headers[.contentType] = "application/json" }
+                        let sent = headers
+                        group.addTask {
+                            let response = try await client.execute(uri: path, method: method, headers: sent, body: body)
+                            return (path, Int(response.status.code), String(buffer: response.body).prefix(200).description)
+                        }
+                    }
+                    var all: [(String, Int, String)] = []
+                    for try await response in group { all.append(response) }
+                    return all
+                }
+                let summary = responses.map { "\($0.1) \($0.0): \($0.2)" }
+                #expect(responses.filter { $0.1 < 300 }.count == 1, "\(pair.name): exactly one change should win: \(summary)")
+                #expect(responses.filter { $0.1 >= 300 }.allSatisfy { pair.losers.contains($0.1) }, "\(pair.name): \(summary)")
+                try await expectLedgerInvariant(world.database, "after \(pair.name)")
+            }
+        }
+    }
+}
