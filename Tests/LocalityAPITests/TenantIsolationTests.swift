@@ -4,6 +4,7 @@ import HummingbirdTesting
 import LocalityAPI
 import LocalityDomain
 import LocalityPostgres
+import Logging
 import NIOCore
 import PostgresTestSupport
 import Testing
@@ -151,6 +152,38 @@ struct TenantIsolationTests {
                 ORDER BY 1
                 """).map { try $0.decode(String.self, at: 0) }
             #expect(notInlinable.isEmpty, "SQL functions planned again in every statement: \(notInlinable)")
+        }
+    }
+
+    /// Owner-privileged code must not find a caller's temporary objects before ours: every SECURITY DEFINER
+    /// function names its search path with pg_temp last (walks the catalog, so later functions are covered).
+    @Test func securityDefinerFunctionsSearchPgTempLast() async throws {
+        let database = try await TestDatabase.migrated()
+        try await PGConnection.withConnection(.init(conninfo: database.superuserConninfo, applicationName: "t")) { connection in
+            let unsafe = try await connection.query("""
+                SELECT p.proname || ' ' || coalesce(array_to_string(p.proconfig, ';'), '(no SET)')
+                FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                WHERE n.nspname = 'public' AND p.prosecdef
+                  AND NOT coalesce('search_path=public, pg_temp' = ANY (p.proconfig), false)
+                ORDER BY 1
+                """).map { try $0.decode(String.self, at: 0) }
+            #expect(unsafe.isEmpty, "SECURITY DEFINER functions without `search_path = public, pg_temp`: \(unsafe)")
+        }
+    }
+
+    /// The migration takes TEMP from PUBLIC on the database it runs in (database privileges are not copied
+    /// from a template, so this checks a database migrated from empty).
+    @Test func theApplicationRoleCannotCreateTemporaryTables() async throws {
+        let database = try await TestDatabase.empty()
+        let migrator = Migrator(migrations: try Migration.load(from: Migration.defaultDirectory()), logger: Logger(label: "t"))
+        try await migrator.apply(ownerConninfo: database.ownerConninfo)
+        try await PGConnection.withConnection(.init(conninfo: database.applicationConninfo, applicationName: "t")) { connection in
+            do {
+                try await connection.query("CREATE TEMPORARY TABLE audit_event (id int)")
+                Issue.record("the application role created a temporary table")
+            } catch let error as PGError {
+                #expect(error.sqlState == "42501", "\(error)")
+            }
         }
     }
 
