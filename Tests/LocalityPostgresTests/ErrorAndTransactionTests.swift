@@ -199,3 +199,30 @@ actor Rendezvous {
         await withCheckedContinuation { waiting.append($0) }
     }
 }
+
+@Suite("Session settings")
+struct SessionSettingsTests {
+    /// Timeouts given in the configuration hold from the first statement (no round trip of their own), and a
+    /// value with spaces survives libpq's splitting of `options`.
+    @Test func sessionSettingsApplyFromTheFirstStatement() async throws {
+        let database = try await TestDatabase.migrated()
+        let configuration = PGConnectionConfiguration(
+            conninfo: database.applicationConninfo, applicationName: "t",
+            sessionSettings: [("statement_timeout", "200ms"), ("lock_timeout", "150ms"),
+                              ("idle_in_transaction_session_timeout", "5s"), ("search_path", "public, pg_catalog")])
+        try await PGConnection.withConnection(configuration) { connection in
+            let row = try await connection.query("""
+                SELECT current_setting('statement_timeout'), current_setting('lock_timeout'),
+                       current_setting('idle_in_transaction_session_timeout'), current_setting('search_path'),
+                       current_setting('TimeZone')
+                """).first!
+            #expect(try row.decode(String.self, String.self, String.self, String.self, String.self) == ("200ms", "150ms", "5s", "public, pg_catalog", "UTC"))
+            do {
+                try await connection.query("SELECT pg_sleep(2)")
+                Issue.record("the statement outlived statement_timeout")
+            } catch let error as PGError {
+                #expect(error.sqlState == "57014")
+            }
+        }
+    }
+}
