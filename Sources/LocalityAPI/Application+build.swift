@@ -44,6 +44,16 @@ public func buildApplication(
         }
     }
 
+    do {
+        try await DatabaseRoles.checkApplicationRole(conninfo: endpoints.applicationConninfo, ownerConninfo: endpoints.ownerConninfo)
+    } catch let error as PGError where error.kind == .connection {
+        // The database is not up yet: start anyway (readiness says 503 until it is), as before.
+        logger.warning("cannot check the service role yet: the database is unreachable", metadata: ["error": "\(error.message)"])
+    } catch {
+        await endpoints.embedded?.stop()
+        throw error
+    }
+
     if configuration.seedDemo {
         do {
             onDemoSeeded(try await seedDemoIfEmpty(ownerConninfo: endpoints.ownerConninfo, logger: logger))

@@ -39,6 +39,22 @@ struct OperationsTests {
         }
     }
 
+    /// Row-level security does not hold the tables' owner, a superuser or a BYPASSRLS role: given such a
+    /// `--database-url`, the service refuses to start and says how to fix it.
+    @Test(arguments: ["owner", "superuser"])
+    func refusesToServeAsARoleThatBypassesRowLevelSecurity(_ role: String) async throws {
+        let database = try await TestDatabase.migrated()
+        var configuration = testConfiguration(database)
+        configuration.database.databaseURL = role == "owner" ? database.ownerConninfo : database.superuserConninfo
+        do {
+            _ = try await buildApplication(configuration)
+            Issue.record("the service started as the \(role)")
+        } catch let error as StartupError {
+            #expect(error.description.contains(role == "owner" ? "owner of the tables" : "superuser"), "\(error)")
+            #expect(error.description.contains("deploy/README.md"))
+        }
+    }
+
     @Test func readyWhenTheSchemaIsCurrent() async throws {
         let app = try await buildApplication(testConfiguration(try await TestDatabase.migrated()))
         try await app.test(.live) { client in

@@ -57,6 +57,33 @@ public enum DatabaseRoles {
         }
     }
 
+    /// Refuses a role that row-level security would not hold: a superuser, a role with BYPASSRLS, the role
+    /// that owns the tables (its policies differ), or one that owns anything in the database. Run at start,
+    /// before the service accepts traffic, so a mistaken `--database-url` stops the service instead of
+    /// letting every tenant see every other.
+    public static func checkApplicationRole(conninfo: String, ownerConninfo: String) async throws {
+        let facts = try await PGConnection.withConnection(.init(conninfo: conninfo, applicationName: "locality-role-check")) { connection in
+            try await connection.query("""
+                SELECT r.rolname, r.rolsuper, r.rolbypassrls,
+                       (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE c.relowner = r.oid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                          AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%')
+                FROM pg_roles r WHERE r.rolname = current_user
+                """).first!.decode(String.self, Bool.self, Bool.self, Int.self)
+        }
+        let owner = try await PGConnection.withConnection(.init(conninfo: ownerConninfo, applicationName: "locality-role-check")) { connection in
+            try await connection.query("SELECT current_user::text").first!.decode(String.self, at: 0)
+        }
+        let (role, superuser, bypassRLS, owned) = facts
+        let fix = "give --database-url a role of its own (see deploy/README.md: CREATE ROLE locality_app LOGIN NOSUPERUSER NOBYPASSRLS)"
+        if superuser { throw StartupError("the service role \(role) is a superuser, which bypasses row-level security; \(fix)") }
+        if bypassRLS { throw StartupError("the service role \(role) has BYPASSRLS; \(fix)") }
+        if role == owner {
+            throw StartupError("--database-url connects as \(role), the owner of the tables (--owner-database-url); \(fix)")
+        }
+        if owned > 0 { throw StartupError("the service role \(role) owns \(owned) tables or other relations; \(fix)") }
+    }
+
     private static func ignoringDuplicates(_ body: () async throws -> Void) async throws {
         do {
             try await body()
@@ -105,5 +132,14 @@ public enum DatabaseBootstrap {
             ownerConninfo: embedded.conninfo(user: DatabaseRoles.owner, database: DatabaseRoles.database),
             embedded: embedded
         )
+    }
+}
+
+/// A configuration the service refuses to start with; the message names the fix.
+public struct StartupError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+
+    public init(_ description: String) {
+        self.description = description
     }
 }
