@@ -25,12 +25,28 @@ extension CommandContext {
             logger: logger
         )
         do {
+            try await requireCurrentSchema(pool)
             let result = try await body(ScopedDatabase(pool: pool))
             await pool.close()
             return result
         } catch {
             await pool.close()
             throw error
+        }
+    }
+
+    /// Every command but `migrate` needs the schema of this build: say so, naming the fix, instead of letting
+    /// the first query fail with `relation "authority" does not exist`.
+    func requireCurrentSchema(_ pool: PGPool) async throws {
+        let migrator = Migrator(migrations: try Migration.load(from: Migration.defaultDirectory()), logger: logger)
+        let current: Bool
+        do {
+            current = try await pool.withConnection { try await migrator.isCurrent(on: $0) }
+        } catch let error as PGError where error.sqlState == "42P01" {
+            current = false   // no schema_migrations table: never migrated
+        }
+        if !current {
+            throw CLIError("the database schema is not migrated to this version (or was edited); run `locality-admin migrate` first")
         }
     }
 

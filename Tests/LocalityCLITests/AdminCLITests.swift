@@ -77,6 +77,29 @@ struct AdminCLITests {
         #expect(Set(codes) == Set(CatalogueService.defaultSocialValueMeasures.map(\.0)), "a project's social-value criteria need measures")
     }
 
+    /// Given only the owner's URL, `migrate` migrates that database (it used to start an embedded cluster in
+    /// the working directory and report success there); any other command on an unmigrated database says to
+    /// migrate, instead of `relation "authority" does not exist`.
+    @Test func aDatabaseURLIsNeverIgnoredAndAnUnmigratedSchemaNamesMigrate() async throws {
+        let db = try await TestDatabase.empty()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+
+        let seed = try await AdminCLI.run(["seed", "demo", "--owner-database-url", db.ownerConninfo, "--data-dir", directory.path])
+        #expect(seed.status != 0)
+        #expect(seed.stderrLines == ["locality-admin: the database schema is not migrated to this version (or was edited); run `locality-admin migrate` first"], "\(seed)")
+
+        let migrate = try await AdminCLI.run(["migrate", "--owner-database-url", db.ownerConninfo, "--data-dir", directory.path])
+        #expect(migrate.status == 0, "\(migrate)")
+        #expect(!FileManager.default.fileExists(atPath: directory.path), "no embedded cluster was created")
+        let applied = try await PGConnection.withConnection(.init(conninfo: db.superuserConninfo, applicationName: "t")) { connection in
+            try await connection.query("SELECT count(*) FROM schema_migrations").first!.decode(Int.self, at: 0)
+        }
+        let expected = try Migration.load(from: Migration.defaultDirectory()).count
+        #expect(applied == expected)
+        try expectSuccess(await AdminCLI.run(["seed", "demo", "--owner-database-url", db.ownerConninfo, "--data-dir", directory.path]))
+    }
+
     @Test func domainErrorsReachTheUserAsOneLine() async throws {
         let db = try await TestDatabase.migrated()
         try await authorityWithBoard(db)

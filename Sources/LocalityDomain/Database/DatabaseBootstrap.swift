@@ -109,8 +109,12 @@ public enum DatabaseBootstrap {
     /// Resolves the settings to running endpoints: the given URLs, or the embedded cluster started
     /// (and initialised with roles and database on first use).
     public static func prepare(_ settings: DatabaseSettings, logger: Logger) async throws -> DatabaseEndpoints {
-        if let url = settings.databaseURL, !url.isEmpty {
-            return DatabaseEndpoints(applicationConninfo: url, ownerConninfo: settings.ownerDatabaseURL ?? url, embedded: nil)
+        // Any URL means "not embedded": given only the owner's (as `locality-admin migrate` is), use it for both,
+        // rather than quietly creating a private cluster and reporting success on it.
+        let url = settings.databaseURL.flatMap { $0.isEmpty ? nil : $0 }
+        let ownerURL = settings.ownerDatabaseURL.flatMap { $0.isEmpty ? nil : $0 }
+        if url != nil || ownerURL != nil {
+            return DatabaseEndpoints(applicationConninfo: url ?? ownerURL!, ownerConninfo: ownerURL ?? url!, embedded: nil)
         }
         let embedded = EmbeddedPostgres(
             configuration: .init(
