@@ -80,6 +80,10 @@ init(
                               fieldErrors: issues.map { FieldError(field: $0.field, message: $0.message) })
         case .conflict(let detail):
             return APIProblem(status: .conflict, type: typeURI("conflict"), title: "Conflict", detail: detail)
+        case .stateConflict(let type, let detail, let status):
+            return status == 422
+                ? APIProblem(status: .unprocessableContent, type: typeURI(type), title: "Unprocessable Content", detail: detail)
+                : APIProblem(status: .conflict, type: typeURI(type), title: "Conflict", detail: detail)
         case .insufficientFunds(let detail):
             return APIProblem(status: .conflict, type: typeURI("insufficient-funds"), title: "Insufficient Funds", detail: detail)
         case .preconditionFailed:

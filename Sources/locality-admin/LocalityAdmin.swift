@@ -13,7 +13,7 @@ struct LocalityAdmin: AsyncParsableCommand {
         abstract: "Administer a Locality Commissioning Marketplace deployment (talks to the database directly).",
         subcommands: [
             Migrate.self, AuthorityCommand.self, BoardCommand.self, BudgetCommand.self, UserCommand.self,
-            TokenCommand.self, AuditCommand.self, SeedCommand.self, SchoolCommand.self, MonitoringCommand.self,
+            TokenCommand.self, AuditCommand.self, LedgerCommand.self, SeedCommand.self, SchoolCommand.self, MonitoringCommand.self,
         ]
     )
 }

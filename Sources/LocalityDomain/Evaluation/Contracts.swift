@@ -184,6 +184,11 @@ public struct ContractService: Sendable {
                         \(try ProjectService.json(bid.socialValue))::jsonb)
                 RETURNING id
                 """).first!.decode(UUID.self, at: 0)
+            // The bid's KPIs become revision 1 of each contract KPI, proposed by the supplier but accepted by
+            // nobody yet: the bid does NOT count as the supplier's acceptance. The bid was written before the
+            // award, against the project's planned dates; after the award both parties confirm revision 1
+            // explicitly (or counter-propose), so that "agreed" always means two recorded acceptances by
+            // people acting for each party on this contract.
             for kpi in bid.kpis {
                 let kpiID = try await connection.query("""
                     INSERT INTO contract_kpi (authority_id, contract_id) VALUES (app_authority_id(), \(contractID)) RETURNING id
@@ -373,7 +378,10 @@ public struct ContractService: Sendable {
         for (index, kpi) in kpis.enumerated() { kpi.definition.validate(into: &validator, field: "kpis[\(index)].definition") }
         try validator.throwIfInvalid()
         return try await database.transaction(scope) { connection in
-            let contract = try await Self.fetch(connection, id: contractID)
+            let seen = try await Self.fetch(connection, id: contractID)
+            guard try await Self.party(connection, seen) != nil else { throw DomainError.forbidden("Only the contract's parties propose variations.") }
+            // The status is checked under the contract's row lock (a completion may be racing).
+            let contract = try await Self.lockForParty(connection, seen)
             guard let party = try await Self.party(connection, contract) else { throw DomainError.forbidden("Only the contract's parties propose variations.") }
             guard contract.status == .active else {
                 throw DomainError.conflict("Variations apply to active contracts; before the start, negotiate the KPIs directly.")
@@ -398,18 +406,27 @@ public struct ContractService: Sendable {
     public func decideVariation(_ scope: AccessScope, contractID: UUID, variationID: UUID, accept: Bool) async throws -> Contract {
         try scope.require(scope.isStaff ? scope.has(.lim) : scope.has(.supplierUser), "decide variations")
         return try await database.transaction(scope) { connection in
-            let before = try await Self.fetch(connection, id: contractID)
+            let seen = try await Self.fetch(connection, id: contractID)
+            guard try await Self.party(connection, seen) != nil else { throw DomainError.forbidden("Only the contract's parties decide variations.") }
+            // Everything below is decided under the contract's row lock: two decisions, or a decision and a
+            // completion, apply one after the other and the second sees the first.
+            let before = try await Self.lockForParty(connection, seen)
             guard let party = try await Self.party(connection, before) else { throw DomainError.forbidden("Only the contract's parties decide variations.") }
             guard let variation = before.variations.first(where: { $0.id == variationID }) else { throw DomainError.notFound("variation") }
-            guard variation.status == "proposed" else { throw DomainError.conflict("The variation is already \(variation.status).") }
+            guard variation.status == "proposed" else {
+                throw DomainError.stateConflict(type: "variation-decided", "The variation is already \(variation.status).")
+            }
             guard before.status == .active else { throw DomainError.conflict("The contract is \(before.status.rawValue); variations apply to active contracts.") }
             guard variation.proposedBy != party else { throw DomainError.forbidden("The other party decides a variation, not its proposer.") }
             if accept {
+                // Applies the changes and moves the money: a value increase commits the difference from the
+                // board's budget (refused, with nothing changed, beyond what is available); a reduction
+                // decommits it. The function re-checks the state under the same locks.
                 try await connection.query("SELECT accept_contract_variation(\(before.authorityID), \(variationID))")
             } else {
                 try await connection.query("""
                     UPDATE contract_variation SET status = 'rejected', decided_by = current_setting('app.actor'), decided_at = now()
-                    WHERE id = \(variationID)
+                    WHERE id = \(variationID) AND status = 'proposed'
                     """)
             }
             let after = try await Self.fetch(connection, id: contractID)
@@ -427,14 +444,16 @@ public struct ContractService: Sendable {
     ) async throws -> Contract {
         try scope.require(scope.isStaff ? scope.has(.lim) : scope.has(.supplierUser), "negotiate KPIs")
         return try await database.transaction(scope) { connection in
-            // Lock the contract so two parties' moves apply one after the other.
-            let before = try await Self.fetch(connection, id: contractID)
-            guard let party = try await Self.party(connection, before) else { throw DomainError.forbidden("Only the contract's parties negotiate its KPIs.") }
-            guard before.status == .kpiNegotiation else {
-                throw DomainError.conflict("Agreed KPIs of a started contract are fixed; propose a variation.")
+            let seen = try await Self.fetch(connection, id: contractID)
+            guard try await Self.party(connection, seen) != nil else { throw DomainError.forbidden("Only the contract's parties negotiate its KPIs.") }
+            // Lock the contract row first, then check its status: two parties' moves, and a move and the
+            // start (which takes the same row lock), apply one after the other, and each sees the other's
+            // effect. (Checking before the lock let a revision land on a contract that had just started.)
+            let current = try await Self.lockForParty(connection, seen)
+            guard let party = try await Self.party(connection, current) else { throw DomainError.forbidden("Only the contract's parties negotiate its KPIs.") }
+            guard current.status == .kpiNegotiation else {
+                throw DomainError.stateConflict(type: "negotiation-closed", "Agreed KPIs of a started contract are fixed; propose a variation.")
             }
-            try await connection.query("SELECT pg_advisory_xact_lock(hashtext(\(contractID.lowercased)))")
-            let current = try await Self.fetch(connection, id: contractID)
             try await body(connection, party, current)
             let after = try await Self.fetch(connection, id: contractID)
             try await AuditLog.record(connection, action: action, entityType: "contract", entityID: contractID.lowercased,
@@ -457,9 +476,20 @@ public struct ContractService: Sendable {
             """)
     }
 
+    /// Takes the contract's row lock for either party (the supplier cannot lock contracts with SELECT … FOR
+    /// UPDATE itself) and returns the contract as it is under the lock. Every KPI move, the start, the end
+    /// and every variation decision take this lock before looking at the contract's state.
+    static func lockForParty(_ connection: PGConnection, _ contract: Contract) async throws -> Contract {
+        guard try await connection.query("SELECT lock_contract_for_party(\(contract.authorityID), \(contract.id))").first?
+            .decode(String?.self, at: 0) != nil
+        else { throw DomainError.notFound("contract") }
+        return try await fetch(connection, id: contract.id)
+    }
+
     static func party(_ connection: PGConnection, _ contract: Contract) async throws -> ContractParty? {
-        try await connection.query("SELECT app_contract_party(\(contract.authorityID), \(contract.id))").first?
-            .decode(String?.self, at: 0).flatMap(ContractParty.init(rawValue:))
+        let party = try await connection.query("SELECT app_contract_party(\(contract.authorityID), \(contract.id))").first?
+            .decode(String?.self, at: 0)
+        return try storedEnum(party ?? nil, column: "app_contract_party", as: ContractParty.self)
     }
 
     static func fetch(_ connection: PGConnection, id: UUID, forUpdate: Bool = false) async throws -> Contract {
@@ -480,9 +510,9 @@ public struct ContractService: Sendable {
             """).map { row -> (UUID, KPIRevision) in
             let (kpiID, revision, proposedBy, removal, definition, reason, createdAt, accepted) = try row.decode(
                 UUID.self, Int.self, String.self, Bool.self, String.self, String.self, Date.self, [String].self)
-            return (kpiID, KPIRevision(revision: revision, proposedBy: ContractParty(rawValue: proposedBy) ?? .board, removal: removal,
+            return (kpiID, KPIRevision(revision: revision, proposedBy: try storedEnum(proposedBy, column: "kpi_revision.proposed_by"), removal: removal,
                                        definition: try decoder.decode(KPIDefinition.self, from: Data(definition.utf8)), reason: reason,
-                                       acceptedBy: accepted.compactMap(ContractParty.init(rawValue:)), createdAt: createdAt))
+                                       acceptedBy: try accepted.map { try storedEnum($0, column: "kpi_acceptance.party") }, createdAt: createdAt))
         }
         var kpis: [ContractKPI] = []
         for (kpiID, revision) in revisions {
@@ -497,7 +527,7 @@ public struct ContractService: Sendable {
                 UUID.self, String.self, String.self, String.self, String.self, Date.self, Date?.self)
             struct Changes: Decodable { var valuePence: Int?; var endDate: String?; var kpis: [VariationKPI]? }
             let decoded = try decoder.decode(Changes.self, from: Data(changes.utf8))
-            return ContractVariation(id: variationID, proposedBy: ContractParty(rawValue: proposedBy) ?? .board, reason: reason,
+            return ContractVariation(id: variationID, proposedBy: try storedEnum(proposedBy, column: "contract_variation.proposed_by"), reason: reason,
                                      valuePence: decoded.valuePence, endDate: decoded.endDate, kpis: decoded.kpis ?? [], status: status,
                                      createdAt: createdAt, decidedAt: decidedAt)
         }
@@ -506,7 +536,7 @@ public struct ContractService: Sendable {
             bidID: try row.decode(UUID.self, at: 3), supplierID: try row.decode(UUID.self, at: 4), valuePence: try row.decode(Int.self, at: 5),
             startDate: try row.decode(String.self, at: 6), endDate: try row.decode(String.self, at: 7),
             contractManager: try row.decode(String.self, at: 8), standstillEndsOn: try row.decode(String.self, at: 9),
-            status: ContractStatus(rawValue: try row.decode(String.self, at: 10)) ?? .kpiNegotiation,
+            status: try storedEnum(try row.decode(String.self, at: 10), column: "contract.status"),
             socialValue: try decoder.decode([SocialValueCommitment].self, from: Data(try row.decode(String.self, at: 11).utf8)),
             terminationReason: try row.decode(String?.self, at: 12), amountPaidPence: try row.decode(Int?.self, at: 13),
             kpis: kpis, variations: variations)

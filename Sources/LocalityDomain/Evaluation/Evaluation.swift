@@ -141,7 +141,7 @@ public struct EvaluationService: Sendable {
                     VALUES (app_authority_id(), \(projectID), app_user_id(), \(supplierID), \(conflicted), \(note))
                     """)
             } catch let error as PGError where error.isUniqueViolation {
-                throw DomainError.conflict("You have already declared for this supplier; declarations are final.")
+                throw DomainError.stateConflict(type: "already-declared", "You have already declared for this supplier; declarations are final.")
             }
             let declaration = ConflictDeclaration(userID: scope.userID!, supplierID: supplierID, conflicted: conflicted, note: note, declaredAt: Date())
             try await AuditLog.record(connection, action: "evaluation.declare", entityType: "conflict_declaration",
@@ -180,14 +180,18 @@ public struct EvaluationService: Sendable {
                 throw DomainError.conflict("Scoring is open only between the deadline and the award.")
             }
             try Self.validate(scores, model: model, requireAll: submit)
+            // The member's scorecard row is the lock for their saves and submit: create it if missing (a
+            // concurrent save may be creating it too), then lock it and check it under the lock. Two saves
+            // apply one after the other; of two submits the second sees the first and hears 409.
+            try await connection.query("""
+                INSERT INTO scorecard (authority_id, bid_id, user_id) VALUES (app_authority_id(), \(bidID), app_user_id())
+                ON CONFLICT (authority_id, bid_id, user_id) DO NOTHING
+                """)
             let submitted = try await connection.query("""
-                SELECT submitted_at IS NOT NULL FROM scorecard WHERE bid_id = \(bidID) AND user_id = app_user_id()
+                SELECT submitted_at IS NOT NULL FROM scorecard WHERE bid_id = \(bidID) AND user_id = app_user_id() FOR UPDATE
                 """).first?.decode(Bool.self, at: 0)
-            if submitted == true { throw DomainError.conflict("Your scores for this bid are submitted and final.") }
-            if submitted == nil {
-                try await connection.query("""
-                    INSERT INTO scorecard (authority_id, bid_id, user_id) VALUES (app_authority_id(), \(bidID), app_user_id())
-                    """)
+            if submitted == true {
+                throw DomainError.stateConflict(type: "already-submitted", "Your scores for this bid are submitted and final.")
             }
             for score in scores {
                 try await connection.query("""
@@ -378,7 +382,7 @@ public struct EvaluationService: Sendable {
             """).map { try $0.decode(UUID.self, String.self, String.self, Int.self, String.self, Bool.self) }
         var members: [MemberScores] = []
         for row in rows {
-            let score = CriterionScore(kind: CriterionKind(rawValue: row.1) ?? .quality, criterion: row.2, score: row.3, comment: row.4)
+            let score = CriterionScore(kind: try storedEnum(row.1, column: "individual_score.criterion_kind"), criterion: row.2, score: row.3, comment: row.4)
             if let index = members.firstIndex(where: { $0.userID == row.0 }) {
                 members[index].scores.append(score)
             } else {
@@ -394,7 +398,7 @@ public struct EvaluationService: Sendable {
             ORDER BY criterion_kind, criterion
             """).map { row in
             let (kind, criterion, score, rationale) = try row.decode(String.self, String.self, Int.self, String.self)
-            return CriterionScore(kind: CriterionKind(rawValue: kind) ?? .quality, criterion: criterion, score: score, comment: rationale)
+            return CriterionScore(kind: try storedEnum(kind, column: "moderated_score.criterion_kind"), criterion: criterion, score: score, comment: rationale)
         }
     }
 

@@ -188,7 +188,7 @@ public struct AdmissionService: Sendable {
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         return Admission(
             authorityID: authorityID, authorityName: authorityName, supplierID: supplierID, supplierName: supplierName,
-            status: AdmissionStatus(rawValue: status) ?? .pending,
+            status: try storedEnum(status, column: "supplier_admission.status"),
             declarations: try decoder.decode(AdmissionDeclarations.self, from: Data(declarations.utf8)),
             decisionReason: reason, decidedAt: decidedAt, createdAt: createdAt, updatedAt: updatedAt)
     }

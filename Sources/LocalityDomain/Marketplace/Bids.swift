@@ -143,7 +143,9 @@ public struct BidService: Sendable {
             let existing = try await connection.query("""
                 SELECT id FROM bid WHERE project_id = \(projectID) AND supplier_id = app_supplier_id()
                 """).first?.decode(UUID.self, at: 0)
-            if let existing { throw DomainError.conflict("You already have a bid on this project (\(existing.lowercased)); edit that one.") }
+            if let existing {
+                throw DomainError.stateConflict(type: "duplicate-bid", "You already have a bid on this project (\(existing.lowercased)); edit that one.")
+            }
             let fields = try await Self.resolve(connection, content, project: project, submitting: false)
             let id: UUID
             do {
@@ -154,7 +156,7 @@ public struct BidService: Sendable {
                     RETURNING id
                     """).first!.decode(UUID.self, at: 0)
             } catch let error as PGError where error.isUniqueViolation {
-                throw DomainError.conflict("You already have a bid on this project; edit that one.")
+                throw DomainError.stateConflict(type: "duplicate-bid", "You already have a bid on this project; edit that one.")
             }
             let bid = try await Self.fetch(connection, id: id)
             try await AuditLog.record(connection, action: "bid.create", entityType: "bid", entityID: id.lowercased, before: nil,
@@ -404,7 +406,7 @@ public struct BidService: Sendable {
         return Bid(
             id: try row.decode(UUID.self, at: 0), authorityID: try row.decode(UUID.self, at: 1), projectID: try row.decode(UUID.self, at: 2),
             supplierID: try row.decode(UUID.self, at: 3), supplierName: try row.decode(String.self, at: 4),
-            status: BidStatus(rawValue: try row.decode(String.self, at: 5)) ?? .draft, pricePence: try row.decode(Int?.self, at: 6),
+            status: try storedEnum(try row.decode(String.self, at: 5), column: "bid.status"), pricePence: try row.decode(Int?.self, at: 6),
             approach: try row.decode(String.self, at: 7), outputs: try row.decode(String.self, at: 8),
             kpis: try decoder.decode([ProposedKPI].self, from: Data(try row.decode(String.self, at: 9).utf8)),
             socialValue: try decoder.decode([SocialValueCommitment].self, from: Data(try row.decode(String.self, at: 10).utf8)),

@@ -154,7 +154,7 @@ public struct CatalogueService: Sendable {
     static func decodeTheme(_ row: PGRow) throws -> Theme {
         let (id, authorityID, category, name, description, outcomes, retired) = try row.decode(
             UUID.self, UUID.self, String.self, String.self, String.self, String.self, Bool.self)
-        return Theme(id: id, authorityID: authorityID, category: ThemeCategory(rawValue: category) ?? .send, name: name,
+        return Theme(id: id, authorityID: authorityID, category: try storedEnum(category, column: "theme.category"), name: name,
                      description: description, exampleOutcomes: outcomes, retired: retired)
     }
 }

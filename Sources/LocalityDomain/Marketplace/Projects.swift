@@ -523,7 +523,7 @@ public struct ProjectService: Sendable {
             plannedStart: try row.decode(String?.self, at: 13), plannedEnd: try row.decode(String?.self, at: 14),
             contractManager: try row.decode(String.self, at: 15),
             evaluation: try evaluationText.map { try decoder.decode(EvaluationModel.self, from: Data($0.utf8)) },
-            status: ProjectStatus(rawValue: try row.decode(String.self, at: 17)) ?? .draft,
+            status: try storedEnum(try row.decode(String.self, at: 17), column: "project.status"),
             statusReason: try row.decode(String?.self, at: 18), version: try row.decode(Int.self, at: 19),
             publishedAt: try row.decode(Date?.self, at: 20), createdAt: try row.decode(Date.self, at: 21),
             updatedAt: try row.decode(Date.self, at: 22),

@@ -126,6 +126,7 @@ public struct MonitoringService: Sendable {
                   AND NOT EXISTS (SELECT 1 FROM kpi_return r WHERE r.authority_id = p.authority_id AND r.period_id = p.id)
                   AND NOT EXISTS (SELECT 1 FROM corrective_action_plan a WHERE a.authority_id = p.authority_id AND a.kpi_id = p.kpi_id
                                   AND a.status <> 'closed')
+                ON CONFLICT (authority_id, kpi_id) WHERE status <> 'closed' DO NOTHING
                 RETURNING contract_id
                 """).rowCount
             if opened > 0 {
@@ -227,8 +228,8 @@ public struct MonitoringService: Sendable {
                 periodID: try row.decode(UUID.self, at: 0), kpiID: try row.decode(UUID.self, at: 1), label: try row.decode(String.self, at: 2),
                 starts: try row.decode(String.self, at: 3), ends: try row.decode(String.self, at: 4), due: try row.decode(String.self, at: 5),
                 overdue: try row.decode(Bool.self, at: 6), late: try row.decode(Bool.self, at: 19), latest: latest, versions: version ?? 0,
-                computedRating: try row.decode(String?.self, at: 16).flatMap(RAGRating.init(rawValue:)),
-                overrideRating: try row.decode(String?.self, at: 17).flatMap(RAGRating.init(rawValue:)),
+                computedRating: try storedEnum(try row.decode(String?.self, at: 16), column: "kpi_return.computed_rating"),
+                overrideRating: try storedEnum(try row.decode(String?.self, at: 17), column: "rating_override.rating"),
                 overrideReason: try row.decode(String?.self, at: 18))
         }
     }
@@ -243,7 +244,10 @@ public struct MonitoringService: Sendable {
         if submission.value == nil { validator.text(submission.noActivityReason, "no_activity_reason", max: 2000) }
         try validator.throwIfInvalid()
         return try await database.transaction(scope) { connection in
-            let contract = try await ContractService.fetch(connection, id: contractID)
+            // The contract's row lock serialises the returns of a contract (and a return with the contract's
+            // completion): each return's version number and the corrective action plan it may open are
+            // decided after the previous return committed, so concurrent returns never collide.
+            let contract = try await ContractService.lockForParty(connection, try await ContractService.fetch(connection, id: contractID))
             guard contract.status == .active else { throw DomainError.conflict("Returns are made against an active contract.") }
             guard let period = try await Self.periods(connection, contractID: contractID).first(where: { $0.periodID == submission.periodID }) else {
                 throw DomainError.invalid("period_id", "is not a reporting period of this contract")
@@ -295,6 +299,7 @@ public struct MonitoringService: Sendable {
                     INSERT INTO corrective_action_plan (authority_id, contract_id, kpi_id, trigger)
                     SELECT \(contract.authorityID), \(contractID), \(period.kpiID), \(trigger)
                     WHERE NOT EXISTS (SELECT 1 FROM corrective_action_plan WHERE kpi_id = \(period.kpiID) AND status <> 'closed')
+                    ON CONFLICT (authority_id, kpi_id) WHERE status <> 'closed' DO NOTHING
                     """)
             }
             let status = after.first { $0.periodID == submission.periodID }!

@@ -87,7 +87,11 @@ public struct SchoolService: Sendable {
             guard try await connection.query("SELECT 1 FROM concern_category WHERE code = \(category)").first != nil else {
                 throw DomainError.invalid("category", "is not a concern category of this authority")
             }
-            if before.concern != nil { throw DomainError.conflict("The school is already causing concern; clear it first.") }
+            // A concurrent mark may pass this check too: the unique index school_concern_open then refuses the
+            // second, translated to the same 409 (ConstraintTranslation).
+            if before.concern != nil {
+                throw DomainError.stateConflict(type: "already-causing-concern", "The school is already causing concern; clear it first.")
+            }
             try await connection.query("""
                 INSERT INTO school_concern (authority_id, urn, category, reason, since, recorded_by)
                 VALUES (app_authority_id(), \(urn), \(category), \(reason), \(since)::date, current_setting('app.actor'))
@@ -109,9 +113,11 @@ public struct SchoolService: Sendable {
             let before = try await Self.fetch(connection, urn: urn)
             guard let concern = before.concern else { throw DomainError.conflict("The school is not causing concern.") }
             if date < concern.since { throw DomainError.invalid("cleared_on", "must not be before the concern began (\(concern.since))") }
-            try await connection.query("""
-                UPDATE school_concern SET cleared_on = \(date)::date, clear_reason = \(reason) WHERE id = \(concern.id)
-                """)
+            // Conditional, so that of two concurrent clears only one records its date and reason.
+            let cleared = try await connection.query("""
+                UPDATE school_concern SET cleared_on = \(date)::date, clear_reason = \(reason) WHERE id = \(concern.id) AND cleared_on IS NULL
+                """).affectedRows
+            guard cleared == 1 else { throw DomainError.stateConflict(type: "concern-cleared", "The concern was cleared at the same time.") }
             let after = try await Self.fetch(connection, urn: urn)
             try await AuditLog.record(connection, action: "school.concern_cleared", entityType: "school", entityID: String(urn),
                                       before: before, after: after)

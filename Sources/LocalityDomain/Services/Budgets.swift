@@ -157,7 +157,7 @@ public struct BudgetService: Sendable {
                 UUID.self, Int.self, UUID.self, String.self, UUID.self, String.self, String.self, Int.self, String.self,
                 String.self, String.self, Date.self)
             return LedgerEntry(id: id, seq: seq, boardID: boardID, financialYear: year, fundingStreamID: streamID,
-                               fundingStreamCode: code, kind: LedgerEntryKind(rawValue: kind) ?? .allocation, amountPence: amount,
+                               fundingStreamCode: code, kind: try storedEnum(kind, column: "budget_ledger.kind"), amountPence: amount,
                                reference: reference, actor: actor, reason: reason, createdAt: createdAt)
         }
     }

@@ -120,7 +120,7 @@ public struct TokenService: Sendable {
             }
             return Principal(
                 userID: userID, tokenID: tokenID, displayName: displayName, email: email, authorityID: authorityID,
-                supplierID: supplierID, roles: Set(roles.compactMap(Role.init(rawValue:))), boardIDs: boardIDs)
+                supplierID: supplierID, roles: Set(try roles.map { try storedEnum($0, column: "role_assignment.role", as: Role.self) }), boardIDs: boardIDs)
         }
     }
 

@@ -8,6 +8,9 @@ public enum DomainError: Error, Sendable, Equatable, CustomStringConvertible {
     case unauthenticated(String)
     case invalid([FieldIssue])
     case conflict(String)
+    /// A conflict the client can tell apart by its problem `type` (`/problems/<type>`): a lost race or a
+    /// duplicate, e.g. `duplicate-return`, `already-submitted`. 409 unless `status` says otherwise (422).
+    case stateConflict(type: String, String, status: Int = 409)
     /// A ledger entry would take a budget's available amount below zero.
     case insufficientFunds(String)
     /// The client edited from a stale version (`If-Match` did not match).
@@ -22,7 +25,8 @@ public enum DomainError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .notFound(let what): "\(what) not found"
-        case .forbidden(let detail), .unauthenticated(let detail), .conflict(let detail), .insufficientFunds(let detail):
+        case .forbidden(let detail), .unauthenticated(let detail), .conflict(let detail), .insufficientFunds(let detail),
+             .stateConflict(_, let detail, _):
             detail
         case .invalid(let issues): issues.map { "\($0.field): \($0.message)" }.joined(separator: "; ")
         case .preconditionFailed(let version): "the resource has changed (now version \(version)); fetch it and retry"

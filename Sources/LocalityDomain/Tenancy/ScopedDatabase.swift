@@ -63,14 +63,65 @@ enum ConstraintTranslation {
             return .conflict("The entry would release more than is committed.")
         case "budget_spent_within_committed":
             return .conflict("Spend would exceed the amount committed.")
+        // Raised by SQL functions and triggers (RAISE … USING CONSTRAINT) for a state the change no longer fits.
+        case "contract_variation_decided":
+            return .stateConflict(type: "variation-decided", "The variation has already been decided.")
+        case "contract_variation_contract_active":
+            return .conflict("Variations apply to active contracts; this contract is no longer active.")
+        case "kpi_negotiation_closed":
+            return .stateConflict(type: "negotiation-closed",
+                                  "The contract's KPIs are no longer under negotiation (it has started or ended); propose a variation.")
+        case "project_deadline_not_earlier":
+            return .invalid("bid_deadline", "a published project's deadline can only be extended, never brought forward")
         case "board_name_unique":
             return .conflict("A board with this name already exists in the authority.")
         case "board_short_code_unique":
             return .conflict("A board with this short code already exists in the authority.")
         case "app_user_staff_email", "app_user_supplier_email":
-            return .conflict("A user with this email already exists.")
+            return .stateConflict(type: "duplicate-email", "A user with this email already exists.")
         case "authority_slug_key":
             return .conflict("An authority with this slug already exists.")
+        // Unique keys a repeated or concurrent request can hit (issue 12): each loser hears what happened, with a
+        // problem type of its own. Where the service can, it serialises first (row locks, ON CONFLICT); these
+        // remain for whatever still races.
+        case "supplier_companies_house_unique":
+            return .stateConflict(type: "duplicate-registration", "An organisation with this Companies House number is already registered.")
+        case "supplier_charity_unique":
+            return .stateConflict(type: "duplicate-registration", "An organisation with this charity number is already registered.")
+        case "supplier_admission_pkey":
+            return .stateConflict(type: "duplicate-application", "Your organisation has already applied to this authority.")
+        case "theme_name_unique":
+            return .stateConflict(type: "duplicate-theme", "A theme with this name already exists in the authority.")
+        case "social_value_measure_code_unique":
+            return .stateConflict(type: "duplicate-measure", "A social value measure with this code already exists in the authority.")
+        case "funding_stream_code_unique":
+            return .stateConflict(type: "duplicate-funding-stream", "A funding stream with this code already exists in the authority.")
+        case "bid_one_per_supplier":
+            return .stateConflict(type: "duplicate-bid", "Your organisation already has a bid on this project; edit that one.")
+        case "evaluation_panel_member_pkey":
+            return .stateConflict(type: "panel-changed", "The panel was changed at the same time; reload it and try again.")
+        case "conflict_declaration_pkey":
+            return .stateConflict(type: "already-declared", "You have already declared for this supplier; declarations are final.")
+        case "scorecard_pkey":
+            return .stateConflict(type: "scores-changed", "Your scores for this bid were being saved at the same time; reload them and try again.")
+        case "contract_one_per_project":
+            return .stateConflict(type: "already-awarded", "The project has already been awarded.")
+        case "kpi_revision_unique":
+            return .stateConflict(type: "stale-revision", "Someone proposed a revision of this KPI at the same time; review the latest and try again.")
+        case "kpi_acceptance_pkey":
+            return .stateConflict(type: "already-accepted", "You have already accepted this revision.")
+        case "kpi_return_version_unique":
+            return .stateConflict(type: "duplicate-return", "Another return for this period was saved at the same time; reload the period and try again.")
+        case "corrective_action_plan_live":
+            return .stateConflict(type: "plan-in-progress", "A corrective action plan for this KPI is already in progress.")
+        case "school_concern_open":
+            return .stateConflict(type: "already-causing-concern", "The school is already causing concern; clear it first.")
+        case "school_board_rule_pkey", "school_board_override_pkey":
+            return .stateConflict(type: "duplicate-mapping", "The same district (or school) is mapped twice; give each once.")
+        case "concern_category_pkey":
+            return .stateConflict(type: "duplicate-category", "A concern category with this code already exists.")
+        case "role_assignment_unique":
+            return .invalid("roles", "names the same role (and board) twice")
         case "role_assignment_one_board_member":
             return .invalid("roles", "a board member sits on exactly one board")
         case "role_assignment_authority_id_board_id_fkey":

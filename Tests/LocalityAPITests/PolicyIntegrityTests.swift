@@ -1,0 +1,113 @@
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import LocalityAPI
+import LocalityDomain
+import LocalityPostgres
+import PostgresTestSupport
+import Testing
+
+/// Issue 12, findings 8 and 9: row-level security agrees with the service, and the smaller holes.
+@Suite("Policies and smaller holes")
+struct PolicyIntegrityTests {
+    /// Runs `body` as the application role under `scope`'s context (set_config, as every request does):
+    /// what row-level security alone lets that role see or do.
+    static func asRole<R: Sendable>(_ world: World, _ scope: AccessScope, _ body: (PGConnection) async throws -> R) async throws -> R {
+        try await world.database.withPool(conninfo: world.database.applicationConninfo, maxConnections: 1) { pool in
+            try await pool.withTransaction { connection in
+                try await ScopedDatabase.setContext(scope, on: connection)
+                return try await body(connection)
+            }
+        }
+    }
+
+    static func staff(_ world: World, _ role: Role) -> AccessScope {
+        let user = world.a.users[role]!
+        return AccessScope(authorityID: world.a.authority.id, userID: user.id, roles: [role],
+                           boardIDs: role.isBoardScoped ? [world.a.boards[0].id] : [], actor: "user:\(lower(user.id))")
+    }
+
+    /// Pins: once the LIM publishes an answer, board members (and the HoSI and admin) see the question,
+    /// anonymised, through the API and under row-level security alone; unpublished questions stay hidden
+    /// from them. On main the policy let no board member see any, so the API answered {"items": []}.
+    @Test func boardStaffSeePublishedQuestionsAnonymised() async throws {
+        let world = try await World.make()
+        let project = lower(world.market.openWithDraft)
+        let app = try await buildApplication(testConfiguration(world.database))
+        try await app.test(.live) { client in
+            let answered = try await client.call(.post, "/v1/projects/\(project)/questions/\(lower(world.market.question))/answer",
+                                                 token: world.token(.lim, of: world.a), body: ["answer": "Yes, at the usual rates.", "publish": true])
+            #expect(answered.status == .ok, "\(answered.jsonObject)")
+            let unpublished = try await client.call(.post, "/v1/projects/\(project)/questions", token: world.supplierToken,
+                                                    body: ["question": "Is parking available?"])
+            #expect(unpublished.status == .created, "\(unpublished.jsonObject)")
+            for role in [Role.boardMember, .hosi, .authorityAdmin] {
+                let seen = try await client.call(.get, "/v1/projects/\(project)/questions", token: world.token(role, of: world.a))
+                #expect(seen.items.count == 1, "\(role): \(seen.items)")
+                #expect(seen.items.first?["answer"] as? String == "Yes, at the usual rates.")
+                #expect(seen.items.first?["supplier_id"] as? String == nil && seen.items.first?["supplier_name"] as? String == nil,
+                        "\(role) sees the asker")
+            }
+        }
+        for role in [Role.boardMember, .hosi, .authorityAdmin] {
+            let visible = try await Self.asRole(world, Self.staff(world, role)) { connection in
+                try await connection.query("""
+                    SELECT count(*) FILTER (WHERE published_at IS NOT NULL), count(*) FROM clarification WHERE project_id = \(world.market.openWithDraft)
+                    """).first!.decode(Int.self, Int.self)
+            }
+            #expect(visible == (1, 1), "\(role) under RLS sees (published, all) = \(visible)")
+        }
+        // The board's LIM still sees both, the asker's organisation included.
+        let lim = try await Self.asRole(world, Self.staff(world, .lim)) { connection in
+            try await connection.query("SELECT count(*) FROM clarification WHERE project_id = \(world.market.openWithDraft)").first!.decode(Int.self, at: 0)
+        }
+        #expect(lim == 2)
+    }
+
+    /// Pins: the LIM cannot move a published project's deadline earlier through its row policy (on main it
+    /// could, closing the project at once and unsealing its bids); moving it later is still allowed.
+    @Test func aPublishedDeadlineCannotBeBroughtForward() async throws {
+        let world = try await World.make()
+        let lim = Self.staff(world, .lim)
+        do {
+            try await Self.asRole(world, lim) { connection in
+                try await connection.query("UPDATE project SET bid_deadline = now() - interval '1 hour' WHERE id = \(world.market.openWithSubmitted)")
+            }
+            Issue.record("the deadline was brought forward")
+        } catch let error as PGError {
+            #expect(error.constraint == "project_deadline_not_earlier", "\(error)")
+        }
+        let moved = try await Self.asRole(world, lim) { connection in
+            try await connection.query("""
+                UPDATE project SET bid_deadline = bid_deadline + interval '1 day' WHERE id = \(world.market.openWithSubmitted) RETURNING id
+                """).rowCount
+        }
+        #expect(moved == 1)
+        // Drafts are free to change.
+        try await Self.asRole(world, lim) { connection in
+            try await connection.query("UPDATE project SET bid_deadline = now() - interval '1 day' WHERE id = \(world.market.draft)")
+        }
+    }
+
+    /// Pins: a stored value the code does not know fails the read, naming the column, instead of reading as
+    /// a default (on main an unknown rating read as "no rating").
+    @Test func anUnknownStoredEnumValueFailsTheRead() async throws {
+        let world = try await World.make()
+        try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+            try await connection.query("""
+                INSERT INTO kpi_return (authority_id, period_id, version, actual, computed_rating, submitted_by)
+                SELECT authority_id, period_id, 99, 1, 'purple', 'test' FROM kpi_return WHERE period_id = \(world.market.activePeriod) LIMIT 1
+                """)
+        }
+        let supplier = AccessScope(authorityID: nil, supplierID: world.supplierID, userID: world.supplierUserID, roles: [.supplierUser],
+                                   boardIDs: [], actor: "test")
+        do {
+            let periods = try await world.database.withPool(conninfo: world.database.applicationConninfo, maxConnections: 1) { pool in
+                try await MonitoringService(database: ScopedDatabase(pool: pool)).periods(supplier, contractID: world.market.active)
+            }
+            Issue.record("read an unknown rating as \(String(describing: periods.first { $0.periodID == world.market.activePeriod }?.computedRating))")
+        } catch let error as PGError {
+            #expect(error.kind == .decoding && error.column == "kpi_return.computed_rating", "\(error)")
+        }
+    }
+}
