@@ -34,7 +34,7 @@ let raceOutcomes: [String: RaceOutcome] = [
     "revokeToken": .idempotent,                     // revoking a revoked token changes nothing (204 again)
     // Suppliers and admission.
     "registerSupplier": .oneWinsWith409,            // the Companies House number and the user's email are unique
-    "applyForAdmission": .oneWinsWith409,           // one application per authority
+    "applyForAdmission": .allSucceed,               // one application per authority; while pending it may be resubmitted
     "decideAdmission": .oneWinsWith409,             // decided once
     // Catalogue.
     "createTheme": .oneWinsWith409,                 // theme names are unique in the authority
@@ -64,7 +64,7 @@ let raceOutcomes: [String: RaceOutcome] = [
     // Contracts.
     "addContractKPI": .allSucceed,                  // each call adds a KPI
     "reviseContractKPI": .allSucceed,               // each call is a further revision, one after another
-    "acceptContractKPI": .oneWinsWith409,           // the party has accepted that revision already
+    "acceptContractKPI": .idempotent,               // accepting a revision already accepted changes nothing
     "startContract": .oneWinsWith409,
     "proposeVariation": .allSucceed,
     "decideVariation": .oneWinsWith409,
@@ -93,8 +93,8 @@ let raceOutcomes: [String: RaceOutcome] = [
 /// and every contract's commitment is accounted for (`ledger_verify()`).
 func expectLedgerInvariant(_ database: TestDatabase, _ context: String = "", sourceLocation: SourceLocation = #_sourceLocation) async throws {
     try await PGConnection.withConnection(.init(conninfo: database.superuserConninfo, applicationName: "invariant")) { connection in
-        let problems = try await connection.query("SELECT subject, problem FROM ledger_verify()").map {
-            "\(try $0.decode(String.self, at: 0)): \(try $0.decode(String.self, at: 1))"
+        let problems = try await connection.query("SELECT subject, subject_id, problem FROM ledger_verify()").map {
+            "\(try $0.decode(String.self, at: 0)) \(try $0.decode(String.self, at: 1)): \(try $0.decode(String.self, at: 2))"
         }
         #expect(problems.isEmpty, "ledger invariant broken \(context): \(problems)", sourceLocation: sourceLocation)
     }

@@ -456,8 +456,12 @@ public struct ContractService: Sendable {
             }
             try await body(connection, party, current)
             let after = try await Self.fetch(connection, id: contractID)
-            try await AuditLog.record(connection, action: action, entityType: "contract", entityID: contractID.lowercased,
-                                      before: ["kpis": current.kpis], after: ["kpis": after.kpis])
+            // A move that changed nothing (accepting a revision already accepted) answers like the first and is
+            // not audited again.
+            if after.kpis != current.kpis {
+                try await AuditLog.record(connection, action: action, entityType: "contract", entityID: contractID.lowercased,
+                                          before: ["kpis": current.kpis], after: ["kpis": after.kpis])
+            }
             return after
         }
     }
