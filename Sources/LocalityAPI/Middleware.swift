@@ -85,13 +85,16 @@ struct BodyLimitMiddleware<Context: RequestContext>: RouterMiddleware {
 ///
 /// - `HEAD` (routed wherever `GET` is, see `RecordingTransport`) gets GET's headers, its length, no body;
 /// - `ETag` is the quoted entity tag (`"v3"`): the generated layer writes header values URI-encoded
-///   (`%22v3%22`), which no client compares correctly;
+///   (`%22v3%22`), which no client compares correctly (`Location` likewise, `/` as `%2F`);
 /// - every 503 says when to come back (`Retry-After`), including readiness and database problems.
 struct HTTPConventionsMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var response = try await next(request, context)
-        if let tag = response.headers[.eTag], tag.contains("%"), let decoded = tag.removingPercentEncoding {
-            response.headers[.eTag] = decoded
+        // Only the headers the generated layer writes (a client's X-Request-Id may hold a literal `%`).
+        for name in [HTTPField.Name.eTag, .location] {
+            if let value = response.headers[name], value.contains("%"), let decoded = value.removingPercentEncoding {
+                response.headers[name] = decoded
+            }
         }
         if response.status == .serviceUnavailable, response.headers[.retryAfter] == nil {
             response.headers[.retryAfter] = APIProblem.retryAfterSeconds

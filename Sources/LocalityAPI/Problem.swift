@@ -304,9 +304,9 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         case "55P03", "57014":
             logger.warning("database timeout", metadata: metadata)
             return .unavailable("busy", "The database is busy and the request timed out; retry shortly.")
-        case "42501":
-            // Row-level security (or a missing grant) refused a write the service let through: the caller
-            // may not make this change.
+        case "42501" where error.message.contains("row-level security"):
+            // Row-level security refused a write the service let through: the caller may not make this
+            // change. (A missing grant, the other 42501, is a deployment bug: it stays a 500.)
             logger.warning("database refused the caller", metadata: metadata)
             return APIProblem(status: .forbidden, type: APIProblem.typeURI("forbidden"), title: "Forbidden",
                               detail: "You may not make this change.")

@@ -60,6 +60,7 @@ struct OperationsTests {
             #expect(response.status == .serviceUnavailable)
             #expect(response.headers[.contentType]?.hasPrefix("application/problem+json") == true)
             #expect(try json(response.body)["status"] as? Int == 503)
+            #expect(response.headers[.retryAfter] != nil)
         }
     }
 
