@@ -131,11 +131,11 @@ struct RequestContentMiddleware<Context: RequestContext>: RouterMiddleware {
         var body = request.body
         var bytes: [UInt8] = []
         let query = request.uri.queryParameters.map { (key: String($0.key), value: String($0.value)) }
-        if let template = routes.template(forPath: request.uri.path, method: request.method),
-            let problem = parameters.problem(method: request.method, template: template, path: request.uri.path, query: query) {
+        let template = routes.template(forPath: request.uri.path, method: request.method)
+        if let template, let problem = parameters.problem(method: request.method, template: template, path: request.uri.path, query: query) {
             throw problem
         }
-        if routes.methods(forPath: request.uri.path).contains(request.method), request.method != .get, request.method != .head {
+        if template != nil, request.method != .get, request.method != .head {
             var collecting = request
             let buffer = try await collecting.collectBody(upTo: maxBytes)
             body = collecting.body

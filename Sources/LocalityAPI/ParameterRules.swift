@@ -133,6 +133,8 @@ struct ParameterRules: Sendable {
         case .boolean:
             return value == "true" || value == "false" ? nil : "must be true or false"
         case .string:
+            // As in bodies (JSONBodyCheck): PostgreSQL cannot store it, and the C client would cut the text there.
+            if value.unicodeScalars.contains("\0") { return "must not contain the NUL character (U+0000)" }
             if let allowed = parameter.allowed, !allowed.contains(value) {
                 return "must be one of: \(allowed.joined(separator: ", "))"
             }

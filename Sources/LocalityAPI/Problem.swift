@@ -201,6 +201,7 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
                                   detail: "The request has invalid fields.", fieldErrors: [.init(field: "body", message: invalid.description)])
             }
             if let problem = parameterProblem(error, request: request, context: context) { return problem }
+            if error.httpStatus == .unsupportedMediaType { return .unsupportedMediaType }
             if let decodingError = Self.decodingError(in: error.underlyingError) { return .decoding(decodingError) }
             if error.causeDescription.contains("decod") || (400..<500).contains(error.httpStatus.code) {
                 return APIProblem(

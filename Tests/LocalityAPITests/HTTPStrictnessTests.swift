@@ -93,6 +93,7 @@ struct HTTPStrictnessTests {
                 ("/v1/schools/not-a-number/spip", "urn"),
                 ("/v1/boards?limit=many", "limit"),
                 ("/v1/opportunities?closing_before=2025-02-30T12:00:00Z", "closing_before"),
+                ("/v1/projects?q=a%00b", "q"),
             ]
             for (uri, parameter) in cases {
                 let response = try await client.call(.get, uri, token: admin)
