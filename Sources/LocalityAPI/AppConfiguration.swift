@@ -19,6 +19,12 @@ public struct AppConfiguration: Sendable {
     public var seedDemo = false
     /// Public supplier registrations allowed per client address per hour.
     public var registrationsPerHour = 10
+    /// `/metrics` is served on its own listener, never on the API port (its counters are operational data,
+    /// and per-route counts would reveal activity on sealed tenders). Loopback by default.
+    public var metricsHost = "127.0.0.1"
+    /// The metrics listener's port; nil serves no metrics, 0 picks a free port (tests).
+    /// (`locality-server` listens on 9464 unless told otherwise; `--metrics-port 0` turns it off.)
+    public var metricsPort: Int?
 
     public init(
         host: String = "127.0.0.1",

@@ -28,6 +28,7 @@ public func buildApplication(
     _ configuration: AppConfiguration,
     logger: Logger? = nil,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
+    onMetricsServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
     onDemoSeeded: @Sendable (DemoSeed.Result?) -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
     var logger = logger ?? Logger(label: "locality-server")
@@ -81,21 +82,35 @@ public func buildApplication(
     router.add(middleware: RequestIDMiddleware())
     router.add(middleware: HTTPMetricsMiddleware(factory: metricsFactory))
     router.add(middleware: NoStoreMiddleware())
+    router.add(middleware: HTTPConventionsMiddleware())
     router.add(middleware: ProblemMiddleware(routes: routes))
     router.add(middleware: BodyLimitMiddleware(maxBytes: configuration.maxRequestBodyBytes))
     let domain = DomainServices(database: ScopedDatabase(pool: pool))
     router.add(middleware: RegistrationRateLimitMiddleware(limiter: RegistrationRateLimiter(perHour: configuration.registrationsPerHour)))
     router.add(middleware: AuthenticationMiddleware(tokens: domain.tokens, routes: routes))
+    let parameterRules: ParameterRules
+    do {
+        parameterRules = try ParameterRules(document: String(decoding: OpenAPIDocument.bytes, as: UTF8.self))
+    } catch {
+        logger.error("cannot read the OpenAPI document's parameters; the generated layer alone checks them", metadata: ["error": "\(error)"])
+        parameterRules = .empty
+    }
+    router.add(middleware: RequestContentMiddleware(routes: routes, parameters: parameterRules, maxBytes: configuration.maxRequestBodyBytes))
     let handlers = APIHandlers(pool: pool, migrator: migrator, registry: registry, services: domain)
     // Compact JSON (the runtime's default also pretty-prints) with keys still sorted, so output stays stable.
     let openAPIConfiguration = Configuration(dateTranscoder: InternetDateTranscoder(), jsonEncodingOptions: [.sortedKeys])
-    try handlers.registerHandlers(on: RecordingTransport(router: router, table: routes), configuration: openAPIConfiguration)
+    try handlers.registerHandlers(
+        on: RecordingTransport(router: router, table: routes, excluded: [MetricsServer.path]), configuration: openAPIConfiguration)
 
-    // Services stop in reverse order: the server first (finishing in-flight requests), then the pool,
+    // Services stop in reverse order: the servers first (finishing in-flight requests), then the pool,
     // then the embedded cluster.
     var services: [any Service] = []
     if let embedded = endpoints.embedded { services.append(embedded) }
     services.append(pool)
+    if let metricsPort = configuration.metricsPort {
+        services.append(MetricsServer.application(
+            registry: registry, host: configuration.metricsHost, port: metricsPort, logger: logger, onServerRunning: onMetricsServerRunning))
+    }
     return Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),

@@ -47,10 +47,21 @@ struct DomainServices: Sendable {
     }
 }
 
-/// Path ids that are not UUIDs name nothing: 404, like any other missing resource.
+/// A path id that is not a UUID is a malformed request (400 naming the path parameter), not a missing resource.
 func pathID(_ text: String, _ what: String) throws -> UUID {
-    guard let id = UUID(uuidString: text) else { throw DomainError.notFound(what) }
+    guard let id = UUID(uuidString: text) else { throw APIProblem.invalidParameter(pathParameterName(what), "must be a UUID") }
     return id
+}
+
+/// The path parameter that holds the id of `what` (the names handlers pass to `pathID`).
+func pathParameterName(_ what: String) -> String {
+    switch what {
+    case "KPI": "kpi_id"
+    case "reporting period": "period_id"
+    case "school contract": "contract_id"
+    case "admission": "supplier_id"
+    default: "\(what.replacingOccurrences(of: " ", with: "_"))_id"
+    }
 }
 
 /// A UUID in a request body: 422 naming the field when malformed.

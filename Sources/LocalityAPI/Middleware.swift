@@ -4,6 +4,8 @@ import Hummingbird
 import LocalityPostgres
 import Logging
 import Metrics
+import NIOCore
+import OpenAPIRuntime
 
 /// Per-request facts handlers may need (the request id for problems and, later, audit events).
 struct RequestInfo: Sendable {
@@ -58,7 +60,8 @@ struct HTTPMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// Refuses bodies over the limit with 413 before any handler reads them.
+/// Refuses bodies over the limit with 413 before any handler reads them, whether the size was declared
+/// (`Content-Length`) or only found while reading (chunked transfer coding).
 struct BodyLimitMiddleware<Context: RequestContext>: RouterMiddleware {
     let maxBytes: Int
 
@@ -68,9 +71,143 @@ struct BodyLimitMiddleware<Context: RequestContext>: RouterMiddleware {
         }
         var request = request
         if request.method != .get && request.method != .head {
-            _ = try await request.collectBody(upTo: maxBytes)
+            do {
+                _ = try await request.collectBody(upTo: maxBytes)
+            } catch is NIOTooManyBytesError {
+                throw APIProblem.tooLarge(limit: maxBytes)
+            }
         }
         return try await next(request, context)
+    }
+}
+
+/// What every response owes HTTP, whoever produced it (a handler, the generated layer or a problem):
+///
+/// - `HEAD` (routed wherever `GET` is, see `RecordingTransport`) gets GET's headers, its length, no body;
+/// - `ETag` is the quoted entity tag (`"v3"`): the generated layer writes header values URI-encoded
+///   (`%22v3%22`), which no client compares correctly (`Location` likewise, `/` as `%2F`);
+/// - every 503 says when to come back (`Retry-After`), including readiness and database problems.
+struct HTTPConventionsMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var response = try await next(request, context)
+        // Only the headers the generated layer writes (a client's X-Request-Id may hold a literal `%`).
+        for name in [HTTPField.Name.eTag, .location] {
+            if let value = response.headers[name], value.contains("%"), let decoded = value.removingPercentEncoding {
+                response.headers[name] = decoded
+            }
+        }
+        if response.status == .serviceUnavailable, response.headers[.retryAfter] == nil {
+            response.headers[.retryAfter] = APIProblem.retryAfterSeconds
+        }
+        if request.method == .head {
+            let length = response.body.contentLength ?? response.headers[.contentLength].flatMap(Int.init)
+            response.body = ResponseBody()
+            response.headers[.contentLength] = length.map(String.init)
+        }
+        return response
+    }
+}
+
+/// The request side of the contract, checked before the generated layer sees the request (it would answer
+/// these with 500s, after running the handler, or accept them silently):
+///
+/// - `Accept` is set aside: every operation answers in exactly one media type (and errors in
+///   `application/problem+json`), so the answer is in the only type there is, as RFC 9110 §12.5.1 allows.
+///   (The generated layer checks `Accept` only after the handler has run: a committed write answered 500.)
+/// - A body must be JSON (`application/json`, optionally `; charset=utf-8`, or `application/<x>+json`);
+///   anything else, or no `Content-Type` at all, is 415.
+/// - Query and path parameters match the document's declarations (`ParameterRules`): 400 naming them.
+/// - The body passes `JSONBodyCheck` (duplicate keys 400; NUL and explicit `null` 422).
+/// - A timestamp the strict parser refuses (`InternetDateTranscoder.InvalidDateTime`) is named: 422 with the
+///   body field that holds it, or 400 with the query parameter.
+struct RequestContentMiddleware<Context: RequestContext>: RouterMiddleware {
+    let routes: RouteTable
+    let parameters: ParameterRules
+    let maxBytes: Int
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var head = request.head
+        head.headerFields[.accept] = nil
+        var body = request.body
+        var bytes: [UInt8] = []
+        let query = request.uri.queryParameters.map { (key: String($0.key), value: String($0.value)) }
+        let template = routes.template(forPath: request.uri.path, method: request.method)
+        if let template, let problem = parameters.problem(method: request.method, template: template, path: request.uri.path, query: query) {
+            throw problem
+        }
+        if template != nil, request.method != .get, request.method != .head {
+            var collecting = request
+            let buffer = try await collecting.collectBody(upTo: maxBytes)
+            body = collecting.body
+            bytes = Array(buffer.readableBytesView)
+            if !bytes.isEmpty {
+                guard Self.isJSON(request.headers[.contentType]) else { throw APIProblem.unsupportedMediaType }
+                // The generated layer matches `application/json` exactly.
+                head.headerFields[.contentType] = "application/json"
+                try Self.check(bytes)
+            }
+        }
+        do {
+            return try await RequestPreconditions.$ifMatch.withValue(request.headers[.ifMatch]) {
+                try await next(Request(head: head, body: body), context)
+            }
+        } catch let error as ServerError {
+            guard let invalid = error.underlyingError as? InternetDateTranscoder.InvalidDateTime else { throw error }
+            throw Self.problem(invalid, body: bytes, query: query)
+        }
+    }
+
+    /// `application/json` or `application/<anything>+json`, in UTF-8 (the only charset JSON has, RFC 8259).
+    static func isJSON(_ contentType: String?) -> Bool {
+        guard let contentType else { return false }
+        let parts = contentType.split(separator: ";", omittingEmptySubsequences: false)
+        let mediaType = parts[0].trimmingCharacters(in: .whitespaces).lowercased()
+        guard mediaType == "application/json" || (mediaType.hasPrefix("application/") && mediaType.hasSuffix("+json")) else {
+            return false
+        }
+        for parameter in parts.dropFirst() {
+            let pair = parameter.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+            if pair.first == "charset", pair.count == 2, pair[1].trimmingCharacters(in: CharacterSet(charactersIn: "\"")) != "utf-8" {
+                return false
+            }
+        }
+        return true
+    }
+
+    static func check(_ bytes: [UInt8]) throws {
+        let findings = JSONBodyCheck.findings(in: bytes)
+        let duplicates = findings.compactMap { finding -> APIProblem.FieldError? in
+            guard case .duplicateKey(let field) = finding else { return nil }
+            return APIProblem.FieldError(field: field, message: "appears more than once")
+        }
+        if !duplicates.isEmpty {
+            throw APIProblem(
+                status: .badRequest, type: APIProblem.typeURI("duplicate-key"), title: "Bad Request",
+                detail: "The request body names a key twice in one object; send each key once.", fieldErrors: duplicates)
+        }
+        let issues = findings.compactMap { finding -> APIProblem.FieldError? in
+            switch finding {
+            case .duplicateKey: nil
+            case .nul(let field): APIProblem.FieldError(field: field, message: "must not contain the NUL character (U+0000)")
+            case .null(let field): APIProblem.FieldError(field: field, message: "must not be null; leave the field out instead")
+            }
+        }
+        if !issues.isEmpty {
+            throw APIProblem(
+                status: .unprocessableContent, type: APIProblem.typeURI("validation"), title: "Unprocessable Content",
+                detail: "The request has invalid fields.", fieldErrors: issues)
+        }
+    }
+
+    static func problem(_ invalid: InternetDateTranscoder.InvalidDateTime, body: [UInt8], query: [(key: String, value: String)]) -> APIProblem {
+        let fields = JSONBodyCheck.fields(holding: invalid.text, in: body)
+        if fields.isEmpty, let parameter = query.first(where: { $0.value == invalid.text })?.key {
+            return .invalidParameter(parameter, invalid.description)
+        }
+        return APIProblem(
+            status: .unprocessableContent, type: APIProblem.typeURI("validation"), title: "Unprocessable Content",
+            detail: "The request has invalid fields.",
+            fieldErrors: (fields.isEmpty ? ["body"] : fields).map { APIProblem.FieldError(field: $0, message: invalid.description) })
     }
 }
 

@@ -1,4 +1,9 @@
 import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
 import LocalityDomain
 import LocalityPostgres
 import OpenAPIRuntime
@@ -33,12 +38,35 @@ struct APIHandlers: APIProtocol {
         return .ok(.init(body: .json(.init(status: .ready, migrations: migrator.migrations.count))))
     }
 
+    /// Never routed on the API port (`RecordingTransport` excludes `/metrics`; `MetricsServer` serves it on
+    /// its own listener). Kept only while the document still declares the operation.
     func getMetrics(_ input: Operations.GetMetrics.Input) async throws -> Operations.GetMetrics.Output {
-        .ok(.init(body: .plainText(HTTPBody(registry.emitToBuffer()))))
+        throw APIProblem.notFound(MetricsServer.path)
     }
 
     func getOpenAPIDocument(_ input: Operations.GetOpenAPIDocument.Input) async throws -> Operations.GetOpenAPIDocument.Output {
         .ok(.init(body: .yaml(HTTPBody(OpenAPIDocument.bytes))))
+    }
+}
+
+/// Prometheus metrics on a listener of their own, loopback by default (`--metrics-host`, `--metrics-port`):
+/// the public reaching the API port cannot read them. Plain Hummingbird, outside the OpenAPI contract.
+enum MetricsServer {
+    static let path = "/metrics"
+
+    static func application(
+        registry: PrometheusCollectorRegistry, host: String, port: Int, logger: Logger,
+        onServerRunning: @escaping @Sendable (any Channel) async -> Void
+    ) -> some Service {
+        let router = Router()
+        router.get(RouterPath(path)) { _, _ in
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
+        }
+        return Application(
+            router: router, configuration: .init(address: .hostname(host, port: port), serverName: nil),
+            onServerRunning: onServerRunning, logger: logger)
     }
 }
 

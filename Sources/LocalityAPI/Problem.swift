@@ -122,6 +122,22 @@ init(
                           detail: "The request body does not match the schema.", fieldErrors: [issue])
     }
 
+    /// A query, path or header parameter that is missing or malformed: 400 naming it in `errors[].field`.
+    static func invalidParameter(_ name: String, _ message: String) -> APIProblem {
+        APIProblem(status: .badRequest, type: typeURI("invalid-parameter"), title: "Bad Request",
+                   detail: "The parameter \(name) \(message).", fieldErrors: [FieldError(field: name, message: message)])
+    }
+
+    /// Seconds a client should wait after a 503: pool waits and lock timeouts are seconds long.
+    static let retryAfterSeconds = "2"
+
+    /// A 503 that says when to come back.
+    static func unavailable(_ slug: String, _ detail: String) -> APIProblem {
+        var headers = HTTPFields()
+        headers[.retryAfter] = retryAfterSeconds
+        return APIProblem(status: .serviceUnavailable, type: typeURI(slug), title: "Service Unavailable", detail: detail, headers: headers)
+    }
+
     static let unsupportedMediaType = APIProblem(
         status: .unsupportedMediaType, type: typeURI("unsupported-media-type"), title: "Unsupported Media Type",
         detail: "Send the request body as application/json.")
@@ -130,9 +146,7 @@ init(
         status: .internalServerError, type: typeURI("internal"), title: "Internal Server Error",
         detail: "Something went wrong on our side. Quote the request id when reporting it.")
 
-    static let databaseUnavailable = APIProblem(
-        status: .serviceUnavailable, type: typeURI("database-unavailable"), title: "Service Unavailable",
-        detail: "The database is unavailable or busy; retry shortly.")
+    static let databaseUnavailable = unavailable("database-unavailable", "The database is unavailable or busy; retry shortly.")
 
     /// The JSON body, with the request id for support.
     func body(requestID: String?) -> ByteBuffer {
@@ -185,9 +199,15 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             // The generated layer wraps what handlers throw and its own decoding failures.
             if let problem = error.underlyingError as? APIProblem { return problem }
             if let domainError = error.underlyingError as? DomainError { return .domain(domainError) }
-            if let pgError = error.underlyingError as? PGError { return databaseProblem(pgError, context: context) }
+            if let pgError = error.underlyingError as? PGError { return databaseProblem(pgError, logger: context.logger) }
+            if let invalid = error.underlyingError as? InternetDateTranscoder.InvalidDateTime {
+                return APIProblem(status: .unprocessableContent, type: APIProblem.typeURI("validation"), title: "Unprocessable Content",
+                                  detail: "The request has invalid fields.", fieldErrors: [.init(field: "body", message: invalid.description)])
+            }
+            if let problem = parameterProblem(error, request: request, context: context) { return problem }
+            if error.httpStatus == .unsupportedMediaType { return .unsupportedMediaType }
             if let decodingError = Self.decodingError(in: error.underlyingError) { return .decoding(decodingError) }
-            if error.causeDescription.contains("decod") {
+            if error.causeDescription.contains("decod") || (400..<500).contains(error.httpStatus.code) {
                 return APIProblem(
                     status: .badRequest, type: APIProblem.typeURI("malformed-request"), title: "Bad Request",
                     detail: "The request could not be read: \(error.causeDescription)")
@@ -197,7 +217,7 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         case let error as DomainError:
             return .domain(error)
         case let error as PGError:
-            return databaseProblem(error, context: context)
+            return databaseProblem(error, logger: context.logger)
         case let error as HTTPError:
             switch error.status {
             case .notFound:
@@ -226,12 +246,78 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         return nil
     }
 
-    func databaseProblem(_ error: PGError, context: Context) -> APIProblem {
+    /// A missing or malformed query, path or header parameter, as the generated layer reports it: 400 naming
+    /// the parameter (not worded as a body error, and never a 500). A missing `If-Match` is 428.
+    func parameterProblem(_ error: ServerError, request: Request, context: Context) -> APIProblem? {
+        let cause = error.causeDescription
+        for (prefix, suffix) in [("Missing required query parameter named: ", ""), ("Missing required path parameter named: ", ""),
+                                 ("The required header field named '", "' is missing.")] where cause.hasPrefix(prefix) && cause.hasSuffix(suffix) {
+            let name = String(cause.dropFirst(prefix.count).dropLast(suffix.count))
+            if name.lowercased() == "if-match" { return .domain(.preconditionRequired) }
+            return .invalidParameter(name, "is required")
+        }
+        // A parameter value the generated layer could not decode (a word for a number, an unknown enum value):
+        // the coding path starts with the parameter's name.
+        guard error.operationInput == nil, let decodingError = Self.decodingError(in: error.underlyingError) else { return nil }
+        let codingPath: [any CodingKey]
+        switch decodingError {
+        case .typeMismatch(_, let decodingContext), .valueNotFound(_, let decodingContext), .dataCorrupted(let decodingContext):
+            codingPath = decodingContext.codingPath
+        case .keyNotFound(let key, let decodingContext):
+            codingPath = decodingContext.codingPath + [key]
+        @unknown default:
+            return nil
+        }
+        guard let name = codingPath.first?.stringValue else { return nil }
+        let pathParameters = (context.endpointPath ?? "").split(separator: "/").filter { $0.hasPrefix("{") }.map { String($0.dropFirst().dropLast()) }
+        guard request.uri.queryParameters[Substring(name)] != nil || pathParameters.contains(name) else { return nil }
+        return .invalidParameter(name, "is not valid here")
+    }
+
+    /// What reaches here is what the domain did not translate into its own problem (ConstraintTranslation and
+    /// the services' checks do that for the violations they expect): a generic answer per SQLSTATE class, so
+    /// that a database refusal is never a 500. The details (constraint, SQL) are logged, never sent.
+    func databaseProblem(_ error: PGError, logger: Logger) -> APIProblem {
         if error.kind == .acquireTimeout || error.kind == .poolClosed || error.breaksConnection {
-            context.logger.warning("database unavailable", metadata: ["error": "\(error)"])
+            logger.warning("database unavailable", metadata: ["error": "\(error)"])
             return .databaseUnavailable
         }
-        context.logger.error("database error", metadata: ["sqlstate": "\(error.sqlState ?? "")", "error": "\(error.message)"])
-        return .internalError
+        let state = error.sqlState ?? ""
+        let metadata: Logger.Metadata = [
+            "sqlstate": "\(state)", "constraint": "\(error.constraint ?? "")", "error": "\(error.message)",
+        ]
+        switch state {
+        case "23505", "23P01":
+            // unique / exclusion violation: usually the same change arriving twice at once.
+            logger.notice("database conflict", metadata: metadata)
+            return APIProblem(status: .conflict, type: APIProblem.typeURI("conflict"), title: "Conflict",
+                              detail: "This conflicts with something that already exists; refresh and check before retrying.")
+        case "23503":
+            logger.notice("database reference conflict", metadata: metadata)
+            return APIProblem(status: .conflict, type: APIProblem.typeURI("conflict"), title: "Conflict",
+                              detail: "This refers to something that no longer exists, or is still referred to by something else.")
+        case "23514", "23502", _ where state.hasPrefix("22"):
+            // check / not-null violations and data exceptions (out of range, malformed values).
+            logger.notice("database refused data", metadata: metadata)
+            return APIProblem(status: .unprocessableContent, type: APIProblem.typeURI("validation"), title: "Unprocessable Content",
+                              detail: "The request has values the service cannot store.",
+                              fieldErrors: error.column.map { [APIProblem.FieldError(field: $0, message: "is not an acceptable value")] } ?? [])
+        case "40001", "40P01":
+            // Already retried where the transaction was safe to re-run (ScopedDatabase.transaction).
+            logger.warning("database contention", metadata: metadata)
+            return .unavailable("busy", "The change collided with concurrent changes and could not complete; retry shortly.")
+        case "55P03", "57014":
+            logger.warning("database timeout", metadata: metadata)
+            return .unavailable("busy", "The database is busy and the request timed out; retry shortly.")
+        case "42501" where error.message.contains("row-level security"):
+            // Row-level security refused a write the service let through: the caller may not make this
+            // change. (A missing grant, the other 42501, is a deployment bug: it stays a 500.)
+            logger.warning("database refused the caller", metadata: metadata)
+            return APIProblem(status: .forbidden, type: APIProblem.typeURI("forbidden"), title: "Forbidden",
+                              detail: "You may not make this change.")
+        default:
+            logger.error("database error", metadata: metadata)
+            return .internalError
+        }
     }
 }

@@ -50,14 +50,17 @@ extension APIHandlers {
         let scope = try Authenticated.scope()
         let id = try pathID(input.path.projectId, "project")
         try scope.require(scope.isStaff && scope.has(.lim), "edit projects")
-        guard let ifMatch = input.headers.ifMatch else { throw DomainError.preconditionRequired }
-        guard let version = Self.version(fromETag: ifMatch) else { throw DomainError.preconditionFailed(currentVersion: -1) }
-        let project = try await services.projects.update(
-            scope, id: id, expectedVersion: version,
-            try Self.fields(themeId: body.themeId, fundingStream: body.fundingStream, financialYear: body.financialYear, title: body.title,
-                            description: body.description, outcomesSought: body.outcomesSought, schoolUrns: body.schoolUrns,
-                            maxValuePence: body.maxValuePence, bidDeadline: body.bidDeadline, plannedStart: body.plannedStart,
-                            plannedEnd: body.plannedEnd, contractManager: body.contractManager, evaluation: body.evaluation))
+        // The raw header (RequestPreconditions), not the generated input: the generated layer URI-decodes
+        // header values, which a list of quoted tags does not survive.
+        guard let header = RequestPreconditions.ifMatch else { throw DomainError.preconditionRequired }
+        guard let condition = IfMatch(header) else { throw APIProblem.invalidParameter("If-Match", "must be * or a list of entity tags like \"v3\"") }
+        let fields = try Self.fields(themeId: body.themeId, fundingStream: body.fundingStream, financialYear: body.financialYear, title: body.title,
+                                     description: body.description, outcomesSought: body.outcomesSought, schoolUrns: body.schoolUrns,
+                                     maxValuePence: body.maxValuePence, bidDeadline: body.bidDeadline, plannedStart: body.plannedStart,
+                                     plannedEnd: body.plannedEnd, contractManager: body.contractManager, evaluation: body.evaluation)
+        let project = try await condition.apply { version in
+            try await services.projects.update(scope, id: id, expectedVersion: version, fields)
+        }
         return .ok(.init(headers: .init(eTag: Self.etag(project)), body: .json(.init(project))))
     }
 
@@ -118,12 +121,6 @@ extension APIHandlers {
 
     static func etag(_ project: Project) -> String { "\"v\(project.version)\"" }
 
-    static func version(fromETag text: String) -> Int? {
-        var text = text.trimmingCharacters(in: .whitespaces)
-        if text.hasPrefix("W/") { text.removeFirst(2) }
-        guard text.hasPrefix("\"v"), text.hasSuffix("\""), text.count > 3 else { return nil }
-        return Int(text.dropFirst(2).dropLast())
-    }
 
     static func fields(
         themeId: String?, fundingStream: String?, financialYear: String?, title: String?, description: String?,
@@ -176,5 +173,65 @@ extension Components.Schemas.Question {
         self.init(id: question.id.lowercased, projectId: question.projectID.lowercased, supplierId: question.supplierID?.lowercased,
                   supplierName: question.supplierName, question: question.question, answer: question.answer, askedAt: question.askedAt,
                   answeredAt: question.answeredAt, publishedAt: question.publishedAt)
+    }
+}
+
+/// The raw `If-Match` of the current request, set by `RequestContentMiddleware`.
+enum RequestPreconditions {
+    @TaskLocal static var ifMatch: String?
+}
+
+/// An `If-Match` header (RFC 9110 §13.1.1): `*`, or a list of entity tags compared strongly, so a weak tag
+/// (`W/"v3"`) never matches. Our tags are `"v<version>"`.
+enum IfMatch: Equatable {
+    case any
+    /// The versions the strong tags name; weak and foreign tags name none.
+    case versions([Int])
+
+    /// Nil when the header is not `*` or a comma-separated list of (possibly weak) quoted tags.
+    init?(_ header: String) {
+        let text = header.trimmingCharacters(in: .whitespaces)
+        if text == "*" {
+            self = .any
+            return
+        }
+        var versions: [Int] = []
+        var rest = Substring(text)
+        while true {
+            rest = rest.drop(while: { $0 == " " || $0 == "\t" })
+            let weak = rest.hasPrefix("W/")
+            if weak { rest = rest.dropFirst(2) }
+            guard rest.first == "\"", let close = rest.dropFirst().firstIndex(of: "\"") else { return nil }
+            let opaque = rest[rest.index(after: rest.startIndex)..<close]
+            if !weak, opaque.hasPrefix("v"), let version = Int(opaque.dropFirst()) { versions.append(version) }
+            rest = rest[rest.index(after: close)...].drop(while: { $0 == " " || $0 == "\t" })
+            if rest.isEmpty { break }
+            guard rest.first == "," else { return nil }
+            rest = rest.dropFirst()
+        }
+        self = .versions(versions)
+    }
+
+    func matches(_ version: Int) -> Bool {
+        switch self {
+        case .any: true
+        case .versions(let versions): versions.contains(version)
+        }
+    }
+
+    /// Runs `change` with the version to expect. The domain compares it under the row lock; for `*` or a
+    /// list, the current version is learned from the 412 (which carries it) and the change re-run when that
+    /// version matches. Bounded: each further 412 means someone else changed the resource meanwhile.
+    func apply<R>(_ change: (Int) async throws -> R) async throws -> R {
+        var expected = -1
+        if case .versions(let versions) = self, let first = versions.first { expected = first }
+        for _ in 0..<3 {
+            do {
+                return try await change(expected)
+            } catch DomainError.preconditionFailed(let current) where current != expected && matches(current) {
+                expected = current
+            }
+        }
+        return try await change(expected)
     }
 }

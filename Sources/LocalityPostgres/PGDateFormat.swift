@@ -96,8 +96,9 @@ public enum PGDateFormat {
         return Date(timeIntervalSince1970: seconds + fraction)
     }
 
-    // Howard Hinnant's days-from-civil algorithms (proleptic Gregorian, year 0 = 1 BC).
-    static func daysFromCivil(year: Int64, month: Int64, day: Int64) -> Int64 {
+    // Howard Hinnant's days-from-civil algorithms (proleptic Gregorian, year 0 = 1 BC). Public for the API's
+    // strict timestamp parser.
+    public static func daysFromCivil(year: Int64, month: Int64, day: Int64) -> Int64 {
         let y = month <= 2 ? year - 1 : year
         let era = (y >= 0 ? y : y - 399) / 400
         let yoe = y - era * 400

@@ -26,6 +26,12 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Largest accepted request body in bytes [LOCALITY_MAX_BODY_BYTES] (default 1048576).")
     var maxBodyBytes: Int?
 
+    @Option(help: "Address of the separate /metrics listener [LOCALITY_METRICS_HOST] (default 127.0.0.1: loopback only).")
+    var metricsHost: String?
+
+    @Option(help: "Port of the separate /metrics listener; 0 turns metrics off [LOCALITY_METRICS_PORT] (default 9464).")
+    var metricsPort: Int?
+
     @Flag(inversion: .prefixedNo, help: "Apply pending migrations at start [LOCALITY_MIGRATE=true|false].")
     var migrate: Bool?
 
@@ -41,6 +47,9 @@ struct LocalityServer: AsyncParsableCommand {
         configuration.port = try port ?? environmentValue("PORT").map { try parseInt($0, "LOCALITY_PORT") } ?? configuration.port
         configuration.poolSize = try poolSize ?? environmentValue("POOL_SIZE").map { try parseInt($0, "LOCALITY_POOL_SIZE") } ?? configuration.poolSize
         configuration.maxRequestBodyBytes = try maxBodyBytes ?? environmentValue("MAX_BODY_BYTES").map { try parseInt($0, "LOCALITY_MAX_BODY_BYTES") } ?? configuration.maxRequestBodyBytes
+        configuration.metricsHost = metricsHost ?? environmentValue("METRICS_HOST") ?? configuration.metricsHost
+        let metricsPort = try metricsPort ?? environmentValue("METRICS_PORT").map { try parseInt($0, "LOCALITY_METRICS_PORT") } ?? 9464
+        configuration.metricsPort = metricsPort == 0 ? nil : metricsPort
         configuration.applyMigrations = migrate ?? environmentValue("MIGRATE").map { $0 != "false" && $0 != "0" } ?? true
         configuration.database = database.settings
         configuration.seedDemo = demo || environmentValue("DEMO").map { $0 == "true" || $0 == "1" } ?? false

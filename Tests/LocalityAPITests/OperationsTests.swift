@@ -76,6 +76,7 @@ struct OperationsTests {
             #expect(response.status == .serviceUnavailable)
             #expect(response.headers[.contentType]?.hasPrefix("application/problem+json") == true)
             #expect(try json(response.body)["status"] as? Int == 503)
+            #expect(response.headers[.retryAfter] != nil)
         }
     }
 
@@ -107,7 +108,7 @@ struct OperationsTests {
         try await app.test(.live) { client in
             let response = try await client.execute(uri: "/readyz", method: .delete)
             #expect(response.status == .methodNotAllowed)
-            #expect(response.headers[HTTPField.Name("Allow")!] == "GET")
+            #expect(response.headers[HTTPField.Name("Allow")!] == "GET, HEAD")
             #expect(response.headers[.contentType]?.hasPrefix("application/problem+json") == true)
             #expect(try json(response.body)["status"] as? Int == 405)
         }
@@ -142,13 +143,17 @@ struct OperationsTests {
     }
 
     @Test func metricsReportRequestsByRouteTemplateAndThePool() async throws {
-        let app = try await buildApplication(testConfiguration(try await TestDatabase.migrated()))
+        var configuration = testConfiguration(try await TestDatabase.migrated())
+        configuration.metricsPort = 0
+        let ports = PortStream()
+        let app = try await buildApplication(configuration, onMetricsServerRunning: ports.record)
         try await app.test(.live) { client in
             _ = try await client.execute(uri: "/readyz", method: .get)
             _ = try await client.execute(uri: "/no/such/thing", method: .get)
-            let response = try await client.execute(uri: "/metrics", method: .get)
+            let port = await ports.next()
+            let response = try await TestClient.withClient(host: "127.0.0.1", port: port) { try await $0.get("/metrics") }
             #expect(response.status == .ok)
-            let text = String(buffer: response.body)
+            let text = String(buffer: response.body ?? ByteBuffer())
             #expect(text.contains(#"http_requests_total{route="/readyz",method="GET",status="200"} 1"#))
             #expect(text.contains("http_request_duration_seconds_bucket"))
             #expect(text.contains("locality_db_pool_connections_open"))

@@ -346,9 +346,10 @@ public struct EvaluationService: Sendable {
     }
 
     static func csvField(_ text: String) -> String {
-        // Quote when needed, and defuse spreadsheet formulas (CSV injection).
+        // Quote when needed, and defuse spreadsheet formulas (CSV injection, OWASP's list: = + - @ TAB CR).
+        // By scalar: "\r\n" is one Character, which a Character comparison would miss.
         var value = text
-        if let first = value.first, "=+-@".contains(first), Double(value) == nil { value = "'" + value }
+        if let first = value.unicodeScalars.first, "=+-@\t\r".unicodeScalars.contains(first), Double(value) == nil { value = "'" + value }
         guard value.contains(where: { ",\"\r\n".contains($0) }) else { return value }
         return "\"" + value.replacingOccurrences(of: "\"", with: "\"\"") + "\""
     }

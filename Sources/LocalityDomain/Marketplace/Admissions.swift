@@ -201,8 +201,11 @@ public enum CalendarDate {
         var calendar = Calendar(identifier: .gregorian)
         calendar.timeZone = .gmt
         let parts = text.split(separator: "-").compactMap { Int($0) }
+        // Years before 1000 are typing mistakes here, and PostgreSQL would print them differently.
+        guard parts[0] >= 1000 else { return nil }
         let components = DateComponents(year: parts[0], month: parts[1], day: parts[2])
-        guard components.isValidDate(in: calendar), let date = calendar.date(from: components) else { return nil }
+        // Round-tripping refuses what a lenient calendar would roll forward (30 February → 2 March).
+        guard components.isValidDate(in: calendar), let date = calendar.date(from: components), format(date) == text else { return nil }
         return date
     }
 

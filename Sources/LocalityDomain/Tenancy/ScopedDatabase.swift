@@ -19,11 +19,16 @@ public struct ScopedDatabase: Sendable {
 
     /// Runs `body` in a transaction carrying `scope`'s context; known constraint violations become domain
     /// errors (for example, a budget that would go below zero becomes `insufficientFunds`).
+    ///
+    /// A deadlock or serialization failure re-runs the whole transaction (a few times, with backoff) before
+    /// the error reaches the caller (and the API answers 503): every body here reaches the outside world only
+    /// through its connection, so after the rollback nothing of the first attempt remains. A body that does
+    /// more (sends mail, mutates captured state) must pass `retry: .never`.
     public func transaction<R: Sendable>(
         _ scope: AccessScope,
         isolation: PGIsolationLevel = .readCommitted,
         readOnly: Bool = false,
-        retry: PGTransactionRetry = .never,
+        retry: PGTransactionRetry = .onConflict(),
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
         do {
