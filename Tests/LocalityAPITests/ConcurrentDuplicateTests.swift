@@ -50,6 +50,7 @@ struct ConcurrentDuplicateTests {
         try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
             try await connection.query("UPDATE corrective_action_plan SET status = 'closed', outcome = 'resolved' WHERE id = \(world.market.plan)")
         }
+        try await startAllPeriods(world, contract: world.market.active)
         let contract = "/v1/contracts/\(lower(world.market.active))"
         try await Self.app(world).test(.live) { client in
             let periods = try await client.call(.get, "\(contract)/returns", token: world.supplierToken).items
