@@ -69,6 +69,7 @@ struct ConcurrentDuplicateTests {
             let plans = try await client.call(.get, "\(contract)/corrective-actions", token: world.supplierToken).items
             #expect(plans.filter { $0["status"] as? String != "closed" }.count == 1, "\(plans)")
         }
+        try await assertLedgerInvariant(world.database)
     }
 
     /// Ten parallel concern marks on one school: one 200, nine 409 already-causing-concern.
@@ -82,6 +83,7 @@ struct ConcurrentDuplicateTests {
             #expect(Self.statuses(results) == [200] + Array(repeating: 409, count: 9), "\(Self.statuses(results))")
             #expect(results.filter { $0.status == 409 }.allSatisfy { $0.body["type"] as? String == "/problems/already-causing-concern" })
         }
+        try await assertLedgerInvariant(world.database)
     }
 
     /// One panel member saving scores ten times at once: all saved (on main: 500, scorecard_pkey); then ten
@@ -103,6 +105,7 @@ struct ConcurrentDuplicateTests {
             #expect(Self.statuses(submits) == [200] + Array(repeating: 409, count: 9), "\(Self.statuses(submits))")
             #expect(submits.filter { $0.status == 409 }.allSatisfy { $0.body["type"] as? String == "/problems/already-submitted" })
         }
+        try await assertLedgerInvariant(world.database)
     }
 
     /// The same theme name twice (at once, and again afterwards): one 201, the others 409 duplicate-theme.
@@ -116,6 +119,7 @@ struct ConcurrentDuplicateTests {
             #expect(Self.statuses(results) == [201, 409, 409, 409, 409], "\(Self.statuses(results))")
             #expect(results.filter { $0.status == 409 }.allSatisfy { $0.body["type"] as? String == "/problems/duplicate-theme" })
         }
+        try await assertLedgerInvariant(world.database)
     }
 
     /// A registration reusing a Companies House or charity number: 409 duplicate-registration, and only the
@@ -143,5 +147,6 @@ struct ConcurrentDuplicateTests {
             #expect(again.status == .conflict)
             #expect(again.jsonObject["type"] as? String == "/problems/duplicate-registration")
         }
+        try await assertLedgerInvariant(world.database)
     }
 }

@@ -172,6 +172,7 @@ struct EvaluationTests {
             #expect(statuses.filter { $0 == 201 }.count == 1)
             #expect(statuses.filter { $0 == 409 }.count == 4)
         }
+        try await assertLedgerInvariant(world.database)
         try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
             let contracts = try await connection.query("SELECT count(*) FROM contract WHERE project_id = \(world.market.closedForAward)").first!.decode(Int.self, at: 0)
             #expect(contracts == 1)
