@@ -30,8 +30,8 @@ struct ConcurrentDuplicateTests {
         let world = try await World.make()
         let contract = "/v1/contracts/\(lower(world.market.active))"
         try await Self.app(world).test(.live) { client in
-            let results = try await concurrently(20) { index in
-                try await client.call(.post, "\(contract)/returns", token: world.supplierToken,
+            let results = try await concurrently(20, on: client) { index, connection in
+                try await connection.call(.post, "\(contract)/returns", token: world.supplierToken,
                                       body: ["period_id": lower(world.market.activePeriod), "actual": "\(index)", "narrative": "Copy \(index)"])
             }
             #expect(results.allSatisfy { (200..<300).contains($0.status) }, "\(Self.statuses(results))")
@@ -50,14 +50,15 @@ struct ConcurrentDuplicateTests {
         try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
             try await connection.query("UPDATE corrective_action_plan SET status = 'closed', outcome = 'resolved' WHERE id = \(world.market.plan)")
         }
+        try await startAllPeriods(world, contract: world.market.active)
         let contract = "/v1/contracts/\(lower(world.market.active))"
         try await Self.app(world).test(.live) { client in
             let periods = try await client.call(.get, "\(contract)/returns", token: world.supplierToken).items
                 .filter { $0["kpi_id"] as? String == lower(world.market.activeKPI) && $0["period_id"] as? String != lower(world.market.activePeriod) }
                 .compactMap { $0["period_id"] as? String }
             try #require(periods.count >= 2, "the fixture's KPI needs at least three periods")
-            let results = try await concurrently(periods.count) { index in
-                try await client.call(.post, "\(contract)/returns", token: world.supplierToken,
+            let results = try await concurrently(periods.count, on: client) { index, connection in
+                try await connection.call(.post, "\(contract)/returns", token: world.supplierToken,
                                       body: ["period_id": periods[index], "actual": "0", "narrative": "Nothing yet"])
             }
             #expect(results.allSatisfy { (200..<300).contains($0.status) }, "\(Self.statuses(results))")
@@ -68,19 +69,21 @@ struct ConcurrentDuplicateTests {
             let plans = try await client.call(.get, "\(contract)/corrective-actions", token: world.supplierToken).items
             #expect(plans.filter { $0["status"] as? String != "closed" }.count == 1, "\(plans)")
         }
+        try await assertLedgerInvariant(world.database)
     }
 
     /// Ten parallel concern marks on one school: one 200, nine 409 already-causing-concern.
     @Test func parallelConcernMarksOnOneSchool() async throws {
         let world = try await World.make()
         try await Self.app(world).test(.live) { client in
-            let results = try await concurrently(10) { _ in
-                try await client.call(.post, "/v1/schools/121001/concern", token: world.token(.hosi, of: world.a),
+            let results = try await concurrently(10, on: client) { _, connection in
+                try await connection.call(.post, "/v1/schools/121001/concern", token: world.token(.hosi, of: world.a),
                                       body: ["category": "local_concern", "reason": "Falling outcomes", "since": "2025-09-01"])
             }
             #expect(Self.statuses(results) == [200] + Array(repeating: 409, count: 9), "\(Self.statuses(results))")
             #expect(results.filter { $0.status == 409 }.allSatisfy { $0.body["type"] as? String == "/problems/already-causing-concern" })
         }
+        try await assertLedgerInvariant(world.database)
     }
 
     /// One panel member saving scores ten times at once: all saved (on main: 500, scorecard_pkey); then ten
@@ -92,29 +95,31 @@ struct ConcurrentDuplicateTests {
         try await Self.app(world).test(.live) { client in
             #expect(try await client.call(.post, "/v1/projects/\(lower(world.market.closedWithBid))/declarations", token: member,
                                           body: ["supplier_id": lower(world.supplierID), "conflicted": false]).status == .created)
-            let saves = try await concurrently(10) { _ in
-                try await client.call(.put, "/v1/bids/\(bid)/scores", token: member, body: ["scores": allScores, "submit": false])
+            let saves = try await concurrently(10, on: client) { _, connection in
+                try await connection.call(.put, "/v1/bids/\(bid)/scores", token: member, body: ["scores": allScores, "submit": false])
             }
             #expect(Self.statuses(saves) == Array(repeating: 200, count: 10), "\(Self.statuses(saves))")
-            let submits = try await concurrently(10) { _ in
-                try await client.call(.put, "/v1/bids/\(bid)/scores", token: member, body: ["scores": allScores, "submit": true])
+            let submits = try await concurrently(10, on: client) { _, connection in
+                try await connection.call(.put, "/v1/bids/\(bid)/scores", token: member, body: ["scores": allScores, "submit": true])
             }
             #expect(Self.statuses(submits) == [200] + Array(repeating: 409, count: 9), "\(Self.statuses(submits))")
             #expect(submits.filter { $0.status == 409 }.allSatisfy { $0.body["type"] as? String == "/problems/already-submitted" })
         }
+        try await assertLedgerInvariant(world.database)
     }
 
     /// The same theme name twice (at once, and again afterwards): one 201, the others 409 duplicate-theme.
     @Test func aThemeNameTwice() async throws {
         let world = try await World.make()
         try await Self.app(world).test(.live) { client in
-            let results = try await concurrently(5) { _ in
-                try await client.call(.post, "/v1/themes", token: world.token(.authorityAdmin, of: world.a),
+            let results = try await concurrently(5, on: client) { _, connection in
+                try await connection.call(.post, "/v1/themes", token: world.token(.authorityAdmin, of: world.a),
                                       body: ["category": "send", "name": "Speech and language"])
             }
             #expect(Self.statuses(results) == [201, 409, 409, 409, 409], "\(Self.statuses(results))")
             #expect(results.filter { $0.status == 409 }.allSatisfy { $0.body["type"] as? String == "/problems/duplicate-theme" })
         }
+        try await assertLedgerInvariant(world.database)
     }
 
     /// A registration reusing a Companies House or charity number: 409 duplicate-registration, and only the
@@ -131,8 +136,8 @@ struct ConcurrentDuplicateTests {
             return body
         }
         try await Self.app(world).test(.live) { client in
-            let byCompany = try await concurrently(5) { index in
-                try await client.call(.post, "/v1/supplier-registrations", token: nil, body: registration(index, companiesHouse: "SC123456", charity: nil))
+            let byCompany = try await concurrently(5, on: client) { index, connection in
+                try await connection.call(.post, "/v1/supplier-registrations", token: nil, body: registration(index, companiesHouse: "SC123456", charity: nil))
             }
             #expect(Self.statuses(byCompany) == [201, 409, 409, 409, 409], "\(Self.statuses(byCompany))")
             #expect(byCompany.filter { $0.status == 409 }.allSatisfy { $0.body["type"] as? String == "/problems/duplicate-registration" })
@@ -142,5 +147,6 @@ struct ConcurrentDuplicateTests {
             #expect(again.status == .conflict)
             #expect(again.jsonObject["type"] as? String == "/problems/duplicate-registration")
         }
+        try await assertLedgerInvariant(world.database)
     }
 }

@@ -172,6 +172,7 @@ struct EvaluationTests {
             #expect(statuses.filter { $0 == 201 }.count == 1)
             #expect(statuses.filter { $0 == 409 }.count == 4)
         }
+        try await assertLedgerInvariant(world.database)
         try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
             let contracts = try await connection.query("SELECT count(*) FROM contract WHERE project_id = \(world.market.closedForAward)").first!.decode(Int.self, at: 0)
             #expect(contracts == 1)
@@ -405,6 +406,7 @@ struct EvaluationTests {
             #expect(try await client.call(.post, "\(path)/\(period)/override", token: supplier, body: ["rating": "green", "reason": "x"]).status == .forbidden)
             // No activity, with a reason, is a return too (and not rated).
             let other = calendar.items.compactMap { $0["period_id"] as? String }.first { $0 != period }!
+            try await startAllPeriods(world, contract: world.market.active)
             let quiet = try await client.call(.post, path, token: supplier, body: ["period_id": other, "no_activity_reason": "School closed for works"])
             #expect(quiet.status == .ok && quiet.jsonObject["computed_rating"] == nil)
             // A contract not started takes no returns.
@@ -551,6 +553,7 @@ struct EvaluationTests {
             let periods = try await client.call(.get, "/v1/contracts/\(lower(world.market.active))/returns", token: lim)
             #expect(periods.items.first?["procurement_act_level"] as? String == "Requires improvement")
             let second = periods.items.dropFirst().first?["period_id"] as? String ?? ""
+            try await startAllPeriods(world, contract: world.market.active)
             let red = try await client.call(.post, "/v1/contracts/\(lower(world.market.active))/returns", token: world.supplierToken,
                                             body: ["period_id": second, "actual": "0"])
             #expect(red.jsonObject["computed_rating"] as? String == "red")

@@ -48,6 +48,7 @@ struct LedgerAndAuditTests {
             #expect(locality?["earmarked_pence"] as? Int == (allocated / earmark) * earmark)
             #expect(locality?["available_pence"] as? Int == allocated - (allocated / earmark) * earmark)
         }
+        try await assertLedgerInvariant(world.database)
         // The maintained balance never drifts from the ledger.
         try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
             let drift = try await connection.query("""

@@ -140,6 +140,7 @@ struct MarketplaceTests {
             #expect(statuses.filter { $0 == 409 }.count == 11)
             #expect(try await client.call(.get, "/v1/projects/\(project)/bids", token: world.supplierToken).items.count == 1)
         }
+        try await assertLedgerInvariant(world.database)
     }
 
     @Test func bidLifecycleWithdrawResubmitAndValidation() async throws {

@@ -1,5 +1,6 @@
 import Foundation
 import HTTPTypes
+import Hummingbird
 import HummingbirdTesting
 import LocalityAPI
 import LocalityDomain
@@ -20,16 +21,40 @@ func assertLedgerInvariant(_ database: TestDatabase, sourceLocation: SourceLocat
             sourceLocation: sourceLocation)
 }
 
-/// Fires `count` copies of `request` at once and returns their statuses (and bodies), in completion order.
+/// A connection of its own to the live test server. Requests through the test framework's client share one
+/// keep-alive connection, which the server answers one request at a time: "parallel" requests through it
+/// are in fact sequential. Concurrency tests open one of these per request instead.
+struct OwnConnection: Sendable {
+    let client: TestClient
+
+    func call(_ method: HTTPRequest.Method, _ uri: String, token: String?, body: [String: Any]? = nil) async throws -> (status: Int, data: Data) {
+        var headers = HTTPFields()
+        headers[.connection] = "keep-alive"
+        if let token { headers[.authorization] = "Bearer \(token)" }
+        var buffer: ByteBuffer?
+        if let body {
+            headers[.contentType] = "application/json"
+            buffer = ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body))
+        }
+        let response = try await client.execute(.init(uri, method: method, authority: "localhost", headers: headers, body: buffer))
+        return (Int(response.head.status.code), Data((response.body ?? ByteBuffer()).readableBytesView))
+    }
+}
+
+/// Fires `count` requests at once, each on its own connection to the live server (see `OwnConnection`), and
+/// returns their statuses and JSON bodies in completion order.
 func concurrently(
-    _ count: Int, _ request: @escaping @Sendable (Int) async throws -> TestResponse
+    _ count: Int, on client: some TestClientProtocol,
+    _ request: @escaping @Sendable (Int, OwnConnection) async throws -> (status: Int, data: Data)
 ) async throws -> [(status: Int, body: [String: Any])] {
-    try await withThrowingTaskGroup(of: (Int, Data).self) { group in
-        for index in 0..<count {
-            group.addTask {
-                let response = try await request(index)
-                return (Int(response.status.code), Data(response.body.readableBytesView))
-            }
+    let port = try #require(client.port, "concurrency tests need the live server")
+    let connections = (0..<count).map { _ in
+        OwnConnection(client: TestClient(host: "localhost", port: port, configuration: .init(timeout: .seconds(60))))
+    }
+    for connection in connections { connection.client.connect() }
+    let results = try await withThrowingTaskGroup(of: (Int, Data).self) { group in
+        for (index, connection) in connections.enumerated() {
+            group.addTask { try await request(index, connection) }
         }
         var results: [(status: Int, body: [String: Any])] = []
         for try await (status, data) in group {
@@ -37,6 +62,8 @@ func concurrently(
         }
         return results
     }
+    for connection in connections { try await connection.client.shutdown() }
+    return results
 }
 
 /// Issue 12, finding 1: a variation that changes a contract's value moves the money with it.
@@ -151,13 +178,17 @@ struct MoneyIntegrityTests {
             let variations = proposed
             let supplier = world.supplierToken
             let lim = world.token(.lim, of: world.a)
-            let results = try await concurrently(variations.count + 2) { index in
-                if index < variations.count { return try await Self.decide(client, world, variations[index], token: supplier) }
+            let contract = "/v1/contracts/\(lower(world.market.active))"
+            let results = try await concurrently(variations.count + 2, on: client) { index, connection in
+                if index < variations.count {
+                    return try await connection.call(.post, "\(contract)/variations/\(variations[index])/decision", token: supplier, body: ["accept": true])
+                }
                 if index == variations.count {
                     // The fixture's own variation, proposed by the supplier: the LIM decides it.
-                    return try await Self.decide(client, world, lower(world.market.proposedVariation), token: lim)
+                    return try await connection.call(.post, "\(contract)/variations/\(lower(world.market.proposedVariation))/decision", token: lim,
+                                                     body: ["accept": true])
                 }
-                return try await client.call(.post, "/v1/contracts/\(lower(world.market.active))/complete", token: lim)
+                return try await connection.call(.post, "\(contract)/complete", token: lim)
             }
             #expect(results.allSatisfy { $0.status == 200 || $0.status == 409 }, "\(results.map(\.status))")
             #expect(results.contains { $0.status == 200 })

@@ -29,10 +29,10 @@ struct NegotiationRaceTests {
         let lim = world.token(.lim, of: world.a)
         let supplier = world.supplierToken
         try await app.test(.live) { client in
-            let results = try await concurrently(10) { index in
-                if index % 2 == 0 { return try await client.call(.post, "\(contract)/start", token: lim) }
-                return try await client.call(.post, "\(contract)/kpis/\(lower(kpiID))/revisions", token: supplier,
-                                             body: ["definition": definition(), "reason": "Lower target"])
+            let results = try await concurrently(10, on: client) { index, connection in
+                if index % 2 == 0 { return try await connection.call(.post, "\(contract)/start", token: lim) }
+                return try await connection.call(.post, "\(contract)/kpis/\(lower(kpiID))/revisions", token: supplier,
+                                                 body: ["definition": definition(), "reason": "Lower target"])
             }
             #expect(results.allSatisfy { $0.status == 200 || $0.status == 409 }, "\(results.map(\.status))")
             let after = try await client.call(.get, contract, token: lim).jsonObject

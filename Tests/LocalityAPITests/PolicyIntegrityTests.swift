@@ -110,4 +110,34 @@ struct PolicyIntegrityTests {
             #expect(error.kind == .decoding && error.column == "kpi_return.computed_rating", "\(error)")
         }
     }
+
+    /// Pins: a return for a reporting period that has not started is refused with 422 naming period_id (on
+    /// main it was accepted and rated); once the period has begun, the same return is taken.
+    @Test func returnsOnlyForPeriodsThatHaveStarted() async throws {
+        let world = try await World.make()
+        let app = try await buildApplication(testConfiguration(world.database))
+        let path = "/v1/contracts/\(lower(world.market.active))/returns"
+        try await app.test(.live) { client in
+            let later = try await client.call(.get, path, token: world.supplierToken).items
+                .first { $0["period_id"] as? String != lower(world.market.activePeriod) }?["period_id"] as? String ?? ""
+            let early = try await client.call(.post, path, token: world.supplierToken, body: ["period_id": later, "actual": "10"])
+            #expect(early.status == .unprocessableContent)
+            #expect((early.jsonObject["errors"] as? [[String: Any]])?.first?["field"] as? String == "period_id", "\(early.jsonObject)")
+            try await startAllPeriods(world, contract: world.market.active)
+            #expect(try await client.call(.post, path, token: world.supplierToken, body: ["period_id": later, "actual": "10"]).status == .ok)
+        }
+    }
+}
+
+/// Lets every reporting period of `contract` have begun (returns are accepted only then), keeping their
+/// order: each period's start moves into the past, as the superuser.
+func startAllPeriods(_ world: World, contract: UUID) async throws {
+    _ = try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+        try await connection.query("""
+            UPDATE reporting_period p SET starts = current_date - 1000 + r.n
+            FROM (SELECT id, row_number() OVER (PARTITION BY kpi_id ORDER BY starts)::int AS n FROM reporting_period
+                  WHERE contract_id = \(contract)) r
+            WHERE p.id = r.id
+            """)
+    }
 }

@@ -300,6 +300,10 @@ struct MarketFixture: Sendable {
         _ = try await contracts.start(lim, contractID: active.id)
         let monitoring = MonitoringService(database: scoped)
         let activePeriod = try await monitoring.periods(lim, contractID: active.id)[0].periodID
+        // Returns are accepted once a period has started: the first period has begun.
+        _ = try await PGConnection.withConnection(.init(conninfo: database.superuserConninfo, applicationName: "t")) { connection in
+            try await connection.query("UPDATE reporting_period SET starts = current_date WHERE id = \(activePeriod)")
+        }
         _ = try await monitoring.submit(supplier, contractID: active.id, ReturnSubmission(
             periodID: activePeriod, value: .number(0), noActivityReason: nil, narrative: "Delayed start", evidence: ""))
         let plan = try await monitoring.correctiveActions(lim, contractID: active.id)[0].id

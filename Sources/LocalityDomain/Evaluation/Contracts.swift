@@ -297,6 +297,8 @@ public struct ContractService: Sendable {
     public func start(_ scope: AccessScope, contractID: UUID) async throws -> Contract {
         try scope.require(scope.isStaff && scope.has(.lim), "start contracts")
         return try await database.transaction(scope) { connection in
+            // The contract's row lock, the one every KPI move takes (lockForParty) before it looks at the
+            // status: the KPIs read below cannot change until the start commits.
             let contract = try await Self.fetch(connection, id: contractID, forUpdate: true)
             guard try await Self.party(connection, contract) == .board else { throw DomainError.forbidden("Only the board's LIMs start contracts.") }
             guard contract.status == .kpiNegotiation else { throw DomainError.conflict("The contract is \(contract.status.rawValue).") }

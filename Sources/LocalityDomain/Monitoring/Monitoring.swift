@@ -252,6 +252,12 @@ public struct MonitoringService: Sendable {
             guard let period = try await Self.periods(connection, contractID: contractID).first(where: { $0.periodID == submission.periodID }) else {
                 throw DomainError.invalid("period_id", "is not a reporting period of this contract")
             }
+            // A return reports on a period that has begun (by the database's date); one for a later period is
+            // a mistake, not a forecast.
+            let started = try await connection.query("SELECT current_date >= \(period.starts)::date").first!.decode(Bool.self, at: 0)
+            guard started else {
+                throw DomainError.invalid("period_id", "the reporting period \(period.label) starts on \(period.starts); returns are accepted once it has started")
+            }
             guard let kpi = contract.kpis.first(where: { $0.id == period.kpiID }) else { throw DomainError.notFound("KPI") }
             let definition = kpi.latest.definition
             var rating: RAGRating?
