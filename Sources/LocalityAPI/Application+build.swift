@@ -71,6 +71,7 @@ public func buildApplication(
     router.add(middleware: RequestIDMiddleware())
     router.add(middleware: HTTPMetricsMiddleware(factory: metricsFactory))
     router.add(middleware: NoStoreMiddleware())
+    router.add(middleware: LocationHeaderMiddleware())
     router.add(middleware: ProblemMiddleware(routes: routes))
     router.add(middleware: BodyLimitMiddleware(maxBytes: configuration.maxRequestBodyBytes))
     let domain = DomainServices(database: ScopedDatabase(pool: pool))
