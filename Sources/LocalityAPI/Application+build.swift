@@ -77,6 +77,8 @@ public func buildApplication(
     let domain = DomainServices(database: ScopedDatabase(pool: pool))
     router.add(middleware: RegistrationRateLimitMiddleware(limiter: RegistrationRateLimiter(perHour: configuration.registrationsPerHour)))
     router.add(middleware: AuthenticationMiddleware(tokens: domain.tokens, routes: routes))
+    // After authentication: idempotency keys are scoped to the caller.
+    router.add(middleware: IdempotencyMiddleware(keys: IdempotencyKeys(pool: pool), routes: routes))
     let handlers = APIHandlers(pool: pool, migrator: migrator, registry: registry, services: domain)
     // Compact JSON (the runtime's default also pretty-prints) with keys still sorted, so output stays stable.
     let openAPIConfiguration = Configuration(dateTranscoder: InternetDateTranscoder(), jsonEncodingOptions: [.sortedKeys])
