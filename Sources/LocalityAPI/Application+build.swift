@@ -83,6 +83,7 @@ public func buildApplication(
     router.add(middleware: HTTPMetricsMiddleware(factory: metricsFactory))
     router.add(middleware: NoStoreMiddleware())
     router.add(middleware: HTTPConventionsMiddleware())
+    router.add(middleware: LocationHeaderMiddleware())
     router.add(middleware: ProblemMiddleware(routes: routes))
     router.add(middleware: BodyLimitMiddleware(maxBytes: configuration.maxRequestBodyBytes))
     let domain = DomainServices(database: ScopedDatabase(pool: pool))
@@ -96,6 +97,8 @@ public func buildApplication(
         parameterRules = .empty
     }
     router.add(middleware: RequestContentMiddleware(routes: routes, parameters: parameterRules, maxBytes: configuration.maxRequestBodyBytes))
+    // After authentication: idempotency keys are scoped to the caller.
+    router.add(middleware: IdempotencyMiddleware(keys: IdempotencyKeys(pool: pool), routes: routes))
     let handlers = APIHandlers(pool: pool, migrator: migrator, registry: registry, services: domain)
     // Compact JSON (the runtime's default also pretty-prints) with keys still sorted, so output stays stable.
     let openAPIConfiguration = Configuration(dateTranscoder: InternetDateTranscoder(), jsonEncodingOptions: [.sortedKeys])

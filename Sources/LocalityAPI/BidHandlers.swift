@@ -11,7 +11,7 @@ extension APIHandlers {
         guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
         let bid = try await services.bids.create(
             try Authenticated.scope(), projectID: try pathID(input.path.projectId, "project"), try Self.content(body))
-        return .created(.init(body: .json(.init(bid))))
+        return .created(.init(headers: .init(location: "/v1/bids/\(bid.id.lowercased)"), body: .json(.init(bid))))
     }
 
     func getBid(_ input: Operations.GetBid.Input) async throws -> Operations.GetBid.Output {

@@ -13,7 +13,7 @@ extension APIHandlers {
         let board = try await services.boards.create(
             try Authenticated.scope(),
             BoardDraft(name: body.name, shortCode: body.shortCode, area: body.area ?? "", chair: body.chair ?? ""))
-        return .created(.init(body: .json(.init(board))))
+        return .created(.init(headers: .init(location: "/v1/boards/\(board.id.lowercased)"), body: .json(.init(board))))
     }
 
     func getBoard(_ input: Operations.GetBoard.Input) async throws -> Operations.GetBoard.Output {

@@ -31,7 +31,7 @@ extension APIHandlers {
             try Authenticated.scope(), boardID: try pathID(input.path.boardId, "board"),
             LedgerEntryDraft(financialYear: body.financialYear, fundingStream: body.fundingStream, kind: kind,
                              amountPence: amount, reference: body.reference ?? "", reason: body.reason))
-        return .created(.init(body: .json(.init(entry))))
+        return .created(.init(headers: .init(location: "/v1/boards/\(input.path.boardId)/ledger"), body: .json(.init(entry))))
     }
 }
 

@@ -34,7 +34,7 @@ extension APIHandlers {
         let declaration = try await services.evaluation.declare(
             try Authenticated.scope(), projectID: try pathID(input.path.projectId, "project"), supplierID: supplierID,
             conflicted: body.conflicted, note: body.note ?? "")
-        return .created(.init(body: .json(.init(declaration))))
+        return .created(.init(headers: .init(location: "/v1/projects/\(input.path.projectId)/declarations"), body: .json(.init(declaration))))
     }
 
     func listScores(_ input: Operations.ListScores.Input) async throws -> Operations.ListScores.Output {
@@ -87,7 +87,7 @@ extension APIHandlers {
         guard let bidID = UUID(uuidString: body.bidId) else { throw DomainError.invalid("bid_id", "must be a UUID") }
         let contract = try await services.contracts.award(
             try Authenticated.scope(), projectID: try pathID(input.path.projectId, "project"), bidID: bidID, reason: body.reason)
-        return .created(.init(body: .json(.init(contract))))
+        return .created(.init(headers: .init(location: "/v1/contracts/\(contract.id.lowercased)"), body: .json(.init(contract))))
     }
 
     // MARK: Contracts

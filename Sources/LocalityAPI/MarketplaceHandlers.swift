@@ -10,7 +10,8 @@ extension APIHandlers {
             address: body.address, contactName: body.contactName, contactEmail: body.contactEmail,
             contactPhone: body.contactPhone ?? "", userEmail: body.userEmail, userName: body.userName),
             requestID: RequestInfo.current?.requestID)
-        return .created(.init(body: .json(.init(
+        // The new supplier user's own view, reached with the token in this answer.
+        return .created(.init(headers: .init(location: "/v1/me"), body: .json(.init(
             supplier: .init(registered.supplier), userId: registered.user.id.lowercased,
             token: .init(token: .init(registered.token.token), secret: registered.token.secret)))))
     }
@@ -37,14 +38,14 @@ extension APIHandlers {
                 safeguardingPolicy: d.safeguardingPolicy, safeguardingLead: d.safeguardingLead, insuranceProvider: d.insuranceProvider,
                 insuranceExpiresOn: d.insuranceExpiresOn, dbsChecks: d.dbsChecks, businessContinuityPlan: d.businessContinuityPlan,
                 dataProtectionCompliance: d.dataProtectionCompliance, environmentalPolicy: d.environmentalPolicy))
-        return .created(.init(body: .json(.init(admission))))
+        return .created(.init(headers: .init(location: "/v1/supplier/admissions"), body: .json(.init(admission))))
     }
 
     func listAdmissions(_ input: Operations.ListAdmissions.Input) async throws -> Operations.ListAdmissions.Output {
         let scope = try Authenticated.scope()
         try scope.require(scope.isStaff, "see applications to an authority")
         var status: AdmissionStatus?
-        if let text = input.query.status {
+        if let text = input.query.status?.rawValue {
             guard let parsed = AdmissionStatus(rawValue: text) else { throw DomainError.invalid("status", "is not an admission status") }
             status = parsed
         }
@@ -72,7 +73,7 @@ extension APIHandlers {
         let theme = try await services.catalogue.createTheme(
             try Authenticated.scope(), category: ThemeCategory(rawValue: body.category.rawValue) ?? .send, name: body.name,
             description: body.description ?? "", exampleOutcomes: body.exampleOutcomes ?? "")
-        return .created(.init(body: .json(.init(theme))))
+        return .created(.init(headers: .init(location: "/v1/themes/\(theme.id.lowercased)"), body: .json(.init(theme))))
     }
 
     func updateTheme(_ input: Operations.UpdateTheme.Input) async throws -> Operations.UpdateTheme.Output {

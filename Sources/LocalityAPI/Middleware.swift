@@ -221,3 +221,16 @@ struct DatabaseAffinityMiddleware<Context: RequestContext>: RouterMiddleware {
         try await pool.withIOAffinity { try await next(request, context) }
     }
 }
+
+/// The generated layer writes header values URI-encoded (`/v1/boards/…` would leave as `%2Fv1%2Fboards%2F…`),
+/// which is wrong for `Location`, a URI reference sent as is (RFC 9110 §10.2.2). Our locations are built from
+/// path segments, ids and digits, so decoding restores exactly what the handler set.
+struct LocationHeaderMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var response = try await next(request, context)
+        if let location = response.headers[.location], location.contains("%"), let decoded = location.removingPercentEncoding {
+            response.headers[.location] = decoded
+        }
+        return response
+    }
+}

@@ -118,7 +118,7 @@ extension APIHandlers {
         let visit = try await services.records.recordVisit(
             try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"), date: body.visitDate, kind: body.kind.rawValue,
             attendees: body.attendees, findings: body.findings ?? "", followUps: body.followUps ?? "")
-        return .created(.init(body: .json(.init(visit))))
+        return .created(.init(headers: .init(location: "/v1/contracts/\(input.path.contractId)/visits"), body: .json(.init(visit))))
     }
 
     func listComplaints(_ input: Operations.ListComplaints.Input) async throws -> Operations.ListComplaints.Output {
@@ -131,7 +131,7 @@ extension APIHandlers {
         let complaint = try await services.records.logComplaint(
             try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"), receivedOn: body.receivedOn,
             nature: body.nature, actionTaken: body.actionTaken ?? "")
-        return .created(.init(body: .json(.init(complaint))))
+        return .created(.init(headers: .init(location: "/v1/contracts/\(input.path.contractId)/complaints"), body: .json(.init(complaint))))
     }
 
     func resolveComplaint(_ input: Operations.ResolveComplaint.Input) async throws -> Operations.ResolveComplaint.Output {

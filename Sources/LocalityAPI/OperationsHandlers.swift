@@ -25,12 +25,12 @@ struct APIHandlers: APIProtocol {
         do {
             current = try await pool.withConnection { try await migrator.isCurrent(on: $0) }
         } catch {
-            return .serviceUnavailable(.init(body: .applicationProblemJson(.init(
+            return .serviceUnavailable(.init(headers: .init(retryAfter: 5), body: .applicationProblemJson(.init(
                 _type: APIProblem.typeURI("not-ready"), title: "Service Unavailable", status: 503,
                 detail: "The database is not reachable.", requestId: RequestInfo.current?.requestID))))
         }
         guard current else {
-            return .serviceUnavailable(.init(body: .applicationProblemJson(.init(
+            return .serviceUnavailable(.init(headers: .init(retryAfter: 30), body: .applicationProblemJson(.init(
                 _type: APIProblem.typeURI("not-ready"), title: "Service Unavailable", status: 503,
                 detail: "The database schema is not at this build's migrations; run locality-admin migrate.",
                 requestId: RequestInfo.current?.requestID))))
@@ -45,7 +45,12 @@ struct APIHandlers: APIProtocol {
     }
 
     func getOpenAPIDocument(_ input: Operations.GetOpenAPIDocument.Input) async throws -> Operations.GetOpenAPIDocument.Output {
-        .ok(.init(body: .yaml(HTTPBody(OpenAPIDocument.bytes))))
+        // application/yaml (RFC 9512) unless the client asks for text/yaml and not for application/yaml.
+        let asked = Set(input.headers.accept.map(\.contentType.rawValue))
+        if asked.contains("text/yaml") && !asked.contains("application/yaml") {
+            return .ok(.init(body: .textYaml(HTTPBody(OpenAPIDocument.bytes))))
+        }
+        return .ok(.init(body: .yaml(HTTPBody(OpenAPIDocument.bytes))))
     }
 }
 

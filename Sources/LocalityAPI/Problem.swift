@@ -207,6 +207,11 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             if let problem = parameterProblem(error, request: request, context: context) { return problem }
             if error.httpStatus == .unsupportedMediaType { return .unsupportedMediaType }
             if let decodingError = Self.decodingError(in: error.underlyingError) { return .decoding(decodingError) }
+            // The document declares `If-Match` required where it is (so the generated layer refuses its absence
+            // before the handler); the answer is still 428, as RFC 6585 has it.
+            if error.causeDescription == "The required header field named 'If-Match' is missing." {
+                return .domain(.preconditionRequired)
+            }
             if error.causeDescription.contains("decod") || (400..<500).contains(error.httpStatus.code) {
                 return APIProblem(
                     status: .badRequest, type: APIProblem.typeURI("malformed-request"), title: "Bad Request",

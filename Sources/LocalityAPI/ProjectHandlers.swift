@@ -5,7 +5,7 @@ extension APIHandlers {
     func listProjects(_ input: Operations.ListProjects.Input) async throws -> Operations.ListProjects.Output {
         let query = input.query
         var status: ProjectStatus?
-        if let text = query.status {
+        if let text = query.status?.rawValue {
             guard let parsed = ProjectStatus(rawValue: text) else { throw DomainError.invalid("status", "is not a project status") }
             status = parsed
         }
@@ -23,7 +23,7 @@ extension APIHandlers {
             filter: ProjectFilter(
                 authority: query.authority?.lowercased(), boardID: try bodyID(query.boardId, field: "board_id"),
                 themeID: try bodyID(query.themeId, field: "theme_id"), closingBefore: query.closingBefore,
-                minValuePence: query.minValuePence, maxValuePence: query.maxValuePence, text: query.q),
+                minValuePence: query.minValuePence.map(Int.init), maxValuePence: query.maxValuePence.map(Int.init), text: query.q),
             page: PageRequest(limit: query.limit, cursor: query.cursor))
         return .ok(.init(body: .json(.init(items: page.items.map(Components.Schemas.Project.init), nextCursor: page.nextCursor))))
     }
@@ -37,7 +37,7 @@ extension APIHandlers {
                             description: body.description, outcomesSought: body.outcomesSought, schoolUrns: body.schoolUrns,
                             maxValuePence: body.maxValuePence, bidDeadline: body.bidDeadline, plannedStart: body.plannedStart,
                             plannedEnd: body.plannedEnd, contractManager: body.contractManager, evaluation: body.evaluation))
-        return .created(.init(headers: .init(eTag: Self.etag(project)), body: .json(.init(project))))
+        return .created(.init(headers: .init(location: "/v1/projects/\(project.id.lowercased)", eTag: Self.etag(project)), body: .json(.init(project))))
     }
 
     func getProject(_ input: Operations.GetProject.Input) async throws -> Operations.GetProject.Output {
@@ -106,7 +106,7 @@ extension APIHandlers {
         guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
         let question = try await services.clarifications.ask(
             try Authenticated.scope(), projectID: try pathID(input.path.projectId, "project"), question: body.question)
-        return .created(.init(body: .json(.init(question))))
+        return .created(.init(headers: .init(location: "/v1/projects/\(input.path.projectId)/questions"), body: .json(.init(question))))
     }
 
     func answerQuestion(_ input: Operations.AnswerQuestion.Input) async throws -> Operations.AnswerQuestion.Output {

@@ -21,7 +21,7 @@ extension APIHandlers {
             try Authenticated.scope(), urn: input.path.urn,
             SchoolContractDraft(supplierID: supplierID, service: body.service.rawValue, description: body.description, valuePence: value,
                                 financialYear: body.financialYear, startDate: body.startDate, endDate: body.endDate))
-        return .created(.init(body: .json(.init(spip))))
+        return .created(.init(headers: .init(location: "/v1/schools/\(input.path.urn)/spip"), body: .json(.init(spip))))
     }
 
     func addSchoolContractOutput(_ input: Operations.AddSchoolContractOutput.Input) async throws -> Operations.AddSchoolContractOutput.Output {

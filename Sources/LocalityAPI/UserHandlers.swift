@@ -13,7 +13,7 @@ extension APIHandlers {
         let user = try await services.users.create(
             try Authenticated.scope(),
             UserDraft(email: body.email, displayName: body.displayName, roles: try Self.grants(body.roles)))
-        return .created(.init(body: .json(.init(user))))
+        return .created(.init(headers: .init(location: "/v1/users/\(user.id.lowercased)"), body: .json(.init(user))))
     }
 
     func getUser(_ input: Operations.GetUser.Input) async throws -> Operations.GetUser.Output {
@@ -39,7 +39,9 @@ extension APIHandlers {
         let issued = try await services.tokens.issue(
             try Authenticated.scope(), userID: try pathID(input.path.userId, "user"), label: body.label ?? "",
             expiresAt: body.expiresAt)
-        return .created(.init(body: .json(.init(token: .init(issued.token), secret: issued.secret))))
+        return .created(.init(
+            headers: .init(location: "/v1/users/\(input.path.userId)/tokens/\(issued.token.id.lowercased)"),
+            body: .json(.init(token: .init(issued.token), secret: issued.secret))))
     }
 
     func revokeToken(_ input: Operations.RevokeToken.Input) async throws -> Operations.RevokeToken.Output {

@@ -361,6 +361,11 @@ struct RoleMatrixTests {
                     if entry.path.hasPrefix("/v1/") {
                         #expect(response.headers[.cacheControl] == "no-store", "\(operation) as \(role.rawValue)")
                     }
+                    // Every 201 names what it created, as a plain URI reference (not URI-encoded).
+                    if response.status == .created {
+                        let location = response.headers[.location] ?? ""
+                        #expect(location.hasPrefix("/v1/") && !location.contains("%"), "\(operation) as \(role.rawValue): Location \(location)")
+                    }
                     let after = try await auditCount(world.database, authority: world.a.authority.id)
                     let totalAfter = try await totalAuditCount(world.database)
                     let changed = entry.mutates && expected.code < 300
