@@ -46,6 +46,14 @@ struct ParameterRules: Sendable {
             throw DomainError.invalid("openapi.yaml", "has no paths")
         }
         let components = (root["components"] as? [String: Any])?["parameters"] as? [String: Any] ?? [:]
+        let schemas = (root["components"] as? [String: Any])?["schemas"] as? [String: Any] ?? [:]
+        /// A parameter's schema may name a shared one (`$ref: '#/components/schemas/Term'`, an enum).
+        func resolveSchema(_ node: [String: Any]) -> [String: Any] {
+            guard let reference = node["$ref"] as? String,
+                let named = schemas[String(reference.split(separator: "/").last ?? "")] as? [String: Any]
+            else { return node }
+            return resolveSchema(named)
+        }
         func resolve(_ node: Any) -> [String: Any]? {
             guard let node = node as? [String: Any] else { return nil }
             if let reference = node["$ref"] as? String {
@@ -57,7 +65,7 @@ struct ParameterRules: Sendable {
             guard let name = node["name"] as? String, let location = node["in"] as? String, location == "query" || location == "path" else {
                 return nil
             }
-            let schema = node["schema"] as? [String: Any] ?? [:]
+            let schema = resolveSchema(node["schema"] as? [String: Any] ?? [:])
             let kind: Parameter.Kind =
                 switch schema["type"] as? String {
                 case "integer": .integer
