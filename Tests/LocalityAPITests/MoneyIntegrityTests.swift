@@ -39,6 +39,14 @@ struct OwnConnection: Sendable {
         let response = try await client.execute(.init(uri, method: method, authority: "localhost", headers: headers, body: buffer))
         return (Int(response.head.status.code), Data((response.body ?? ByteBuffer()).readableBytesView))
     }
+
+    /// A request already encoded (headers as given, plus keep-alive).
+    func send(_ method: HTTPRequest.Method, _ uri: String, headers: HTTPFields, body: ByteBuffer?) async throws -> (status: Int, data: Data) {
+        var headers = headers
+        headers[.connection] = "keep-alive"
+        let response = try await client.execute(.init(uri, method: method, authority: "localhost", headers: headers, body: body))
+        return (Int(response.head.status.code), Data((response.body ?? ByteBuffer()).readableBytesView))
+    }
 }
 
 /// Fires `count` requests at once, each on its own connection to the live server (see `OwnConnection`), and

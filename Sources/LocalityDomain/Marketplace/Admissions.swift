@@ -71,7 +71,14 @@ public struct AdmissionService: Sendable {
                 SELECT id FROM authority WHERE slug = \(authority.lowercased()) OR id::text = \(authority.lowercased())
                 """).first?.decode(UUID.self, at: 0)
             else { throw DomainError.invalid("authority", "is not an authority on this service") }
-            let existing = try await Self.fetch(connection, authorityID: authorityID, supplierID: scope.supplierID!, forUpdate: true)
+            // Insert first, skipping a row that exists (or is being inserted by a concurrent copy of this request,
+            // which we then wait for): copies of one application all succeed, the later ones as resubmissions.
+            let inserted = try await connection.query("""
+                INSERT INTO supplier_admission (authority_id, supplier_id, declarations, insurance_expires_on)
+                VALUES (\(authorityID), app_supplier_id(), \(try Self.json(declarations))::jsonb, \(insuranceExpiry)::date)
+                ON CONFLICT (authority_id, supplier_id) DO NOTHING
+                """).affectedRows == 1
+            let existing = inserted ? nil : try await Self.fetch(connection, authorityID: authorityID, supplierID: scope.supplierID!, forUpdate: true)
             if let existing {
                 guard existing.status == .rejected || existing.status == .pending else {
                     throw DomainError.conflict("Your admission is \(existing.status.rawValue); it cannot be re-submitted.")
@@ -80,11 +87,6 @@ public struct AdmissionService: Sendable {
                     UPDATE supplier_admission SET status = 'pending', declarations = \(try Self.json(declarations))::jsonb,
                         insurance_expires_on = \(insuranceExpiry)::date, decision_reason = NULL, decided_at = NULL
                     WHERE authority_id = \(authorityID) AND supplier_id = app_supplier_id()
-                    """)
-            } else {
-                try await connection.query("""
-                    INSERT INTO supplier_admission (authority_id, supplier_id, declarations, insurance_expires_on)
-                    VALUES (\(authorityID), app_supplier_id(), \(try Self.json(declarations))::jsonb, \(insuranceExpiry)::date)
                     """)
             }
             let after = try await Self.fetch(connection, authorityID: authorityID, supplierID: scope.supplierID!)!

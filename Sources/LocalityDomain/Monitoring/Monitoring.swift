@@ -408,6 +408,9 @@ public struct MonitoringService: Sendable {
             if let required, party != required {
                 throw DomainError.forbidden(required == .board ? "The contract manager does this." : "The supplier does this.")
             }
+            // The contract's row lock (as returns and KPI moves take it) before reading the plan's state: of two
+            // identical moves at once, the second sees the first's result and is refused.
+            _ = try await ContractService.lockForParty(connection, contract)
             guard let before = try await Self.plans(connection, contractID: contractID).first(where: { $0.id == planID }) else {
                 throw DomainError.notFound("corrective action plan")
             }

@@ -91,10 +91,12 @@ public struct ContractRecordsService: Sendable {
             }
             if complaint.resolvedOn != nil { throw DomainError.conflict("The complaint is already resolved.") }
             if resolvedOn < complaint.receivedOn { throw DomainError.invalid("resolved_on", "must not be before it was received") }
-            try await connection.query("""
+            // Conditional on still being open: of two resolutions at once, the second finds it resolved.
+            let resolved = try await connection.query("""
                 UPDATE complaint SET resolution = \(resolution), resolved_on = \(resolvedOn)::date,
-                    action_taken = coalesce(\(actionTaken), action_taken) WHERE id = \(complaintID)
-                """)
+                    action_taken = coalesce(\(actionTaken), action_taken) WHERE id = \(complaintID) AND resolved_on IS NULL
+                """).affectedRows
+            if resolved == 0 { throw DomainError.conflict("The complaint is already resolved.") }
             return try await Self.complaints(connection, contractID: contractID).first { $0.id == complaintID }!
         }
     }
