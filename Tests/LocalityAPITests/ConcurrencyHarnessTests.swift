@@ -209,3 +209,49 @@ extension ConcurrencyHarnessTests {
         }
     }
 }
+
+extension ConcurrencyHarnessTests {
+    /// Every POST of the document, `copies` times at once with one `Idempotency-Key`: it runs once (one audited
+    /// change, whatever the operation would do with copies that carry no key); the others get its answer or a
+    /// 409 saying it is still in progress; and a later retry with the key gets the first answer again.
+    @Test func identicalRequestsWithOneIdempotencyKeyRunOnce() async throws {
+        let world = try await World.make()
+        var configuration = testConfiguration(world.database)
+        configuration.poolSize = 8
+        configuration.acquireTimeout = .seconds(30)
+        let app = try await buildApplication(configuration)
+        // Their answers hold a secret shown once, so they take no key (400 if sent; see the document).
+        let withoutKeys: Set<String> = ["registerSupplier", "issueToken"]
+        try await app.test(.live) { client in
+            let entries = matrix(world).filter { $0.value.method == .post && !withoutKeys.contains($0.key) }
+                .sorted { ($0.value.phase, $0.key) < ($1.value.phase, $1.key) }
+            #expect(entries.count >= 30)
+            for (operation, entry) in entries {
+                guard let (role, success) = entry.expected.filter({ $0.value.code < 300 }).min(by: { $0.key.rawValue < $1.key.rawValue })
+                else { continue }
+                let body = try entry.body(role).map { ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: $0)) }
+                var headers = entry.headers
+                headers[.authorization] = "Bearer \(world.token(role, of: world.a))"
+                headers[HTTPField.Name("Idempotency-Key")!] = "harness-\(operation)"
+                if body != nil { headers[.contentType] = "application/json" }
+                let path = entry.path, sentHeaders = headers
+                let auditBefore = try await totalAuditCount(world.database)
+                let responses = try await concurrently(Self.copies, on: client) { _, connection in
+                    try await connection.send(.post, path, headers: sentHeaders, body: body)
+                }
+                let summary = responses.map { "\($0.status) \($0.body["type"] ?? "")" }
+                let firsts = responses.filter { $0.status == Int(success.code) }
+                let waiting = responses.filter { $0.status == 409 && $0.body["type"] as? String == "/problems/idempotency-key-in-progress" }
+                #expect(firsts.count >= 1 && firsts.count + waiting.count == Self.copies, "\(operation): \(summary)")
+                let auditAfter = try await totalAuditCount(world.database)
+                #expect(auditAfter - auditBefore == 1, "\(operation): one key, \(auditAfter - auditBefore) audited changes: \(summary)")
+                let retry = try await concurrently(1, on: client) { _, connection in
+                    try await connection.send(.post, path, headers: sentHeaders, body: body)
+                }[0]
+                #expect(retry.status == Int(success.code), "\(operation): a retry with the key gets the first answer: \(retry)")
+                #expect(retry.body["id"] as? String == firsts.first?.body["id"] as? String, "\(operation)")
+                #expect(try await totalAuditCount(world.database) == auditAfter, "\(operation): the retry changed something")
+            }
+        }
+    }
+}
