@@ -47,9 +47,6 @@ struct ConcurrentDuplicateTests {
     /// return rolled back).
     @Test func parallelRedReturnsOpenOnePlanAndKeepEveryReturn() async throws {
         let world = try await World.make()
-        try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
-            try await connection.query("UPDATE corrective_action_plan SET status = 'closed', outcome = 'resolved' WHERE id = \(world.market.plan)")
-        }
         try await startAllPeriods(world, contract: world.market.active)
         let contract = "/v1/contracts/\(lower(world.market.active))"
         try await Self.app(world).test(.live) { client in
@@ -57,17 +54,23 @@ struct ConcurrentDuplicateTests {
                 .filter { $0["kpi_id"] as? String == lower(world.market.activeKPI) && $0["period_id"] as? String != lower(world.market.activePeriod) }
                 .compactMap { $0["period_id"] as? String }
             try #require(periods.count >= 2, "the fixture's KPI needs at least three periods")
-            let results = try await concurrently(periods.count, on: client) { index, connection in
-                try await connection.call(.post, "\(contract)/returns", token: world.supplierToken,
-                                      body: ["period_id": periods[index], "actual": "0", "narrative": "Nothing yet"])
+            // Several rounds, each with no plan in progress at its start: each is a chance for the race.
+            for round in 1...4 {
+                try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+                    try await connection.query("UPDATE corrective_action_plan SET status = 'closed', outcome = 'resolved' WHERE status <> 'closed'")
+                }
+                let results = try await concurrently(periods.count, on: client) { index, connection in
+                    try await connection.call(.post, "\(contract)/returns", token: world.supplierToken,
+                                              body: ["period_id": periods[index], "actual": "0", "narrative": "Nothing yet"])
+                }
+                #expect(results.allSatisfy { (200..<300).contains($0.status) }, "round \(round): \(Self.statuses(results))")
+                let after = try await client.call(.get, "\(contract)/returns", token: world.supplierToken).items
+                for period in periods {
+                    #expect(after.first { $0["period_id"] as? String == period }?["versions"] as? Int == round, "a return for \(period) was lost")
+                }
+                let plans = try await client.call(.get, "\(contract)/corrective-actions", token: world.supplierToken).items
+                #expect(plans.filter { $0["status"] as? String != "closed" }.count == 1, "round \(round): \(plans)")
             }
-            #expect(results.allSatisfy { (200..<300).contains($0.status) }, "\(Self.statuses(results))")
-            let after = try await client.call(.get, "\(contract)/returns", token: world.supplierToken).items
-            for period in periods {
-                #expect(after.first { $0["period_id"] as? String == period }?["versions"] as? Int == 1, "the return for \(period) was lost")
-            }
-            let plans = try await client.call(.get, "\(contract)/corrective-actions", token: world.supplierToken).items
-            #expect(plans.filter { $0["status"] as? String != "closed" }.count == 1, "\(plans)")
         }
         try await assertLedgerInvariant(world.database)
     }
