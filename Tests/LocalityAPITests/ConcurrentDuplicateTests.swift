@@ -152,4 +152,25 @@ struct ConcurrentDuplicateTests {
         }
         try await assertLedgerInvariant(world.database)
     }
+
+    /// Pins: five concurrent closes of an agreed corrective action plan: one 200, four 409 plan-state (on main
+    /// all five "closed" it, each with its own audit event, since the state was checked without a lock).
+    @Test func parallelClosesOfOnePlan() async throws {
+        let world = try await World.make()
+        let plans = "/v1/contracts/\(lower(world.market.active))/corrective-actions/\(lower(world.market.plan))"
+        let lim = world.token(.lim, of: world.a)
+        try await Self.app(world).test(.live) { client in
+            let proposed = try await client.call(.post, "\(plans)/proposal", token: world.supplierToken, body: [
+                "root_cause": "Late start", "actions": [["description": "Run catch-up sessions", "owner": "Ali", "due_date": "2027-02-01"]],
+            ])
+            #expect(proposed.status == .ok, "\(proposed.jsonObject)")
+            #expect(try await client.call(.post, "\(plans)/decision", token: lim, body: ["agree": true]).status == .ok)
+            let closes = try await concurrently(5, on: client) { _, connection in
+                try await connection.call(.post, "\(plans)/close", token: lim, body: ["outcome": "resolved"])
+            }
+            #expect(Self.statuses(closes) == [200, 409, 409, 409, 409], "\(Self.statuses(closes))")
+            #expect(closes.filter { $0.status == 409 }.allSatisfy { $0.body["type"] as? String == "/problems/plan-state" })
+        }
+        try await assertLedgerInvariant(world.database)
+    }
 }
