@@ -47,9 +47,6 @@ struct ConcurrentDuplicateTests {
     /// return rolled back).
     @Test func parallelRedReturnsOpenOnePlanAndKeepEveryReturn() async throws {
         let world = try await World.make()
-        try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
-            try await connection.query("UPDATE corrective_action_plan SET status = 'closed', outcome = 'resolved' WHERE id = \(world.market.plan)")
-        }
         try await startAllPeriods(world, contract: world.market.active)
         let contract = "/v1/contracts/\(lower(world.market.active))"
         try await Self.app(world).test(.live) { client in
@@ -57,17 +54,23 @@ struct ConcurrentDuplicateTests {
                 .filter { $0["kpi_id"] as? String == lower(world.market.activeKPI) && $0["period_id"] as? String != lower(world.market.activePeriod) }
                 .compactMap { $0["period_id"] as? String }
             try #require(periods.count >= 2, "the fixture's KPI needs at least three periods")
-            let results = try await concurrently(periods.count, on: client) { index, connection in
-                try await connection.call(.post, "\(contract)/returns", token: world.supplierToken,
-                                      body: ["period_id": periods[index], "actual": "0", "narrative": "Nothing yet"])
+            // Several rounds, each with no plan in progress at its start: each is a chance for the race.
+            for round in 1...4 {
+                try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+                    try await connection.query("UPDATE corrective_action_plan SET status = 'closed', outcome = 'resolved' WHERE status <> 'closed'")
+                }
+                let results = try await concurrently(periods.count, on: client) { index, connection in
+                    try await connection.call(.post, "\(contract)/returns", token: world.supplierToken,
+                                              body: ["period_id": periods[index], "actual": "0", "narrative": "Nothing yet"])
+                }
+                #expect(results.allSatisfy { (200..<300).contains($0.status) }, "round \(round): \(Self.statuses(results))")
+                let after = try await client.call(.get, "\(contract)/returns", token: world.supplierToken).items
+                for period in periods {
+                    #expect(after.first { $0["period_id"] as? String == period }?["versions"] as? Int == round, "a return for \(period) was lost")
+                }
+                let plans = try await client.call(.get, "\(contract)/corrective-actions", token: world.supplierToken).items
+                #expect(plans.filter { $0["status"] as? String != "closed" }.count == 1, "round \(round): \(plans)")
             }
-            #expect(results.allSatisfy { (200..<300).contains($0.status) }, "\(Self.statuses(results))")
-            let after = try await client.call(.get, "\(contract)/returns", token: world.supplierToken).items
-            for period in periods {
-                #expect(after.first { $0["period_id"] as? String == period }?["versions"] as? Int == 1, "the return for \(period) was lost")
-            }
-            let plans = try await client.call(.get, "\(contract)/corrective-actions", token: world.supplierToken).items
-            #expect(plans.filter { $0["status"] as? String != "closed" }.count == 1, "\(plans)")
         }
         try await assertLedgerInvariant(world.database)
     }
@@ -146,6 +149,27 @@ struct ConcurrentDuplicateTests {
             let again = try await client.call(.post, "/v1/supplier-registrations", token: nil, body: registration(11, companiesHouse: nil, charity: "1123456"))
             #expect(again.status == .conflict)
             #expect(again.jsonObject["type"] as? String == "/problems/duplicate-registration")
+        }
+        try await assertLedgerInvariant(world.database)
+    }
+
+    /// Pins: five concurrent closes of an agreed corrective action plan: one 200, four 409 plan-state (on main
+    /// all five "closed" it, each with its own audit event, since the state was checked without a lock).
+    @Test func parallelClosesOfOnePlan() async throws {
+        let world = try await World.make()
+        let plans = "/v1/contracts/\(lower(world.market.active))/corrective-actions/\(lower(world.market.plan))"
+        let lim = world.token(.lim, of: world.a)
+        try await Self.app(world).test(.live) { client in
+            let proposed = try await client.call(.post, "\(plans)/proposal", token: world.supplierToken, body: [
+                "root_cause": "Late start", "actions": [["description": "Run catch-up sessions", "owner": "Ali", "due_date": "2027-02-01"]],
+            ])
+            #expect(proposed.status == .ok, "\(proposed.jsonObject)")
+            #expect(try await client.call(.post, "\(plans)/decision", token: lim, body: ["agree": true]).status == .ok)
+            let closes = try await concurrently(5, on: client) { _, connection in
+                try await connection.call(.post, "\(plans)/close", token: lim, body: ["outcome": "resolved"])
+            }
+            #expect(Self.statuses(closes) == [200, 409, 409, 409, 409], "\(Self.statuses(closes))")
+            #expect(closes.filter { $0.status == 409 }.allSatisfy { $0.body["type"] as? String == "/problems/plan-state" })
         }
         try await assertLedgerInvariant(world.database)
     }

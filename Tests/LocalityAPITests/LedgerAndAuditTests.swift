@@ -23,20 +23,13 @@ struct LedgerAndAuditTests {
         let allocated = 10_000_001   // fixture allocation for boards[1]
         let earmark = 150_000
         try await app.test(.live) { client in
-            let statuses = try await withThrowingTaskGroup(of: (Int, String).self) { group in
-                for index in 0..<100 {
-                    group.addTask {
-                        let response = try await client.call(.post, "/v1/boards/\(board)/ledger", token: world.token(.authorityAdmin, of: world.a), body: [
-                            "financial_year": "2025-26", "funding_stream": "locality", "kind": "earmark",
-                            "amount_pence": earmark, "reference": "race:\(index)", "reason": "race",
-                        ])
-                        return (Int(response.status.code), (response.jsonObject["type"] as? String) ?? "")
-                    }
-                }
-                var all: [(Int, String)] = []
-                for try await status in group { all.append(status) }
-                return all
-            }
+            // One connection per request (see `OwnConnection`): otherwise they are answered one at a time.
+            let statuses = try await concurrently(100, on: client) { index, connection in
+                try await connection.call(.post, "/v1/boards/\(board)/ledger", token: world.token(.authorityAdmin, of: world.a), body: [
+                    "financial_year": "2025-26", "funding_stream": "locality", "kind": "earmark",
+                    "amount_pence": earmark, "reference": "race:\(index)", "reason": "race",
+                ])
+            }.map { ($0.status, ($0.body["type"] as? String) ?? "") }
             #expect(statuses.count == 100)
             #expect(statuses.filter { $0.0 == 201 }.count == allocated / earmark, "\(statuses.prefix(3))")
             let refused = statuses.filter { $0.0 != 201 }

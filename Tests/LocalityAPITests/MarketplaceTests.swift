@@ -127,15 +127,10 @@ struct MarketplaceTests {
         let app = try await buildApplication(configuration)
         let project = lower(world.market.openEmpty)
         try await app.test(.live) { client in
-            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
-                for _ in 0..<12 {
-                    group.addTask {
-                        Int(try await client.call(.post, "/v1/projects/\(project)/bids", token: world.supplierToken,
-                                                  body: ["price_pence": 10_000]).status.code)
-                    }
-                }
-                return try await group.reduce(into: []) { $0.append($1) }
-            }
+            // One connection per request (see `OwnConnection`): otherwise they are answered one at a time.
+            let statuses = try await concurrently(12, on: client) { _, connection in
+                try await connection.call(.post, "/v1/projects/\(project)/bids", token: world.supplierToken, body: ["price_pence": 10_000])
+            }.map(\.status)
             #expect(statuses.filter { $0 == 201 }.count == 1)
             #expect(statuses.filter { $0 == 409 }.count == 11)
             #expect(try await client.call(.get, "/v1/projects/\(project)/bids", token: world.supplierToken).items.count == 1)

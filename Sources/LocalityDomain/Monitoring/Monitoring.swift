@@ -408,13 +408,15 @@ public struct MonitoringService: Sendable {
             if let required, party != required {
                 throw DomainError.forbidden(required == .board ? "The contract manager does this." : "The supplier does this.")
             }
-            // The contract's row lock (as returns and KPI moves take it) before reading the plan's state: of two
-            // identical moves at once, the second sees the first's result and is refused.
-            _ = try await ContractService.lockForParty(connection, contract)
+            // The plan's row lock first, then its state: of two concurrent moves (two closes, an agreement and a
+            // sending back) the second sees the first and hears 409.
+            try await connection.query("SELECT 1 FROM corrective_action_plan WHERE id = \(planID) AND contract_id = \(contractID) FOR UPDATE")
             guard let before = try await Self.plans(connection, contractID: contractID).first(where: { $0.id == planID }) else {
                 throw DomainError.notFound("corrective action plan")
             }
-            guard states.contains(before.status) else { throw DomainError.conflict("The plan is \(before.status).") }
+            guard states.contains(before.status) else {
+                throw DomainError.stateConflict(type: "plan-state", "The plan is \(before.status); it cannot be changed that way now.")
+            }
             try await change(connection)
             let after = try await Self.plans(connection, contractID: contractID).first { $0.id == planID }!
             try await AuditLog.record(connection, action: "contract.corrective_action.\(action)", entityType: "contract",
