@@ -24,6 +24,12 @@ extension APIHandlers {
         return .created(.init(headers: .init(location: "/v1/schools/\(input.path.urn)/spip"), body: .json(.init(spip))))
     }
 
+    func listSchoolContracts(_ input: Operations.ListSchoolContracts.Input) async throws -> Operations.ListSchoolContracts.Output {
+        let page = try await services.spip.listContracts(
+            try Authenticated.scope(), page: PageRequest(limit: input.query.limit, cursor: input.query.cursor))
+        return .ok(.init(body: .json(.init(items: page.items.map(Components.Schemas.SchoolContract.init), nextCursor: page.nextCursor))))
+    }
+
     func addSchoolContractOutput(_ input: Operations.AddSchoolContractOutput.Input) async throws -> Operations.AddSchoolContractOutput.Output {
         guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
         let contract = try await services.spip.addOutput(

@@ -238,6 +238,8 @@ func evaluationMatrix(_ world: World) -> [String: MatrixEntry] {
             body: { _ in ["supplier_id": lower(world.supplierID), "service": "peer_review", "description": "Peer review of leadership",
                           "value_pence": 300_000, "financial_year": "2025-26", "start_date": "2026-02-01", "end_date": "2026-03-31"] },
             expected: outcomes([.hosi: .created])),
+        "listSchoolContracts": MatrixEntry(
+            method: .get, path: "/v1/school-contracts", body: { _ in nil }, expected: outcomes([:], otherwise: .ok)),
         "addSchoolContractOutput": MatrixEntry(
             method: .post, path: "/v1/school-contracts/\(lower(world.schoolContract))/outputs", body: { _ in ["title": "Governance report"] },
             expected: outcomes([.hosi: .ok, .supplierUser: .ok])),

@@ -152,6 +152,13 @@ struct SchoolTests {
             #expect((output.jsonObject["outputs"] as? [[String: Any]])?.count == 1)
             #expect(try await client.call(.post, "/v1/school-contracts/\(lower(world.schoolContract))/outputs", token: world.outsiderToken,
                                           body: ["title": "Not mine"]).status == .notFound)
+            // The supplier finds its school contracts without knowing the school (the plan is staff-only);
+            // another supplier sees none of them.
+            let mine = try await client.call(.get, "/v1/school-contracts", token: world.supplierToken).items
+            #expect(mine.map { $0["id"] as? String } == [lower(world.schoolContract)])
+            #expect((mine.first?["outputs"] as? [[String: Any]])?.count == 1)
+            #expect(try await client.call(.get, "/v1/school-contracts", token: world.outsiderToken).items.isEmpty)
+            #expect(try await client.call(.get, "/v1/school-contracts?limit=1", token: hosi).items.count == 1)
             // Another board sees the register, not the plan.
             _ = try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
                 try await connection.query("UPDATE school SET board_id = \(world.a.boards[1].id) WHERE urn = 121003")

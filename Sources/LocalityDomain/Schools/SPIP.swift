@@ -77,6 +77,28 @@ public struct SPIPService: Sendable {
         }
     }
 
+    /// School-improvement contracts the caller may see, newest first: a supplier's own (in every authority it
+    /// works for, so it can submit outputs without knowing the school's plan), or, for staff, those on the plans
+    /// of the schools they see (row-level security: the authority-wide roles see all, board staff their boards').
+    public func listContracts(_ scope: AccessScope, page: PageRequest) async throws -> Page<SchoolContract> {
+        try scope.require(scope.isStaff || (scope.has(.supplierUser) && scope.supplierID != nil), "see school contracts")
+        let afterCreated = page.after?.first.flatMap(PGDateFormat.date) ?? Date.distantFuture
+        // The first page starts after the greatest key: (far future, ffff…) in descending order.
+        let afterID = page.after?.dropFirst().first.flatMap(UUID.init(uuidString:)) ?? UUID(uuidString: "ffffffff-ffff-ffff-ffff-ffffffffffff")!
+        let rows = try await database.transaction(scope, readOnly: true) { connection in
+            let keys = try await connection.query("""
+                SELECT id, created_at FROM school_contract
+                WHERE (created_at, id) < (\(afterCreated), \(afterID))
+                ORDER BY created_at DESC, id DESC LIMIT \(page.limit + 1)
+                """).map { try $0.decode(UUID.self, Date.self) }
+            var contracts: [(SchoolContract, Date)] = []
+            for (id, createdAt) in keys { contracts.append((try await Self.contract(connection, id: id), createdAt)) }
+            return contracts
+        }
+        let built = page.page(rows) { [PGDateFormat.string($0.1), $0.0.id.uuidString] }
+        return Page(items: built.items.map(\.0), nextCursor: built.nextCursor)
+    }
+
     public func addPriority(_ scope: AccessScope, urn: Int, priority: String, actions: [String]) async throws -> SPIP {
         try scope.require(scope.isStaff && scope.has(.hosi), "keep school improvement plans")
         var validator = Validator()
