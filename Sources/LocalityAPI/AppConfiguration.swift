@@ -25,6 +25,19 @@ public struct AppConfiguration: Sendable {
     /// The metrics listener's port; nil serves no metrics, 0 picks a free port (tests).
     /// (`locality-server` listens on 9464 unless told otherwise; `--metrics-port 0` turns it off.)
     public var metricsPort: Int?
+    /// Server-side limits on every session of the service's pool (PostgreSQL `statement_timeout`,
+    /// `lock_timeout`, `idle_in_transaction_session_timeout`): one stuck statement, one held row lock or one
+    /// abandoned transaction cannot hold a pooled connection for long. A request that hits one gets 503
+    /// with `Retry-After`. 0 turns a limit off.
+    public var statementTimeoutMilliseconds = 15_000
+    public var lockTimeoutMilliseconds = 3_000
+    public var idleInTransactionTimeoutMilliseconds = 30_000
+
+    /// The pool's session settings for the limits above.
+    var sessionSettings: [(name: String, value: String)] {
+        [("statement_timeout", "\(statementTimeoutMilliseconds)ms"), ("lock_timeout", "\(lockTimeoutMilliseconds)ms"),
+         ("idle_in_transaction_session_timeout", "\(idleInTransactionTimeoutMilliseconds)ms")]
+    }
 
     public init(
         host: String = "127.0.0.1",

@@ -68,7 +68,8 @@ public func buildApplication(
     let metricsFactory = PrometheusMetricsFactory(registry: registry)
     let pool = PGPool(
         configuration: .init(
-            connection: .init(conninfo: endpoints.applicationConninfo, applicationName: "locality-server"),
+            connection: .init(conninfo: endpoints.applicationConninfo, applicationName: "locality-server",
+                              sessionSettings: configuration.sessionSettings),
             maxConnections: configuration.poolSize,
             acquireTimeout: configuration.acquireTimeout
         ),

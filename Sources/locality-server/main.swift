@@ -32,6 +32,15 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Port of the separate /metrics listener; 0 turns metrics off [LOCALITY_METRICS_PORT] (default 9464).")
     var metricsPort: Int?
 
+    @Option(help: "Longest a database statement may run, in ms; 0 = no limit [LOCALITY_STATEMENT_TIMEOUT_MS] (default 15000).")
+    var statementTimeoutMs: Int?
+
+    @Option(help: "Longest a statement may wait for a row lock, in ms; 0 = no limit [LOCALITY_LOCK_TIMEOUT_MS] (default 3000).")
+    var lockTimeoutMs: Int?
+
+    @Option(help: "Longest a transaction may sit idle, in ms; 0 = no limit [LOCALITY_IDLE_IN_TRANSACTION_TIMEOUT_MS] (default 30000).")
+    var idleInTransactionTimeoutMs: Int?
+
     @Flag(inversion: .prefixedNo, help: "Apply pending migrations at start [LOCALITY_MIGRATE=true|false].")
     var migrate: Bool?
 
@@ -50,6 +59,17 @@ struct LocalityServer: AsyncParsableCommand {
         configuration.metricsHost = metricsHost ?? environmentValue("METRICS_HOST") ?? configuration.metricsHost
         let metricsPort = try metricsPort ?? environmentValue("METRICS_PORT").map { try parseInt($0, "LOCALITY_METRICS_PORT") } ?? 9464
         configuration.metricsPort = metricsPort == 0 ? nil : metricsPort
+        configuration.statementTimeoutMilliseconds = try statementTimeoutMs
+            ?? environmentValue("STATEMENT_TIMEOUT_MS").map { try parseInt($0, "LOCALITY_STATEMENT_TIMEOUT_MS") } ?? configuration.statementTimeoutMilliseconds
+        configuration.lockTimeoutMilliseconds = try lockTimeoutMs
+            ?? environmentValue("LOCK_TIMEOUT_MS").map { try parseInt($0, "LOCALITY_LOCK_TIMEOUT_MS") } ?? configuration.lockTimeoutMilliseconds
+        configuration.idleInTransactionTimeoutMilliseconds = try idleInTransactionTimeoutMs
+            ?? environmentValue("IDLE_IN_TRANSACTION_TIMEOUT_MS").map { try parseInt($0, "LOCALITY_IDLE_IN_TRANSACTION_TIMEOUT_MS") }
+            ?? configuration.idleInTransactionTimeoutMilliseconds
+        for (value, flag) in [(configuration.statementTimeoutMilliseconds, "--statement-timeout-ms"), (configuration.lockTimeoutMilliseconds, "--lock-timeout-ms"),
+                              (configuration.idleInTransactionTimeoutMilliseconds, "--idle-in-transaction-timeout-ms")] where value < 0 {
+            throw ValidationError("\(flag) must not be negative")
+        }
         configuration.applyMigrations = migrate ?? environmentValue("MIGRATE").map { $0 != "false" && $0 != "0" } ?? true
         configuration.database = database.settings
         configuration.seedDemo = demo || environmentValue("DEMO").map { $0 == "true" || $0 == "1" } ?? false

@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTesting
 import LocalityAPI
 import LocalityDomain
+import LocalityPostgres
 import Logging
 import NIOCore
 import PostgresTestSupport
@@ -52,6 +53,32 @@ struct OperationsTests {
         } catch let error as StartupError {
             #expect(error.description.contains(role == "owner" ? "owner of the tables" : "superuser"), "\(error)")
             #expect(error.description.contains("deploy/README.md"))
+        }
+    }
+
+    /// A write queued behind a row lock someone else holds gives up after the lock timeout with a 503 the
+    /// client may retry, and frees its pooled connection; it does not wait as long as the lock is held.
+    @Test func aWriteStuckBehindAHeldLockGets503WithRetryAfter() async throws {
+        let world = try await World.make()
+        var configuration = testConfiguration(world.database)
+        configuration.lockTimeoutMilliseconds = 300
+        configuration.statementTimeoutMilliseconds = 8_000   // so that without the lock timeout this fails, not hangs
+        let app = try await buildApplication(configuration)
+        let board = world.a.boards[0].id
+        try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "holder")) { holder in
+            try await holder.execute("BEGIN")
+            try await holder.query("SELECT 1 FROM board WHERE id = \(board) FOR UPDATE")
+            try await app.test(.live) { client in
+                let started = ContinuousClock.now
+                let stuck = try await client.call(.patch, "/v1/boards/\(lower(board))", token: world.token(.authorityAdmin, of: world.a),
+                                                  body: ["chair": "Someone"])
+                #expect(stuck.status == .serviceUnavailable, "\(String(buffer: stuck.body))")
+                #expect(stuck.headers[HTTPField.Name("Retry-After")!] != nil)
+                #expect(ContinuousClock.now - started < .seconds(5))
+                // Reads of the same board are not held up by the lock.
+                #expect(try await client.call(.get, "/v1/boards/\(lower(board))", token: world.token(.authorityAdmin, of: world.a)).status == .ok)
+            }
+            try await holder.execute("ROLLBACK")
         }
     }
 
