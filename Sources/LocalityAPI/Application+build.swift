@@ -1,5 +1,6 @@
 import EmbeddedPostgres
 public import Hummingbird
+import HummingbirdCore
 public import LocalityDomain
 import LocalityPostgres
 public import Logging
@@ -117,7 +118,12 @@ public func buildApplication(
     }
     return Application(
         router: router,
-        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),
+        // A socket that sends nothing for the idle timeout is closed (between requests, or before the first): idle
+        // or trickling clients cannot pile up. Past the connection cap, new connections wait in the listen backlog.
+        server: .http1(configuration: .init(idleTimeout: configuration.idleTimeoutSeconds > 0 ? .seconds(Int64(configuration.idleTimeoutSeconds)) : nil)),
+        configuration: .init(
+            address: .hostname(configuration.host, port: configuration.port), serverName: nil,
+            availableConnectionsDelegate: configuration.maxConnections > 0 ? MaximumAvailableConnections(configuration.maxConnections) : nil),
         services: services,
         onServerRunning: onServerRunning,
         logger: logger

@@ -32,6 +32,12 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Port of the separate /metrics listener; 0 turns metrics off [LOCALITY_METRICS_PORT] (default 9464).")
     var metricsPort: Int?
 
+    @Option(help: "Close a client connection that sends nothing for this many seconds; 0 = never [LOCALITY_IDLE_TIMEOUT_SECONDS] (default 30).")
+    var idleTimeoutSeconds: Int?
+
+    @Option(help: "Client connections served at once; more wait to be accepted; 0 = no cap [LOCALITY_MAX_CONNECTIONS] (default 1000).")
+    var maxConnections: Int?
+
     @Option(help: "Longest a database statement may run, in ms; 0 = no limit [LOCALITY_STATEMENT_TIMEOUT_MS] (default 15000).")
     var statementTimeoutMs: Int?
 
@@ -59,6 +65,13 @@ struct LocalityServer: AsyncParsableCommand {
         configuration.metricsHost = metricsHost ?? environmentValue("METRICS_HOST") ?? configuration.metricsHost
         let metricsPort = try metricsPort ?? environmentValue("METRICS_PORT").map { try parseInt($0, "LOCALITY_METRICS_PORT") } ?? 9464
         configuration.metricsPort = metricsPort == 0 ? nil : metricsPort
+        configuration.idleTimeoutSeconds = try idleTimeoutSeconds
+            ?? environmentValue("IDLE_TIMEOUT_SECONDS").map { try parseInt($0, "LOCALITY_IDLE_TIMEOUT_SECONDS") } ?? configuration.idleTimeoutSeconds
+        configuration.maxConnections = try maxConnections
+            ?? environmentValue("MAX_CONNECTIONS").map { try parseInt($0, "LOCALITY_MAX_CONNECTIONS") } ?? configuration.maxConnections
+        guard configuration.idleTimeoutSeconds >= 0, configuration.maxConnections >= 0 else {
+            throw ValidationError("--idle-timeout-seconds and --max-connections must not be negative")
+        }
         configuration.statementTimeoutMilliseconds = try statementTimeoutMs
             ?? environmentValue("STATEMENT_TIMEOUT_MS").map { try parseInt($0, "LOCALITY_STATEMENT_TIMEOUT_MS") } ?? configuration.statementTimeoutMilliseconds
         configuration.lockTimeoutMilliseconds = try lockTimeoutMs

@@ -82,6 +82,29 @@ struct OperationsTests {
         }
     }
 
+    /// A client that connects and sends nothing is disconnected after the idle timeout (anyone could otherwise
+    /// hold sockets open without a token), while a client that sends its request in time is answered.
+    @Test func anIdleConnectionIsClosedAfterTheIdleTimeout() async throws {
+        var configuration = testConfiguration(try await TestDatabase.migrated())
+        configuration.idleTimeoutSeconds = 1
+        let app = try await buildApplication(configuration)
+        try await app.test(.live) { client in
+            let port = try #require(client.port)
+            let started = ContinuousClock.now
+            let silent = try await withThrowingTaskGroup(of: String?.self) { group in
+                group.addTask { try await RawHTTP.exchange(port: port, "") }
+                group.addTask { try await Task.sleep(for: .seconds(15)); return nil }   // the test's own deadline
+                let first = try await group.next()!
+                group.cancelAll()
+                return first
+            }
+            #expect(silent == "", "the server closed the silent connection without writing anything")
+            #expect(ContinuousClock.now - started < .seconds(10))
+            let answered = try await RawHTTP.exchange(port: port, "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            #expect(answered.hasPrefix("HTTP/1.1 200"))
+        }
+    }
+
     @Test func readyWhenTheSchemaIsCurrent() async throws {
         let app = try await buildApplication(testConfiguration(try await TestDatabase.migrated()))
         try await app.test(.live) { client in
