@@ -96,6 +96,7 @@ struct LocalityServer: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "locality-server")
+        Self.ensureFileLimit(for: configuration, logger: logger)
         do {
             let app = try await buildApplication(configuration, logger: logger, onDemoSeeded: printDemo)
             try await app.runService()
@@ -105,6 +106,26 @@ struct LocalityServer: AsyncParsableCommand {
             // One line saying what went wrong (embedded cluster, migrations, port in use…), then a non-zero exit.
             logger.critical("cannot start: \(error)")
             throw ExitCode.failure
+        }
+    }
+
+    /// Each client connection and each pooled database connection takes a file descriptor. Run out of them and
+    /// the process fails in odd places (accept errors; libdispatch aborting when it cannot open /proc files), so
+    /// raise the soft limit to the hard one, and say so in one line when even that is below what the
+    /// configuration may need.
+    static func ensureFileLimit(for configuration: AppConfiguration, logger: Logger) {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        let cap = configuration.maxConnections > 0 ? configuration.maxConnections : 10_000
+        let needed = UInt64(cap + configuration.poolSize + 128)
+        if UInt64(limit.rlim_cur) < needed {
+            logger.warning("the open-files limit is low for this configuration; raise LimitNOFILE (systemd) or ulimit -n, or lower --max-connections",
+                           metadata: ["limit": "\(limit.rlim_cur)", "needed": "\(needed)"])
         }
     }
 
