@@ -109,7 +109,17 @@ public final class EmbeddedPostgres: Service, @unchecked Sendable {
             try checkOwnership(runAs: runAs)
         }
         if try await isRunning(binaries: binaries, runAs: runAs) {
-            logger.info("reusing the running embedded PostgreSQL", metadata: ["data_dir": "\(dataDirectory)"])
+            // Started by a process that is gone (killed, crashed): nobody would ever stop it, so this process
+            // takes it over and stops it on shutdown. Started by one that is alive (the server, while the CLI
+            // runs): share it and leave it to its starter.
+            if let starter = Self.readStarter(markerPath), Self.isAlive(starter) {
+                logger.info("reusing the running embedded PostgreSQL", metadata: ["data_dir": "\(dataDirectory)", "started_by_pid": "\(starter)"])
+            } else {
+                logger.warning("adopting an embedded PostgreSQL left running by a process that is gone; it stops when this one does",
+                               metadata: ["data_dir": "\(dataDirectory)"])
+                Self.writeStarter(markerPath)
+                lock.withLock { startedByUs = true }
+            }
             return
         }
         let logFile = dataDirectory + "/server.log"
@@ -123,8 +133,41 @@ public final class EmbeddedPostgres: Service, @unchecked Sendable {
             }
             throw EmbeddedPostgresError("the embedded PostgreSQL did not start (see \(logFile)):\n\(output.text)\(log)")
         }
+        Self.writeStarter(markerPath)
         lock.withLock { startedByUs = true }
         logger.info("started the embedded PostgreSQL", metadata: ["data_dir": "\(dataDirectory)"])
+    }
+
+    /// Beside the data directory: the pid of the process that started (or adopted) the running cluster.
+    private var markerPath: String { dataDirectory + ".starter" }
+
+    static func readStarter(_ path: String) -> pid_t? {
+        (try? String(contentsOfFile: path, encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
+
+    static func writeStarter(_ path: String) {
+        try? "\(getpid())\n".write(toFile: path, atomically: true, encoding: .utf8)
+    }
+
+    /// Whether a process exists (signal 0 checks without sending; EPERM means it exists under another user).
+    static func isAlive(_ pid: pid_t) -> Bool {
+        pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)
+    }
+
+    /// If this process runs the cluster and its postmaster has died (killed, out of memory), starts it again.
+    /// Returns true when it restarted it. `run()` calls it every few seconds.
+    @discardableResult
+    public func superviseOnce() async throws -> Bool {
+        let (ours, binaries) = lock.withLock { (startedByUs, binDirectory) }
+        guard ours, let binaries else { return false }
+        let runAs = try RunAs.resolve(osUser: configuration.osUser)
+        if try await isRunning(binaries: binaries, runAs: runAs) { return false }
+        logger.warning("the embedded PostgreSQL stopped unexpectedly; starting it again", metadata: ["data_dir": "\(dataDirectory)"])
+        let logFile = dataDirectory + "/server.log"
+        let output = try await ProcessRunner.run(
+            runAs.executable, runAs.arguments(binaries + "/pg_ctl", ["start", "-D", dataDirectory, "-w", "-t", "60", "-l", logFile]))
+        guard output.status == 0 else { throw EmbeddedPostgresError("the embedded PostgreSQL did not restart (see \(logFile)):\n\(output.text)") }
+        return true
     }
 
     /// Stops the server if this process started it.
@@ -135,12 +178,21 @@ public final class EmbeddedPostgres: Service, @unchecked Sendable {
         }
         guard shouldStop, let binaries, let runAs = try? RunAs.resolve(osUser: configuration.osUser) else { return }
         _ = try? await ProcessRunner.run(runAs.executable, runAs.arguments(binaries + "/pg_ctl", ["stop", "-D", dataDirectory, "-m", "fast", "-w"]))
+        try? FileManager.default.removeItem(atPath: markerPath)
         logger.info("stopped the embedded PostgreSQL", metadata: ["data_dir": "\(dataDirectory)"])
     }
 
     /// Runs until graceful shutdown, then stops the server (after the services listed after it are done).
+    /// Meanwhile supervises it: a postmaster that died is started again within a few seconds, so the service
+    /// heals (503s meanwhile) instead of waiting for someone to restart it.
     public func run() async throws {
-        try? await gracefulShutdown()
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(2))
+                if Task.isCancelled { break }
+                do { try await self.superviseOnce() } catch { self.logger.error("\(error)") }
+            }
+        }
         await stop()
     }
 

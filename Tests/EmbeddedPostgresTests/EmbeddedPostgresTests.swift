@@ -48,6 +48,70 @@ struct EmbeddedPostgresTests {
         await second.stop()
     }
 
+    /// What `pg_ctl status` says, as the OS user the cluster runs as.
+    func clusterIsRunning(_ directory: String) async throws -> Bool {
+        let binaries = try await EmbeddedPostgres.locateBinaries()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: getuid() == 0 ? "/usr/sbin/runuser" : binaries + "/pg_ctl")
+        process.arguments = (getuid() == 0 ? ["-u", "postgres", "--", binaries + "/pg_ctl"] : []) + ["status", "-D", directory]
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        return process.terminationStatus == 0
+    }
+
+    /// A cluster left running by a process that died (kill -9 of the server) is adopted by the next starter and
+    /// stopped when that one stops; one whose starter is alive is shared and left to it.
+    @Test func anOrphanedClusterIsAdoptedAndStoppedButALiveStartersIsLeftAlone() async throws {
+        let root = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let configuration = EmbeddedPostgresConfiguration(dataDirectory: root + "/pg", settings: ["fsync": "off"])
+        let first = EmbeddedPostgres(configuration: configuration, logger: logger)
+        try await first.start()
+
+        // Its starter is alive (this process): a second user shares it and does not stop it.
+        let sharer = EmbeddedPostgres(configuration: configuration, logger: logger)
+        try await sharer.start()
+        await sharer.stop()
+        #expect(try await clusterIsRunning(root + "/pg"))
+
+        // Its starter is gone: the next one adopts it.
+        let gone = Process()
+        gone.executableURL = URL(fileURLWithPath: "/bin/true")
+        try gone.run()
+        gone.waitUntilExit()
+        try "\(gone.processIdentifier)\n".write(toFile: root + "/pg.starter", atomically: true, encoding: .utf8)
+        let adopter = EmbeddedPostgres(configuration: configuration, logger: logger)
+        try await adopter.start()
+        await adopter.stop()
+        #expect(try await clusterIsRunning(root + "/pg") == false, "the adopted orphan was stopped")
+        await first.stop()
+    }
+
+    /// A postmaster that stops behind the service's back is started again by the supervisor.
+    @Test func aStoppedPostmasterIsStartedAgainBySupervision() async throws {
+        let root = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let configuration = EmbeddedPostgresConfiguration(dataDirectory: root + "/pg", settings: ["fsync": "off"])
+        let embedded = EmbeddedPostgres(configuration: configuration, logger: logger)
+        try await embedded.start()
+        #expect(try await embedded.superviseOnce() == false, "nothing to do while it runs")
+        let binaries = try await EmbeddedPostgres.locateBinaries()
+        let crash = Process()
+        crash.executableURL = URL(fileURLWithPath: getuid() == 0 ? "/usr/sbin/runuser" : binaries + "/pg_ctl")
+        crash.arguments = (getuid() == 0 ? ["-u", "postgres", "--", binaries + "/pg_ctl"] : []) + ["stop", "-D", root + "/pg", "-m", "immediate", "-w"]
+        crash.standardOutput = FileHandle.nullDevice
+        try crash.run()
+        crash.waitUntilExit()
+        #expect(try await clusterIsRunning(root + "/pg") == false)
+        #expect(try await embedded.superviseOnce() == true)
+        let answer = try await PGConnection.withConnection(.init(conninfo: embedded.conninfo())) { connection in
+            try await connection.query("SELECT 1").first!.decode(Int.self, at: 0)
+        }
+        #expect(answer == 1)
+        await embedded.stop()
+    }
+
     @Test func twoStartersAtOnceShareOneHealthyCluster() async throws {
         let root = try scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: root) }
