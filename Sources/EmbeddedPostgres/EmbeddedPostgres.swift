@@ -138,6 +138,25 @@ public final class EmbeddedPostgres: Service, @unchecked Sendable {
         logger.info("started the embedded PostgreSQL", metadata: ["data_dir": "\(dataDirectory)"])
     }
 
+    /// Whether, as root, the OS user PostgreSQL runs as can reach `dataDirectory`: it needs search permission
+    /// on every existing ancestor (a clone under /root, or any 0700 directory, is out of its reach). Directories
+    /// still to be created are made 0755 by us. Always true when not root (the server then runs as us).
+    public static func osUserCanReach(_ dataDirectory: String, osUser: String) -> Bool {
+        guard getuid() == 0, let entry = getpwnam(osUser) else { return true }
+        let uid = entry.pointee.pw_uid, gid = entry.pointee.pw_gid
+        var path = URL(fileURLWithPath: dataDirectory).standardizedFileURL.deletingLastPathComponent()
+        while true {
+            var info = stat()
+            if stat(path.path, &info) == 0 {
+                let mode = info.st_mode
+                let allowed = info.st_uid == uid ? mode & S_IXUSR != 0 : info.st_gid == gid ? mode & S_IXGRP != 0 : mode & S_IXOTH != 0
+                if !allowed { return false }
+            }
+            if path.path == "/" { return true }
+            path = path.deletingLastPathComponent()
+        }
+    }
+
     /// Beside the data directory: the pid of the process that started (or adopted) the running cluster.
     private var markerPath: String { dataDirectory + ".starter" }
 

@@ -29,13 +29,16 @@ public struct DatabaseOptions: ParsableArguments, Sendable {
     public init() {}
 
     public var settings: DatabaseSettings {
-        DatabaseSettings(
+        let explicitDataDirectory = dataDir ?? environmentValue("DATA_DIR")
+        var settings = DatabaseSettings(
             databaseURL: databaseURL ?? environmentValue("DATABASE_URL"),
             ownerDatabaseURL: ownerDatabaseURL ?? environmentValue("OWNER_DATABASE_URL"),
-            dataDirectory: dataDir ?? environmentValue("DATA_DIR") ?? ".data/postgres",
+            dataDirectory: explicitDataDirectory ?? ".data/postgres",
             postgresOSUser: postgresOSUser ?? environmentValue("POSTGRES_OS_USER") ?? "postgres",
             postgresBinDirectory: postgresBinDir ?? environmentValue("POSTGRES_BIN_DIR")
         )
+        settings.dataDirectoryIsExplicit = explicitDataDirectory != nil
+        return settings
     }
 }
 

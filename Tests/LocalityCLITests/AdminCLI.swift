@@ -66,7 +66,7 @@ enum AdminCLI {
 
     /// Runs `locality-admin <arguments>`, capturing stdout and stderr separately (through files, so a large
     /// output cannot fill a pipe and stall the child).
-    static func run(_ arguments: [String], timeout: Duration = .seconds(120)) async throws -> Result {
+    static func run(_ arguments: [String], timeout: Duration = .seconds(120), currentDirectory: URL? = nil) async throws -> Result {
         let executable = try binary()
         let directory = FileManager.default.temporaryDirectory
         let stdoutURL = directory.appendingPathComponent("locality-admin-\(UUID().uuidString).out")
@@ -83,6 +83,7 @@ enum AdminCLI {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if let currentDirectory { process.currentDirectoryURL = currentDirectory }
         // Only what the test passes: no LOCALITY_* settings from the environment running the tests.
         process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("LOCALITY_") }
         process.standardInput = FileHandle.nullDevice

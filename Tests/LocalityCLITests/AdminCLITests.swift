@@ -100,6 +100,22 @@ struct AdminCLITests {
         try expectSuccess(await AdminCLI.run(["seed", "demo", "--owner-database-url", db.ownerConninfo, "--data-dir", directory.path]))
     }
 
+    /// As root, from a clone in a private directory (mode 0700, as under /root) the PostgreSQL OS user cannot
+    /// reach `./.data/postgres`: the embedded cluster goes under /var/lib/locality instead, and the command works.
+    @Test(.enabled(if: getuid() == 0, "only root runs PostgreSQL as another OS user"))
+    func theEmbeddedClusterWorksFromAPrivateDirectoryAsRoot() async throws {
+        let name = "private-\(UUID().uuidString.prefix(8).lowercased())"
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let migrate = try await AdminCLI.run(["migrate"], currentDirectory: directory)
+        let relocated = (try? FileManager.default.contentsOfDirectory(atPath: "/var/lib/locality"))?.filter { $0.hasPrefix(name + "-") } ?? []
+        defer { for entry in relocated { try? FileManager.default.removeItem(atPath: "/var/lib/locality/" + entry) } }
+        #expect(migrate.status == 0, "\(migrate)")
+        #expect(relocated.count == 1, "the cluster should live under /var/lib/locality: \(migrate)")
+        #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent(".data/postgres/PG_VERSION").path))
+    }
+
     @Test func domainErrorsReachTheUserAsOneLine() async throws {
         let db = try await TestDatabase.migrated()
         try await authorityWithBoard(db)

@@ -11,6 +11,9 @@ public struct DatabaseSettings: Sendable {
     public var ownerDatabaseURL: String?
     /// The embedded cluster's data directory.
     public var dataDirectory: String
+    /// Given by the operator (`--data-dir`): used as is. The default may move where the PostgreSQL OS user can
+    /// reach it (see `DatabaseBootstrap.embeddedDataDirectory`).
+    public var dataDirectoryIsExplicit = false
     /// As root, the embedded PostgreSQL runs as this OS user.
     public var postgresOSUser: String
     public var postgresBinDirectory: String?
@@ -106,6 +109,24 @@ public struct DatabaseEndpoints: Sendable {
 }
 
 public enum DatabaseBootstrap {
+    /// The default `.data/postgres` is relative to the working directory. As root, PostgreSQL runs as an
+    /// unprivileged user, which cannot reach a clone in a private directory (under /root, or mode 0700): then
+    /// the cluster lives under /var/lib/locality instead, in a directory named for the working directory (so
+    /// each clone keeps its own), and one log line says where. An explicit `--data-dir` is never moved.
+    static func embeddedDataDirectory(_ settings: DatabaseSettings, logger: Logger) -> String {
+        let requested = URL(fileURLWithPath: settings.dataDirectory).standardizedFileURL.path
+        guard !settings.dataDirectoryIsExplicit, !EmbeddedPostgres.osUserCanReach(requested, osUser: settings.postgresOSUser) else {
+            return settings.dataDirectory
+        }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325   // FNV-1a of the requested path: stable across runs
+        for byte in requested.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        let name = URL(fileURLWithPath: FileManager.default.currentDirectoryPath).lastPathComponent
+        let relocated = "/var/lib/locality/\(name)-\(String(hash, radix: 16).prefix(10))/postgres"
+        logger.notice("the PostgreSQL OS user cannot reach \(requested); the embedded cluster lives in \(relocated) instead (--data-dir to choose)",
+                      metadata: ["os_user": "\(settings.postgresOSUser)"])
+        return relocated
+    }
+
     /// Resolves the settings to running endpoints: the given URLs, or the embedded cluster started
     /// (and initialised with roles and database on first use).
     public static func prepare(_ settings: DatabaseSettings, logger: Logger) async throws -> DatabaseEndpoints {
@@ -118,7 +139,7 @@ public enum DatabaseBootstrap {
         }
         let embedded = EmbeddedPostgres(
             configuration: .init(
-                dataDirectory: settings.dataDirectory,
+                dataDirectory: embeddedDataDirectory(settings, logger: logger),
                 osUser: settings.postgresOSUser,
                 binDirectory: settings.postgresBinDirectory
             ),
