@@ -35,8 +35,11 @@ public func buildApplication(
     var logger = logger ?? Logger(label: "locality-server")
     logger.logLevel = configuration.logLevel
 
+    // Files the build must ship with, checked before anything starts.
+    try OpenAPIDocument.load()
+    let migrations = try Migration.load(from: Migration.defaultDirectory())
     let endpoints = try await DatabaseBootstrap.prepare(configuration.database, logger: logger)
-    let migrator = Migrator(migrations: try Migration.load(from: Migration.defaultDirectory()), logger: logger)
+    let migrator = Migrator(migrations: migrations, logger: logger)
     if configuration.applyMigrations {
         do {
             try await migrator.apply(ownerConninfo: endpoints.ownerConninfo)

@@ -76,11 +76,41 @@ enum MetricsServer {
 }
 
 /// The contract itself, served at `/openapi.yaml`.
+/// The contract served at `/openapi.yaml`, read once at start from the resource bundle. Found without
+/// `Bundle.module`, whose accessor kills the process when the bundle is missing (an install that copied
+/// only the executable): `load()` instead fails the start with a message naming the bundle.
 enum OpenAPIDocument {
-    static let bytes: [UInt8] = {
-        guard let url = Bundle.module.url(forResource: "openapi", withExtension: "yaml"),
-            let data = try? Data(contentsOf: url)
-        else { return Array("openapi: 3.1.0\n".utf8) }
-        return [UInt8](data)
-    }()
+    static let bundleName = "locality-commissioning_LocalityAPI.resources"
+
+    /// Set by `load()` before the server starts; empty only if nothing called it (never in the app).
+    nonisolated(unsafe) private(set) static var bytes: [UInt8] = []
+
+    /// Where the document may be: the bundle beside the executable (as SwiftPM lays out builds and as the
+    /// release is packaged), `LOCALITY_RESOURCES_DIR`, or the source tree (development).
+    static func candidates(environment: [String: String] = ProcessInfo.processInfo.environment) -> [URL] {
+        var urls: [URL] = []
+        if let explicit = environment["LOCALITY_RESOURCES_DIR"], !explicit.isEmpty {
+            urls.append(URL(fileURLWithPath: explicit).appendingPathComponent("openapi.yaml"))
+        }
+        let executable = URL(fileURLWithPath: CommandLine.arguments.first ?? "").resolvingSymlinksInPath().deletingLastPathComponent()
+        urls.append(executable.appendingPathComponent(bundleName).appendingPathComponent("openapi.yaml"))
+        if let main = Bundle.main.executableURL?.deletingLastPathComponent() {
+            urls.append(main.appendingPathComponent(bundleName).appendingPathComponent("openapi.yaml"))
+        }
+        urls.append(URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("openapi.yaml"))
+        return urls
+    }
+
+    static let loadLock = NSLock()
+
+    static func load() throws {
+        try loadLock.withLock {
+            guard bytes.isEmpty else { return }
+            let places = candidates()
+            guard let data = places.lazy.compactMap({ try? Data(contentsOf: $0) }).first else {
+                throw StartupError("the resource bundle \(bundleName) (with openapi.yaml) is missing; install it beside the executable or set LOCALITY_RESOURCES_DIR (looked in: \(places.map(\.path).joined(separator: ", ")))")
+            }
+            bytes = [UInt8](data)
+        }
+    }
 }

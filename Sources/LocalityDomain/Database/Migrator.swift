@@ -22,6 +22,10 @@ public struct Migration: Sendable, Equatable {
 
     /// Reads every `NNNN_name.sql` in `directory`, ordered by version.
     public static func load(from directory: URL) throws -> [Migration] {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw MigrationError("the migrations directory \(directory.path) does not exist; run from the release's directory, or set LOCALITY_MIGRATIONS_DIR to its SQL/migrations")
+        }
         let names = try FileManager.default.contentsOfDirectory(atPath: directory.path)
         var migrations: [Migration] = []
         for fileName in names where fileName.hasSuffix(".sql") {
