@@ -41,15 +41,16 @@ CREATE POLICY idempotency_key_purge ON idempotency_key FOR DELETE
 -- Removes up to p_limit expired keys of every caller; the service calls it now and then, so the table does
 -- not grow without bound while no caller reuses its old keys. Returns how many it removed.
 CREATE FUNCTION purge_expired_idempotency_keys(p_limit integer) RETURNS integer
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
-    WITH expired AS (
-        SELECT caller, key FROM idempotency_key WHERE expires_at <= now() LIMIT greatest(p_limit, 0)
-    ), removed AS (
-        DELETE FROM idempotency_key k USING expired e
-        WHERE k.caller = e.caller AND k.key = e.key AND k.expires_at <= now()
-        RETURNING 1
-    )
-    SELECT count(*)::integer FROM removed
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    v_removed integer;
+BEGIN
+    DELETE FROM idempotency_key k
+    USING (SELECT caller, key FROM idempotency_key WHERE expires_at <= now() LIMIT greatest(p_limit, 0)) e
+    WHERE k.caller = e.caller AND k.key = e.key AND k.expires_at <= now();
+    GET DIAGNOSTICS v_removed = ROW_COUNT;
+    RETURN v_removed;
+END;
 $$;
 REVOKE ALL ON FUNCTION purge_expired_idempotency_keys(integer) FROM PUBLIC;
 

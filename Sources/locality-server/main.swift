@@ -142,6 +142,9 @@ struct LocalityServer: AsyncParsableCommand {
         if let admin = demo.users.first(where: { $0.role == .authorityAdmin }) {
             print("Try: curl -H 'Authorization: Bearer \(admin.token)' http://\(host ?? "127.0.0.1"):\(port ?? 8080)/v1/boards")
         }
+        // Standard output is block-buffered when it is a file or a pipe (systemd, CI): without this the tokens
+        // would sit in the buffer while the server runs.
+        fflush(nil)
     }
 
     private func parseInt(_ text: String, _ name: String) throws -> Int {

@@ -61,6 +61,23 @@ struct IdempotencyTests {
         }
     }
 
+    /// The key lives in PostgreSQL: another instance (or this one after a restart) replays the answer.
+    @Test func aReplayHoldsAcrossInstances() async throws {
+        let world = try await World.make()
+        let admin = world.token(.authorityAdmin, of: world.a)
+        let body = #"{"name":"Two Instances","short_code":"TWO"}"#
+        let first = try await buildApplication(testConfiguration(world.database))
+        let created = try await first.test(.live) { client in try await post(client, "/v1/boards", token: admin, body, key: "two") }
+        #expect(created.status == .created)
+        let second = try await buildApplication(testConfiguration(world.database))
+        try await second.test(.live) { client in
+            let replay = try await post(client, "/v1/boards", token: admin, body, key: "two")
+            #expect(replay.status == .created)
+            #expect(replay.headers[Self.replayed] == "true")
+            #expect(String(buffer: replay.body) == String(buffer: created.body))
+        }
+    }
+
     /// The same key with another body is refused, and the other request does not run.
     @Test func theSameKeyWithAnotherBodyIsRefused() async throws {
         let world = try await World.make()
