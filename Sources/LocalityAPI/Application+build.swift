@@ -108,7 +108,7 @@ public func buildApplication(
     // Compact JSON (the runtime's default also pretty-prints) with keys still sorted, so output stays stable.
     let openAPIConfiguration = Configuration(dateTranscoder: InternetDateTranscoder(), jsonEncodingOptions: [.sortedKeys])
     try handlers.registerHandlers(
-        on: RecordingTransport(router: router, table: routes, excluded: [MetricsServer.path]), configuration: openAPIConfiguration)
+        on: RecordingTransport(router: router, table: routes), configuration: openAPIConfiguration)
 
     // Services stop in reverse order: the servers first (finishing in-flight requests), then the pool,
     // then the embedded cluster.

@@ -38,12 +38,6 @@ struct APIHandlers: APIProtocol {
         return .ok(.init(body: .json(.init(status: .ready, migrations: migrator.migrations.count))))
     }
 
-    /// Never routed on the API port (`RecordingTransport` excludes `/metrics`; `MetricsServer` serves it on
-    /// its own listener). Kept only while the document still declares the operation.
-    func getMetrics(_ input: Operations.GetMetrics.Input) async throws -> Operations.GetMetrics.Output {
-        throw APIProblem.notFound(MetricsServer.path)
-    }
-
     func getOpenAPIDocument(_ input: Operations.GetOpenAPIDocument.Input) async throws -> Operations.GetOpenAPIDocument.Output {
         // application/yaml (RFC 9512) unless the client asks for text/yaml and not for application/yaml.
         let asked = Set(input.headers.accept.map(\.contentType.rawValue))

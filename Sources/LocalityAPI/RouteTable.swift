@@ -48,19 +48,16 @@ final class RouteTable: Sendable {
 /// A `ServerTransport` that registers on the Hummingbird router and records each route in the table.
 ///
 /// Every `GET` is also served as `HEAD` (RFC 9110 §9.3.2): the same handler, whose body
-/// `HTTPConventionsMiddleware` drops. Paths in `excluded` are not served on this router at all (`/metrics`
-/// has its own listener, see `MetricsServer`).
+/// `HTTPConventionsMiddleware` drops.
 struct RecordingTransport<Context: RequestContext>: ServerTransport {
     let router: Router<Context>
     let table: RouteTable
-    var excluded: Set<String> = []
 
     func register(
         _ handler: @escaping @Sendable (HTTPRequest, HTTPBody?, ServerRequestMetadata) async throws -> (HTTPResponse, HTTPBody?),
         method: HTTPRequest.Method,
         path: String
     ) throws {
-        guard !excluded.contains(path) else { return }
         table.record(path: path, method: method)
         router.register(handler, method: method, path: path)
         if method == .get {
