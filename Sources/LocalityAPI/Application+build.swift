@@ -9,7 +9,8 @@ public import NIOCore
 import OpenAPIHummingbird
 import OpenAPIRuntime
 import Prometheus
-import ServiceLifecycle
+public import ServiceLifecycle
+public import UnixSignals
 
 /// The request context every route sees.
 public struct AppRequestContext: RequestContext {
@@ -148,4 +149,16 @@ func seedDemoIfEmpty(ownerConninfo: String, logger: Logger) async throws -> Demo
         await pool.close()
         throw error
     }
+}
+
+/// The service as `locality-server` runs it: until SIGTERM or SIGINT, then a graceful drain (stop accepting,
+/// finish in-flight requests, close the pool, stop the embedded cluster) that is cut short after
+/// `shutdownDeadline`: a stuck request cannot hold up a restart or a deploy. Tests pass no signals and trigger
+/// the shutdown themselves.
+public func serviceGroup(
+    _ app: some ApplicationProtocol, shutdownDeadline: Duration, signals: [UnixSignal] = [.sigterm, .sigint], logger: Logger
+) -> ServiceGroup {
+    var configuration = ServiceGroupConfiguration(services: [app], gracefulShutdownSignals: signals, logger: logger)
+    configuration.maximumGracefulShutdownDuration = shutdownDeadline
+    return ServiceGroup(configuration: configuration)
 }

@@ -5,6 +5,7 @@ import LocalityAPI
 import LocalityCommandLine
 import LocalityDomain
 import Logging
+import ServiceLifecycle
 
 @main
 struct LocalityServer: AsyncParsableCommand {
@@ -31,6 +32,9 @@ struct LocalityServer: AsyncParsableCommand {
 
     @Option(help: "Port of the separate /metrics listener; 0 turns metrics off [LOCALITY_METRICS_PORT] (default 9464).")
     var metricsPort: Int?
+
+    @Option(help: "After SIGTERM, seconds in-flight requests get to finish before the process exits anyway [LOCALITY_SHUTDOWN_DEADLINE_SECONDS] (default 10).")
+    var shutdownDeadlineSeconds: Int?
 
     @Option(help: "Close a client connection that sends nothing for this many seconds; 0 = never [LOCALITY_IDLE_TIMEOUT_SECONDS] (default 30).")
     var idleTimeoutSeconds: Int?
@@ -65,6 +69,9 @@ struct LocalityServer: AsyncParsableCommand {
         configuration.metricsHost = metricsHost ?? environmentValue("METRICS_HOST") ?? configuration.metricsHost
         let metricsPort = try metricsPort ?? environmentValue("METRICS_PORT").map { try parseInt($0, "LOCALITY_METRICS_PORT") } ?? 9464
         configuration.metricsPort = metricsPort == 0 ? nil : metricsPort
+        configuration.shutdownDeadlineSeconds = try shutdownDeadlineSeconds
+            ?? environmentValue("SHUTDOWN_DEADLINE_SECONDS").map { try parseInt($0, "LOCALITY_SHUTDOWN_DEADLINE_SECONDS") } ?? configuration.shutdownDeadlineSeconds
+        guard configuration.shutdownDeadlineSeconds > 0 else { throw ValidationError("--shutdown-deadline-seconds must be at least 1") }
         configuration.idleTimeoutSeconds = try idleTimeoutSeconds
             ?? environmentValue("IDLE_TIMEOUT_SECONDS").map { try parseInt($0, "LOCALITY_IDLE_TIMEOUT_SECONDS") } ?? configuration.idleTimeoutSeconds
         configuration.maxConnections = try maxConnections
@@ -99,7 +106,7 @@ struct LocalityServer: AsyncParsableCommand {
         Self.ensureFileLimit(for: configuration, logger: logger)
         do {
             let app = try await buildApplication(configuration, logger: logger, onDemoSeeded: printDemo)
-            try await app.runService()
+            try await serviceGroup(app, shutdownDeadline: .seconds(configuration.shutdownDeadlineSeconds), logger: logger).run()
         } catch let error as ExitCode {
             throw error
         } catch {

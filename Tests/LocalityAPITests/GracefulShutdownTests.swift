@@ -48,6 +48,46 @@ struct GracefulShutdownTests {
         }
     }
 
+    /// A request stuck for good (behind a lock never released, with no database timeouts to end it) does not
+    /// hold up the exit: after the shutdown deadline the service is cancelled and stops.
+    @Test func aStuckRequestDoesNotHoldUpShutdownPastTheDeadline() async throws {
+        let database = try await TestDatabase.migrated()
+        var configuration = testConfiguration(database)
+        configuration.lockTimeoutMilliseconds = 0
+        configuration.statementTimeoutMilliseconds = 0
+        let (ports, portContinuation) = AsyncStream.makeStream(of: Int.self)
+        let app = try await buildApplication(configuration) { channel in
+            portContinuation.yield(channel.localAddress?.port ?? 0)
+        }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let group = serviceGroup(app, shutdownDeadline: .seconds(1), signals: [], logger: logger)
+
+        try await database.withPool(conninfo: database.superuserConninfo, maxConnections: 2) { admin in
+            try await admin.withConnection { locker in
+                try await locker.execute("BEGIN; LOCK TABLE schema_migrations IN ACCESS EXCLUSIVE MODE")
+                let stopped = try await withThrowingTaskGroup(of: Bool.self) { tasks in
+                    tasks.addTask { try? await group.run(); return true }   // true: the service ended
+                    var iterator = ports.makeAsyncIterator()
+                    let port = try #require(await iterator.next())
+                    let client = TestClient(host: "127.0.0.1", port: port)
+                    client.connect()
+                    tasks.addTask { _ = try? await client.get("/readyz"); return false }
+                    try await waitForLockWaiter(admin)
+                    let triggered = ContinuousClock.now
+                    await group.triggerGracefulShutdown()
+                    while let ended = try await tasks.next(), !ended {}
+                    let elapsed = ContinuousClock.now - triggered
+                    tasks.cancelAll()
+                    try? await client.shutdown()
+                    return elapsed
+                }
+                try await locker.execute("ROLLBACK")
+                #expect(stopped < .seconds(3), "stopped \(stopped) after the shutdown began (deadline 1 s)")
+            }
+        }
+    }
+
     /// Polls until some session waits on a lock (no fixed sleeps).
     func waitForLockWaiter(_ admin: PGPool) async throws {
         let deadline = ContinuousClock.now + .seconds(10)
