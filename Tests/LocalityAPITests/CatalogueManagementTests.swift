@@ -164,9 +164,11 @@ struct CatalogueManagementTests {
             // A postcode-district rule maps it again (the fixture's schools are in BD23).
             let byPostcode = try await client.call(.put, "/v1/school-board-rules", token: admin, body: [
                 "rules": [["source": "district", "value": "Northshire", "board_id": north],
-                          ["source": "postcode_district", "value": "BD23", "board_id": south]], "overrides": [] as [Any],
+                          ["source": "postcode_district", "value": "bd23", "board_id": south]], "overrides": [] as [Any],
             ])
             #expect(byPostcode.jsonObject["unmapped_urns"] as? [Int] == [], "\(byPostcode.jsonObject)")
+            let stored = (byPostcode.jsonObject["rules"] as? [[String: Any]] ?? []).compactMap { $0["value"] as? String }
+            #expect(stored == ["Northshire", "BD23"], "postcode districts are kept in capitals, as the import compares them")
             #expect(try await boardOf(121002) == south)
         }
     }
@@ -183,7 +185,7 @@ struct CatalogueManagementTests {
                 (["rules": [["source": "district", "value": "Northshire", "board_id": lower(world.b.boards[0].id)]], "overrides": [] as [Any]],
                  "rules[0].board_id"),
                 (["rules": [] as [Any], "overrides": [["urn": 121001, "board_id": north], ["urn": 121001, "board_id": north]]], "overrides[1].urn"),
-                (["rules": [["source": "postcode_district", "value": "ab1", "board_id": north]], "overrides": [] as [Any]], "rules[0].value"),
+                (["rules": [["source": "ward", "value": " ", "board_id": north]], "overrides": [] as [Any]], "rules[0].value"),
             ]
             for (body, field) in bodies {
                 let response = try await client.call(.put, "/v1/school-board-rules", token: admin, body: body)

@@ -223,15 +223,17 @@ public struct SchoolImportService: Sendable {
         try scope.require(scope.isStaff && scope.has(.authorityAdmin), "map schools to boards")
         var validator = Validator()
         validator.check(rules.count <= Self.maxRules, "rules", "must be at most \(Self.maxRules)")
+        // The import compares postcode rules with the postcode's outward code in capitals ("BD23 1AB" → "BD23"), so
+        // they are stored that way: "bd23" means BD23.
+        let rules = rules.map { rule in
+            var rule = rule
+            if rule.source == .postcodeDistrict { rule.value = rule.value.trimmingCharacters(in: .whitespaces).uppercased() }
+            return rule
+        }
         var seenRules = Set<String>()
         for (index, rule) in rules.enumerated() {
             let field = "rules[\(index)].value"
             validator.text(rule.value, field, max: 200)
-            if rule.source == .postcodeDistrict {
-                // The import compares with the postcode's outward code in capitals ("BD23 1AB" → "BD23").
-                validator.check(rule.value.range(of: "^[A-Z]{1,2}[0-9][A-Z0-9]?$", options: .regularExpression) != nil, field,
-                                "must be a postcode district in capitals, e.g. BD23")
-            }
             validator.check(seenRules.insert("\(rule.source.rawValue)|\(rule.value)").inserted, field,
                             "maps \(rule.source.rawValue) \"\(rule.value)\" a second time; give each once")
         }
