@@ -22,6 +22,7 @@ struct DomainServices: Sendable {
     let records: ContractRecordsService
     let dashboards: DashboardService
     let spip: SPIPService
+    let schoolMapping: SchoolImportService
 
     init(database: ScopedDatabase) {
         authorities = AuthorityService(database: database)
@@ -44,6 +45,7 @@ struct DomainServices: Sendable {
         records = ContractRecordsService(database: database)
         dashboards = DashboardService(database: database)
         spip = SPIPService(database: database)
+        schoolMapping = SchoolImportService(database: database)
     }
 }
 

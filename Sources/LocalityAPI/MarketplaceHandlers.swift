@@ -86,11 +86,25 @@ extension APIHandlers {
     func listSocialValueMeasures(_ input: Operations.ListSocialValueMeasures.Input) async throws -> Operations.ListSocialValueMeasures.Output {
         let scope = try Authenticated.scope()
         let authorityID = try await authorityFilter(scope, input.query.authority)
-        let measures = try await services.catalogue.socialValueMeasures(scope, authorityID: authorityID)
-        return .ok(.init(body: .json(.init(items: measures.map {
-            .init(id: $0.id.lowercased, authorityId: $0.authorityID.lowercased, code: $0.code, name: $0.name, unit: $0.unit,
-                  proxyValuePence: Int64($0.proxyValuePence))
-        }))))
+        let measures = try await services.catalogue.socialValueMeasures(
+            scope, authorityID: authorityID, includeRetired: input.query.includeRetired ?? false)
+        return .ok(.init(body: .json(.init(items: measures.map(Components.Schemas.SocialValueMeasure.init)))))
+    }
+
+    func createSocialValueMeasure(_ input: Operations.CreateSocialValueMeasure.Input) async throws -> Operations.CreateSocialValueMeasure.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        let measure = try await services.catalogue.createSocialValueMeasure(
+            try Authenticated.scope(), code: body.code, name: body.name, unit: body.unit, proxyValuePence: Int(body.proxyValuePence))
+        return .created(.init(headers: .init(location: "/v1/social-value-measures/\(measure.id.lowercased)"), body: .json(.init(measure))))
+    }
+
+    func updateSocialValueMeasure(_ input: Operations.UpdateSocialValueMeasure.Input) async throws -> Operations.UpdateSocialValueMeasure.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        let measure = try await services.catalogue.updateSocialValueMeasure(
+            try Authenticated.scope(), id: try pathID(input.path.measureId, "measure"),
+            SocialValueMeasureChanges(name: body.name, unit: body.unit, proxyValuePence: body.proxyValuePence.map(Int.init),
+                                      retired: body.retired))
+        return .ok(.init(body: .json(.init(measure))))
     }
 
     /// `?authority=` (slug or id) as an id; unknown authorities match nothing.
@@ -122,6 +136,13 @@ extension Components.Schemas.Admission {
                 dataProtectionCompliance: d.dataProtectionCompliance, environmentalPolicy: d.environmentalPolicy),
             decisionReason: admission.decisionReason, decidedAt: admission.decidedAt, createdAt: admission.createdAt,
             updatedAt: admission.updatedAt)
+    }
+}
+
+extension Components.Schemas.SocialValueMeasure {
+    init(_ measure: LocalityDomain.SocialValueMeasure) {
+        self.init(id: measure.id.lowercased, authorityId: measure.authorityID.lowercased, code: measure.code, name: measure.name,
+                  unit: measure.unit, proxyValuePence: Int64(measure.proxyValuePence), retired: measure.retired)
     }
 }
 

@@ -7,7 +7,7 @@ struct SchoolCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "schools",
         abstract: "The school register (DfE GIAS).",
-        subcommands: [Import.self, Category.self]
+        subcommands: [Import.self, Category.self, Rules.self]
     )
 }
 

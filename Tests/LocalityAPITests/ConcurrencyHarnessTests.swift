@@ -39,6 +39,8 @@ let raceOutcomes: [String: RaceOutcome] = [
     // Catalogue.
     "createTheme": .oneWinsWith409,                 // theme names are unique in the authority
     "updateTheme": .allSucceed,
+    "createSocialValueMeasure": .oneWinsWith409,   // codes are unique in the authority (duplicate-measure)
+    "updateSocialValueMeasure": .allSucceed,        // the same change, applied again under the row lock
     // Projects.
     "createProject": .allSucceed,                   // separate drafts (Idempotency-Key dedupes retries)
     "updateProject": .oneWins(losers: [412]),       // If-Match: the first edit moves the version on
@@ -77,6 +79,7 @@ let raceOutcomes: [String: RaceOutcome] = [
     "assessSchoolContract": .allSucceed,
     "markSchoolConcern": .oneWinsWith409,           // one open concern per school
     "clearSchoolConcern": .oneWinsWith409,
+    "setSchoolBoardRules": .allSucceed,             // the same mapping, replaced again (one at a time per authority)
     // Monitoring.
     "submitReturn": .allSucceed,                    // a resubmission is a new version of the period's return
     "overrideRating": .allSucceed,

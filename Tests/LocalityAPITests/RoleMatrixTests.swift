@@ -130,6 +130,13 @@ func marketplaceMatrix(_ world: World) -> [String: MatrixEntry] {
             method: .patch, path: "/v1/themes/\(lower(m.spareTheme))", body: { _ in ["retired": true] },
             expected: outcomes([.authorityAdmin: .ok])),
         "listSocialValueMeasures": MatrixEntry(method: .get, path: "/v1/social-value-measures", body: { _ in nil }, expected: allOK),
+        "createSocialValueMeasure": MatrixEntry(
+            method: .post, path: "/v1/social-value-measures",
+            body: { _ in ["code": "X\(UUID().uuidString.prefix(8))", "name": "Local supply chain", "unit": "£ spent", "proxy_value_pence": 12] },
+            expected: outcomes([.authorityAdmin: .created])),
+        "updateSocialValueMeasure": MatrixEntry(
+            method: .patch, path: "/v1/social-value-measures/\(lower(m.measure))", body: { role in ["name": "Donations (\(unique(role)))"] },
+            expected: outcomes([.authorityAdmin: .ok])),
         "listProjects": MatrixEntry(method: .get, path: "/v1/projects", body: { _ in nil }, expected: staffOK),
         "createProject": MatrixEntry(
             method: .post, path: "/v1/projects", body: { role in ["board_id": lower(world.a.boards[0].id), "title": "New \(unique(role))"] },
@@ -247,6 +254,14 @@ func evaluationMatrix(_ world: World) -> [String: MatrixEntry] {
             method: .post, path: "/v1/school-contracts/\(lower(world.schoolContract))/assessments",
             body: { _ in ["assessed_on": "2026-02-15", "progress": "expected", "note": "On track"] }, expected: outcomes([.hosi: .ok])),
         "listSchools": MatrixEntry(method: .get, path: "/v1/schools", body: { _ in nil }, expected: staffOK),
+        "getSchoolBoardRules": MatrixEntry(method: .get, path: "/v1/school-board-rules", body: { _ in nil }, expected: staffOK),
+        // The fixture's own mapping, set again: no school moves, so later entries keep their boards.
+        "setSchoolBoardRules": MatrixEntry(
+            method: .put, path: "/v1/school-board-rules",
+            body: { _ in ["rules": [["source": "district", "value": "Northshire", "board_id": lower(world.a.boards[0].id)],
+                                    ["source": "district", "value": "Southshire", "board_id": lower(world.a.boards[1].id)]],
+                          "overrides": [["urn": 121002, "board_id": lower(world.a.boards[1].id)]]] },
+            expected: outcomes([.authorityAdmin: .ok])),
         "markSchoolConcern": MatrixEntry(
             method: .post, path: "/v1/schools/121001/concern",
             body: { _ in ["category": "ofsted_inadequate", "reason": "Inspection outcome", "since": "2025-10-01"] },

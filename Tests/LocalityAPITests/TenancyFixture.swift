@@ -168,6 +168,8 @@ func lower(_ id: UUID) -> String { id.uuidString.lowercased() }
 struct MarketFixture: Sendable {
     let theme: UUID
     let spareTheme: UUID
+    /// One of A's default social-value measures (NT28), free for tests to edit.
+    let measure: UUID
     /// Open, supplier has a draft bid (`draftBid`).
     let openWithDraft: UUID
     let draftBid: UUID
@@ -239,6 +241,8 @@ struct MarketFixture: Sendable {
         let theme = themes[0].id
         let spare = try await catalogue.createTheme(.operatorScope(authorityID: a.authority.id, osUser: "test"), category: .send,
                                                     name: "Spare theme", description: "", exampleOutcomes: "")
+        let measure = try await catalogue.socialValueMeasures(.operatorScope(authorityID: a.authority.id, osUser: "test"))
+            .first { $0.code == "NT28" }!.id
         let projects = ProjectService(database: scoped)
         let bids = BidService(database: scoped)
         func published(_ title: String) async throws -> UUID {
@@ -312,7 +316,7 @@ struct MarketFixture: Sendable {
         let varied = try await contracts.proposeVariation(
             supplier, contractID: active.id, reason: "Extra cohort", valuePence: 95_000, endDate: nil, kpis: [])
         return MarketFixture(
-            theme: theme, spareTheme: spare.id, openWithDraft: openWithDraft, draftBid: draftBid.id, openWithComplete: openWithComplete,
+            theme: theme, spareTheme: spare.id, measure: measure, openWithDraft: openWithDraft, draftBid: draftBid.id, openWithComplete: openWithComplete,
             completeBid: completeBid.id, openWithSubmitted: openWithSubmitted, submittedBid: submittedBid.id, openEmpty: openEmpty,
             openToCancel: openToCancel, closedWithBid: closedWithBid, closedBid: closedBid.id, closedEmpty: closedEmpty,
             draft: draft.id, draftToDelete: draftToDelete.id, draftComplete: draftComplete.id, question: question.id,

@@ -322,3 +322,75 @@ struct AdminCLITests {
         #expect(bad.status != 0 && bad.stderrLines.count == 1, "\(bad)")
     }
 }
+
+extension AdminCLITests {
+    /// Issue 12, newcomer papercuts: the operator adds, changes, retires and lists an authority's measures, and
+    /// sets its school-to-board rules by board short code; each change is audited as the operator, and a rule
+    /// change re-maps the schools already imported.
+    @Test func measuresAndSchoolBoardRulesAreManagedFromTheCLI() async throws {
+        let db = try await TestDatabase.migrated()
+        try await authorityWithBoard(db)
+        try expectSuccess(await AdminCLI.run(["board", "create", "--authority", "test-la", "--name", "Selby", "--short-code", "SEL"], database: db))
+        let added = try expectSuccess(await AdminCLI.run([
+            "catalogue", "measure", "add", "--authority", "test-la", "--code", "NT19", "--name", "Local supply chain spend",
+            "--unit", "£ spent", "--proxy-value", "0.12", "--json",
+        ], database: db))
+        let measure = try #require(try added.json() as? [String: Any], "\(added)")
+        #expect(measure["proxy_value_pence"] as? Int == 12 && measure["code"] as? String == "NT19")
+        let duplicate = try await AdminCLI.run([
+            "catalogue", "measure", "add", "--authority", "test-la", "--code", "NT19", "--name", "Again", "--unit", "£", "--proxy-value", "1",
+        ], database: db)
+        #expect(duplicate.status != 0 && duplicate.stderr.contains("already exists"), "\(duplicate)")
+        try expectSuccess(await AdminCLI.run([
+            "catalogue", "measure", "update", "NT19", "--authority", "test-la", "--proxy-value", "0.15", "--retire",
+        ], database: db))
+        let live = try expectSuccess(await AdminCLI.run(["catalogue", "measure", "list", "--authority", "test-la", "--json"], database: db))
+        let liveCodes = (try live.json() as? [[String: Any]] ?? []).compactMap { $0["code"] as? String }
+        #expect(!liveCodes.contains("NT19") && liveCodes.contains("NT13"), "\(live)")
+        let all = try expectSuccess(await AdminCLI.run(["catalogue", "measure", "list", "--authority", "test-la", "--all"], database: db))
+        let row = try #require(all.stdoutLines.first { $0.hasPrefix("NT19") }, "\(all)")
+        #expect(row.contains("£0.15") && row.contains("yes"), "\(row)")
+
+        // Two schools in Craven, imported before any rule: unmapped; a rule maps them at once.
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("gias-\(UUID().uuidString).csv")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let header = "\"URN\",\"LA (code)\",\"EstablishmentName\",\"TypeOfEstablishment (name)\",\"EstablishmentStatus (name)\",\"OpenDate\",\"CloseDate\","
+            + "\"PhaseOfEducation (name)\",\"DistrictAdministrative (name)\",\"AdministrativeWard (name)\",\"ParliamentaryConstituency (name)\",\"Postcode\""
+        let lines = [header] + [("140001", "Craven"), ("140002", "Selby")].map { urn, district in
+            "\"\(urn)\",\"815\",\"School \(urn)\",\"Community school\",\"Open\",\"\",\"\",\"Primary\",\"\(district)\",\"Ward\",\"Seat\",\"BD23 1AA\""
+        }
+        try Data((lines.joined(separator: "\r\n") + "\r\n").utf8).write(to: file)
+        let imported = try expectSuccess(await AdminCLI.run(
+            ["schools", "import", file.path, "--la-code", "815", "--authority", "test-la", "--json"], database: db))
+        #expect((try imported.json() as? [String: Any])?["unmapped_urns"] as? [Int] == [140001, 140002], "\(imported)")
+
+        let set = try expectSuccess(await AdminCLI.run([
+            "schools", "rules", "set", "--authority", "test-la", "--source", "district", "--rule", "Craven=CRA", "--json",
+        ], database: db))
+        let mapping = try #require(try set.json() as? [String: Any], "\(set)")
+        #expect(mapping["remapped"] as? Int == 1 && mapping["unmapped_urns"] as? [Int] == [140002], "\(set)")
+        let rules = mapping["rules"] as? [[String: Any]] ?? []
+        #expect(rules.map { "\($0["source"] ?? "") \($0["value"] ?? "") \($0["board"] ?? "")" } == ["district Craven CRA"])
+        let bad = try await AdminCLI.run(["schools", "rules", "set", "--authority", "test-la", "--source", "district", "--rule", "Craven"], database: db)
+        #expect(bad.status != 0 && bad.stderrLines.count == 1, "\(bad)")
+        try expectSuccess(await AdminCLI.run([
+            "schools", "rules", "set", "--authority", "test-la", "--source", "district", "--rule", "Craven=CRA", "--rule", "Selby=sel",
+        ], database: db))
+        let shown = try expectSuccess(await AdminCLI.run(["schools", "rules", "show", "--authority", "test-la"], database: db))
+        #expect(shown.stdoutLines.contains { $0.hasPrefix("district") && $0.contains("Selby") && $0.hasSuffix("SEL") }, "\(shown)")
+        #expect(!shown.stdout.contains("not assigned"), "\(shown)")
+
+        // Each change audited once, as the operator.
+        let actions = try await PGConnection.withConnection(.init(conninfo: db.superuserConninfo, applicationName: "t")) { connection in
+            try await connection.query("""
+                SELECT action, actor FROM audit_event
+                WHERE action IN ('social_value_measure.create', 'social_value_measure.update', 'schools.board_mapping')
+                """).map { try $0.decode(String.self, String.self) }
+        }
+        // The defaults the new authority got, and NT19 (the refused duplicate wrote nothing).
+        #expect(actions.filter { $0.0 == "social_value_measure.create" }.count == CatalogueService.defaultSocialValueMeasures.count + 1)
+        #expect(actions.filter { $0.0 == "social_value_measure.update" }.count == 1)
+        #expect(actions.filter { $0.0 == "schools.board_mapping" }.count == 2, "the malformed --rule changed nothing")
+        #expect(actions.allSatisfy { $0.1.hasPrefix("cli:") }, "\(actions)")
+    }
+}

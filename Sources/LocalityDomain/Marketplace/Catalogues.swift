@@ -23,6 +23,22 @@ public struct SocialValueMeasure: Sendable, Codable, Equatable {
     public var name: String
     public var unit: String
     public var proxyValuePence: Int
+    public var retired: Bool
+}
+
+/// A change to a measure: nil leaves a field as it is. The code is fixed (bids name measures by code).
+public struct SocialValueMeasureChanges: Sendable, Equatable {
+    public var name: String?
+    public var unit: String?
+    public var proxyValuePence: Int?
+    public var retired: Bool?
+
+    public init(name: String? = nil, unit: String? = nil, proxyValuePence: Int? = nil, retired: Bool? = nil) {
+        self.name = name
+        self.unit = unit
+        self.proxyValuePence = proxyValuePence
+        self.retired = retired
+    }
 }
 
 /// Each authority's theme catalogue and its TOMs-style social-value measures. Staff and admitted suppliers
@@ -105,18 +121,82 @@ public struct CatalogueService: Sendable {
         }
     }
 
-    public func socialValueMeasures(_ scope: AccessScope, authorityID: UUID? = nil) async throws -> [SocialValueMeasure] {
+    static let measureColumns = "id, authority_id, code, name, unit, proxy_value_pence, retired_at IS NOT NULL"
+
+    public func socialValueMeasures(_ scope: AccessScope, authorityID: UUID? = nil, includeRetired: Bool = false) async throws -> [SocialValueMeasure] {
         try scope.require(scope.isStaff || scope.has(.supplierUser), "see social-value measures")
         return try await database.transaction(scope, readOnly: true) { connection in
             try await connection.query("""
-                SELECT id, authority_id, code, name, unit, proxy_value_pence FROM social_value_measure
-                WHERE retired_at IS NULL AND (\(authorityID)::uuid IS NULL OR authority_id = \(authorityID))
+                SELECT \(unsafeSQL: Self.measureColumns) FROM social_value_measure
+                WHERE (\(includeRetired) OR retired_at IS NULL) AND (\(authorityID)::uuid IS NULL OR authority_id = \(authorityID))
                 ORDER BY code
-                """).map { row in
-                let (id, authority, code, name, unit, proxy) = try row.decode(UUID.self, UUID.self, String.self, String.self, String.self, Int.self)
-                return SocialValueMeasure(id: id, authorityID: authority, code: code, name: name, unit: unit, proxyValuePence: proxy)
-            }
+                """).map(Self.decodeMeasure)
         }
+    }
+
+    /// Adds a measure to the admin's authority. A code already used (retired or not) is a 409
+    /// (`duplicate-measure`, from the unique constraint, so two concurrent adds cannot both land).
+    public func createSocialValueMeasure(
+        _ scope: AccessScope, code: String, name: String, unit: String, proxyValuePence: Int
+    ) async throws -> SocialValueMeasure {
+        try scope.require(scope.isStaff && scope.has(.authorityAdmin), "add social-value measures")
+        var validator = Validator()
+        validator.check(code.range(of: "^[A-Za-z0-9._-]{1,20}$", options: .regularExpression) != nil, "code",
+                        "must be 1–20 letters, digits, '.', '_' or '-'")
+        Self.validateMeasure(&validator, name: name, unit: unit, proxyValuePence: proxyValuePence)
+        try validator.throwIfInvalid()
+        return try await database.transaction(scope) { connection in
+            let measure = try Self.decodeMeasure(try await connection.query("""
+                INSERT INTO social_value_measure (authority_id, code, name, unit, proxy_value_pence)
+                VALUES (app_authority_id(), \(code), \(name), \(unit), \(proxyValuePence))
+                RETURNING \(unsafeSQL: Self.measureColumns)
+                """).first!)
+            try await AuditLog.record(connection, action: "social_value_measure.create", entityType: "social_value_measure",
+                                      entityID: measure.id.lowercased, before: nil, after: measure)
+            return measure
+        }
+    }
+
+    /// Changes a measure's name, unit or proxy value, or retires (restores) it. Retired measures stay on the bids
+    /// that used them but are no longer offered. Under the row's lock, so concurrent edits apply one after another.
+    public func updateSocialValueMeasure(_ scope: AccessScope, id: UUID, _ changes: SocialValueMeasureChanges) async throws -> SocialValueMeasure {
+        try scope.require(scope.isStaff && scope.has(.authorityAdmin), "change social-value measures")
+        var validator = Validator()
+        Self.validateMeasure(&validator, name: changes.name, unit: changes.unit, proxyValuePence: changes.proxyValuePence)
+        try validator.throwIfInvalid()
+        return try await database.transaction(scope) { connection in
+            guard let row = try await connection.query("""
+                SELECT \(unsafeSQL: Self.measureColumns) FROM social_value_measure
+                WHERE id = \(id) AND authority_id = app_authority_id() FOR UPDATE
+                """).first
+            else { throw DomainError.notFound("social-value measure") }
+            let before = try Self.decodeMeasure(row)
+            let after = try Self.decodeMeasure(try await connection.query("""
+                UPDATE social_value_measure SET name = coalesce(\(changes.name), name), unit = coalesce(\(changes.unit), unit),
+                    proxy_value_pence = coalesce(\(changes.proxyValuePence), proxy_value_pence),
+                    retired_at = CASE WHEN \(changes.retired)::boolean IS NULL THEN retired_at
+                                      WHEN \(changes.retired) THEN coalesce(retired_at, now()) ELSE NULL END
+                WHERE id = \(id) AND authority_id = app_authority_id() RETURNING \(unsafeSQL: Self.measureColumns)
+                """).first!)
+            try await AuditLog.record(connection, action: "social_value_measure.update", entityType: "social_value_measure",
+                                      entityID: id.lowercased, before: before, after: after)
+            return after
+        }
+    }
+
+    /// The table's CHECKs, told as field errors (nil: not being changed).
+    static func validateMeasure(_ validator: inout Validator, name: String?, unit: String?, proxyValuePence: Int?) {
+        validator.text(name, "name", required: false, max: 300)
+        if let name { validator.check(!name.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "name", "must not be blank") }
+        validator.text(unit, "unit", required: false, max: 100)
+        if let unit { validator.check(!unit.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "unit", "must not be blank") }
+        if let proxyValuePence { validator.check(proxyValuePence >= 0, "proxy_value_pence", "must not be negative") }
+    }
+
+    static func decodeMeasure(_ row: PGRow) throws -> SocialValueMeasure {
+        let (id, authority, code, name, unit, proxy, retired) = try row.decode(
+            UUID.self, UUID.self, String.self, String.self, String.self, Int.self, Bool.self)
+        return SocialValueMeasure(id: id, authorityID: authority, code: code, name: name, unit: unit, proxyValuePence: proxy, retired: retired)
     }
 
     /// Seeds the themes and measures of a new authority (operator, demo).
