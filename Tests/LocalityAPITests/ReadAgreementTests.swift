@@ -21,6 +21,9 @@ struct ReadCheck {
     var ids: ((TestResponse) -> [String])?
     /// Roles the service refuses outright (403/404) although their policies show them rows, and why.
     var refused: [Role: String] = [:]
+    /// Roles the service answers (200) with nothing in the test data, by design, and why. Every other answered
+    /// role must see something, so a policy that hides everything from a role (finding 8) cannot pass as agreement.
+    var emptyByDesign: [Role: String] = [:]
 }
 
 /// Ids named by each element of the answer's `items` (several keys joined with "/").
@@ -65,6 +68,8 @@ func readChecks(_ world: World) -> [String: ReadCheck] {
     let schools = "SELECT urn::text FROM school WHERE authority_id = $1"
     let evaluationReport = refuse([.boardMember], "Panel members score the bids; the ranked report of every member's scores is the LIM's and the auditor's.")
         .merging(refuse([.supplierUser], "The report ranks competing bids; a supplier reads its own bid.")) { a, _ in a }
+    let notEvaluators = refuse([.authorityAdmin, .hosi],
+                               "The admin and the HoSI take no part in evaluation: bids are the board's LIMs', its panel's and the auditor's.")
     let budgetStaff = "Budgets are the authority's own books: suppliers see a project's value, never a board's balances."
     return [
         "getMe": ReadCheck(path: "/v1/me", policy: "SELECT id::text FROM app_user WHERE id = app_user_id()",
@@ -119,19 +124,21 @@ func readChecks(_ world: World) -> [String: ReadCheck] {
             refused: refuse(staff, "Opportunities are the supplier's search; staff use the project register.")),
         "listQuestions": ReadCheck(
             path: "/v1/projects/{id}/questions", over: projects, policy: "SELECT id::text FROM clarification WHERE authority_id = $1", ids: items("id")),
-        "listBids": ReadCheck(path: "/v1/projects/{id}/bids", over: projects, policy: bids, ids: items("id")),
+        "listBids": ReadCheck(path: "/v1/projects/{id}/bids", over: projects, policy: bids, ids: items("id"), emptyByDesign: notEvaluators),
         "getBid": ReadCheck(path: "/v1/bids/{id}", over: bids, policy: bids),
         "getPanel": ReadCheck(
             path: "/v1/projects/{id}/panel", over: projects,
             policy: "SELECT DISTINCT user_id::text FROM evaluation_panel_member WHERE authority_id = $1", ids: { nested("members", ["user_id"])($0) }),
+        // project_bidders() is SECURITY DEFINER on purpose: a panel member must see the names (only) to declare
+        // before the bid policy lets it see a bid. After declaring (as here) the bid policy agrees.
         "listBidders": ReadCheck(
             path: "/v1/projects/{id}/bidders", over: projects,
             policy: "SELECT DISTINCT supplier_id::text FROM bid WHERE authority_id = $1", ids: items("supplier_id"),
-            refused: refuse([.supplierUser], "Who else bid is not shown to bidders; a supplier reads its own bids.")),
+            refused: refuse([.supplierUser], "Who else bid is not shown to bidders; a supplier reads its own bids."), emptyByDesign: notEvaluators),
         "listDeclarations": ReadCheck(
             path: "/v1/projects/{id}/declarations", over: projects,
             policy: "SELECT user_id::text || '/' || supplier_id::text FROM conflict_declaration WHERE authority_id = $1",
-            ids: items("user_id", "supplier_id")),
+            ids: items("user_id", "supplier_id"), emptyByDesign: notEvaluators),
         "listScores": ReadCheck(path: "/v1/bids/{id}/scores", over: bids, policy: bids,
                                 refused: refuse([.supplierUser], "A bidder learns its result at award, not the panel's scores.")),
         "getEvaluationReport": ReadCheck(
@@ -283,6 +290,12 @@ struct ReadAgreementTests {
                         continue
                     }
                     seen[operation, default: 0] += service.count
+                    // The other half of finding 8: API and policies agreeing on an empty answer is a disagreement with what
+                    // the service means, unless the table says that role sees nothing there.
+                    if statuses.contains(200) && check.emptyByDesign[role] == nil {
+                        #expect(!service.isEmpty, "\(operation) as \(role.rawValue) is answered but shows nothing")
+                    }
+                    if let why = check.emptyByDesign[role] { #expect(service.isEmpty, "\(operation) as \(role.rawValue) was to show nothing: \(why)") }
                     #expect(service == policies, """
                         \(operation) as \(role.rawValue): the API shows \(service.subtracting(policies).sorted()) that the policies hide, \
                         and the policies show \(policies.subtracting(service).sorted()) that the API does not
