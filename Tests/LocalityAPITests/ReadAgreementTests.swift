@@ -79,10 +79,10 @@ func readChecks(_ world: World) -> [String: ReadCheck] {
             refused: refuse([.supplierUser], "Suppliers read a project's funding stream on the project; the list is for budgeting.")),
         "listBoards": ReadCheck(
             path: "/v1/boards", policy: boards, ids: items("id"),
-            refused: refuse([.supplierUser], "Suppliers read a project's board on the project; the board list is for staff.")),
+            refused: refuse([.supplierUser], "Suppliers need no board records (a project names its board); the policy shows them names only.")),
         "getBoard": ReadCheck(
             path: "/v1/boards/{id}", over: boards, policy: boards,
-            refused: refuse([.supplierUser], "Suppliers read a project's board on the project; board records are for staff.")),
+            refused: refuse([.supplierUser], "Suppliers need no board records (a project names its board); the policy shows them names only.")),
         "getBudget": ReadCheck(
             path: "/v1/boards/{id}/budgets/2025-26", over: boards,
             policy: "SELECT DISTINCT board_id::text FROM budget_balance WHERE authority_id = $1 AND financial_year = '2025-26'"),
@@ -91,9 +91,10 @@ func readChecks(_ world: World) -> [String: ReadCheck] {
         "listUsers": ReadCheck(
             path: "/v1/users", policy: users, ids: items("id"),
             refused: refuse([.hosi, .lim, .boardMember],
-                            "Only the admin and the auditor list users; the others' policies show board colleagues, whose names panels need.")),
+                            "Only the admin and the auditor list users; the others' policies show themselves and the board members of the boards they see (panels are named from them).")),
         // Only the admin and the auditor read others' user records; everyone reads their own. (The others' policies
-        // also show board colleagues, whose names panels need; the service does not serve those records.)
+        // also show the board members of the boards they see, whose names panels need; the service does not serve
+        // those records.)
         "getUser": ReadCheck(
             path: "/v1/users/{id}", over: users,
             policy: users + " AND (id = app_user_id() OR app_has_role('authority_admin') OR app_has_role('auditor'))"),
@@ -139,8 +140,10 @@ func readChecks(_ world: World) -> [String: ReadCheck] {
             path: "/v1/projects/{id}/declarations", over: projects,
             policy: "SELECT user_id::text || '/' || supplier_id::text FROM conflict_declaration WHERE authority_id = $1",
             ids: items("user_id", "supplier_id"), emptyByDesign: notEvaluators),
+        // The scores of a bid are answered exactly where the bid policy shows the bid (which scores within, the score
+        // policies decide; the supplier's show none: checked below).
         "listScores": ReadCheck(path: "/v1/bids/{id}/scores", over: bids, policy: bids,
-                                refused: refuse([.supplierUser], "A bidder learns its result at award, not the panel's scores.")),
+                                refused: refuse([.supplierUser], "A bidder learns its result at award (the bid's outcome note), never the panel's scores.")),
         "getEvaluationReport": ReadCheck(
             path: "/v1/projects/{id}/evaluation", over: projects, policy: bids, ids: { nested("lines", ["bid_id"])($0) }, refused: evaluationReport),
         "exportEvaluationReport": ReadCheck(
@@ -308,6 +311,14 @@ struct ReadAgreementTests {
             // Questions: the service's rule, stated independently: the board's LIMs and the auditor see every question,
             // the asker its own, and everyone else who sees the project the published ones (finding 8: on main the
             // policies showed board staff none, so API and policies agreed on an empty list).
+            // The supplier's refusal on scores rests on the service; its policies must not show a score either (the
+            // score tables are the authority's: their policies require the authority context).
+            for table in ["scorecard", "individual_score", "moderated_score"] {
+                let rows = try await Self.ids(world, "SELECT bid_id::text FROM \(table)", as: Self.scope(world, .supplierUser))
+                let all = try await Self.ids(world, "SELECT bid_id::text FROM \(table)", as: nil)
+                #expect(rows.isEmpty, "the supplier's policies show \(rows.count) rows of \(table)")
+                #expect(table == "moderated_score" ? !all.isEmpty : true, "no \(table) rows to hide")
+            }
             let expected: [Role: Int] = [.lim: 2, .auditor: 2, .supplierUser: 2, .authorityAdmin: 1, .hosi: 1, .boardMember: 1]
             for role in everyRole {
                 let policies = try await Self.ids(world, "SELECT id::text FROM clarification WHERE authority_id = $1", as: Self.scope(world, role))
