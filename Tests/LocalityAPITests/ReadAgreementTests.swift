@@ -9,7 +9,7 @@ import PostgresTestSupport
 import Testing
 
 /// One read operation of the OpenAPI document, and what row-level security alone must agree with.
-struct ReadCheck {
+private struct ReadCheck {
     /// The call; `{id}` stands for each value of `over` (A's rows as the superuser sees them), one call each.
     let path: String
     var over: String?
@@ -27,10 +27,10 @@ struct ReadCheck {
 }
 
 /// Ids named by each element of the answer's `items` (several keys joined with "/").
-func items(_ keys: String...) -> (TestResponse) -> [String] { nested("items", keys) }
+private func items(_ keys: String...) -> (TestResponse) -> [String] { nested("items", keys) }
 
 /// Ids named by each element of the array under `array` (a top-level key).
-func nested(_ array: String, _ keys: [String]) -> (TestResponse) -> [String] {
+private func nested(_ array: String, _ keys: [String]) -> (TestResponse) -> [String] {
     { response in
         (response.jsonObject[array] as? [[String: Any]] ?? []).map { element in
             keys.map { key in element[key].map { "\($0)".lowercased() } ?? "<no \(key)>" }.joined(separator: "/")
@@ -39,7 +39,7 @@ func nested(_ array: String, _ keys: [String]) -> (TestResponse) -> [String] {
 }
 
 /// The values of one column of a CSV answer (the test data has no quoted commas).
-func csvColumn(_ name: String) -> (TestResponse) -> [String] {
+private func csvColumn(_ name: String) -> (TestResponse) -> [String] {
     { response in
         let rows = String(buffer: response.body).split(whereSeparator: \.isNewline).map { $0.split(separator: ",", omittingEmptySubsequences: false) }
         guard let header = rows.first, let index = header.firstIndex(where: { $0 == name }) else { return [] }
@@ -47,10 +47,10 @@ func csvColumn(_ name: String) -> (TestResponse) -> [String] {
     }
 }
 
-func refuse(_ roles: [Role], _ why: String) -> [Role: String] { Dictionary(uniqueKeysWithValues: roles.map { ($0, why) }) }
+private func refuse(_ roles: [Role], _ why: String) -> [Role: String] { Dictionary(uniqueKeysWithValues: roles.map { ($0, why) }) }
 
 /// Operations that read no tenant table, so there is nothing for a policy to agree with.
-let readsNoTenantTable: [String: String] = [
+private let readsNoTenantTable: [String: String] = [
     "getHealth": "liveness only",
     "getReadiness": "counts applied migrations",
     "getOpenAPIDocument": "a static document",
@@ -58,7 +58,7 @@ let readsNoTenantTable: [String: String] = [
 ]
 
 /// Every GET of the document: operation → the call and the rows row-level security alone must agree with.
-func readChecks(_ world: World) -> [String: ReadCheck] {
+private func readChecks(_ world: World) -> [String: ReadCheck] {
     let staff: [Role] = [.authorityAdmin, .hosi, .lim, .boardMember, .auditor]
     let projects = "SELECT id::text FROM project WHERE authority_id = $1"
     let boards = "SELECT id::text FROM board WHERE authority_id = $1"
@@ -330,7 +330,7 @@ struct ReadAgreementTests {
 
 extension TestClientProtocol {
     /// Every page of a GET (following `next_cursor`), or the single answer of an unpaginated one.
-    func pages(_ path: String, token: String) async throws -> [TestResponse] {
+    fileprivate func pages(_ path: String, token: String) async throws -> [TestResponse] {
         var answers: [TestResponse] = []
         var next: String? = path
         while let uri = next {
