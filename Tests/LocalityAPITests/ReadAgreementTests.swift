@@ -308,9 +308,6 @@ struct ReadAgreementTests {
             // The comparison means something only if every operation showed somebody something.
             for operation in readChecks(world).keys { #expect(seen[operation, default: 0] > 0, "\(operation) showed nothing to anyone") }
 
-            // Questions: the service's rule, stated independently: the board's LIMs and the auditor see every question,
-            // the asker its own, and everyone else who sees the project the published ones (finding 8: on main the
-            // policies showed board staff none, so API and policies agreed on an empty list).
             // The supplier's refusal on scores rests on the service; its policies must not show a score either (the
             // score tables are the authority's: their policies require the authority context).
             for table in ["scorecard", "individual_score", "moderated_score"] {
@@ -319,6 +316,9 @@ struct ReadAgreementTests {
                 #expect(rows.isEmpty, "the supplier's policies show \(rows.count) rows of \(table)")
                 #expect(table == "moderated_score" ? !all.isEmpty : true, "no \(table) rows to hide")
             }
+            // Questions: the service's rule, stated independently: the board's LIMs and the auditor see every question,
+            // the asker its own, and everyone else who sees the project the published ones (finding 8: on main the
+            // policies showed board staff none, so API and policies agreed on an empty list).
             let expected: [Role: Int] = [.lim: 2, .auditor: 2, .supplierUser: 2, .authorityAdmin: 1, .hosi: 1, .boardMember: 1]
             for role in everyRole {
                 let policies = try await Self.ids(world, "SELECT id::text FROM clarification WHERE authority_id = $1", as: Self.scope(world, role))
