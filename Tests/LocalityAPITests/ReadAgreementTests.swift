@@ -54,7 +54,6 @@ private let readsNoTenantTable: [String: String] = [
     "getHealth": "liveness only",
     "getReadiness": "counts applied migrations",
     "getOpenAPIDocument": "a static document",
-    "getMetrics": "process counters, on its own listener (not the API port)",
 ]
 
 /// Every GET of the document: operation → the call and the rows row-level security alone must agree with.
@@ -112,6 +111,10 @@ private func readChecks(_ world: World) -> [String: ReadCheck] {
             refused: refuse([.boardMember], "Board members take no part in admitting suppliers.")
                 .merging(refuse([.supplierUser], "A supplier reads its own applications at /v1/supplier/admissions.")) { a, _ in a }),
         "listThemes": ReadCheck(path: "/v1/themes", policy: "SELECT id::text FROM theme WHERE authority_id = $1", ids: items("id")),
+        "getSchoolBoardRules": ReadCheck(
+            path: "/v1/school-board-rules",
+            policy: "SELECT lower(source::text || '/' || value || '/' || board_id::text) FROM school_board_rule WHERE authority_id = $1",
+            ids: { nested("rules", ["source", "value", "board_id"])($0) }),
         "listSocialValueMeasures": ReadCheck(
             path: "/v1/social-value-measures", policy: "SELECT id::text FROM social_value_measure WHERE authority_id = $1", ids: items("id")),
         "listProjects": ReadCheck(
