@@ -29,6 +29,8 @@ public struct AppConfiguration: Sendable {
     /// `lock_timeout`, `idle_in_transaction_session_timeout`): one stuck statement, one held row lock or one
     /// abandoned transaction cannot hold a pooled connection for long. A request that hits one gets 503
     /// with `Retry-After`. 0 turns a limit off.
+    /// A structured line per request at info level (method, route template, status, duration, request id).
+    public var accessLog = true
     /// After SIGTERM, in-flight requests get this long to finish before they are cancelled and the process exits.
     public var shutdownDeadlineSeconds = 10
     /// A connection that sends nothing for this long is closed (0: never).

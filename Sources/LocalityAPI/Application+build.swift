@@ -87,6 +87,7 @@ public func buildApplication(
     router.add(middleware: DatabaseAffinityMiddleware(pool: pool))
     router.add(middleware: RequestIDMiddleware())
     router.add(middleware: HTTPMetricsMiddleware(factory: metricsFactory))
+    if configuration.accessLog { router.add(middleware: AccessLogMiddleware()) }
     router.add(middleware: NoStoreMiddleware())
     router.add(middleware: HTTPConventionsMiddleware())
     router.add(middleware: LocationHeaderMiddleware())

@@ -60,6 +60,23 @@ struct HTTPMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
+/// One structured line per request at info: method, route template (never the raw path, which holds ids),
+/// status, duration and — from the logger's metadata — the request id. Never headers or bodies, so never a
+/// token or a bid. Off with `--no-access-log`.
+struct AccessLogMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let start = ContinuousClock.now
+        let response = try await next(request, context)
+        let (seconds, attoseconds) = (ContinuousClock.now - start).components
+        context.logger.info("request", metadata: [
+            "method": .string(request.method.rawValue), "route": .string(context.endpointPath ?? "unmatched"),
+            "status": .stringConvertible(response.status.code),
+            "duration_ms": .string(String(format: "%.2f", Double(seconds) * 1000 + Double(attoseconds) / 1e15)),
+        ])
+        return response
+    }
+}
+
 /// Refuses bodies over the limit with 413 before any handler reads them, whether the size was declared
 /// (`Content-Length`) or only found while reading (chunked transfer coding).
 struct BodyLimitMiddleware<Context: RequestContext>: RouterMiddleware {

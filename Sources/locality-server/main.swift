@@ -51,6 +51,9 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Longest a transaction may sit idle, in ms; 0 = no limit [LOCALITY_IDLE_IN_TRANSACTION_TIMEOUT_MS] (default 30000).")
     var idleInTransactionTimeoutMs: Int?
 
+    @Flag(inversion: .prefixedNo, help: "A log line per request at info: method, route template, status, duration, request id [LOCALITY_ACCESS_LOG=true|false] (default on).")
+    var accessLog: Bool?
+
     @Flag(inversion: .prefixedNo, help: "Apply pending migrations at start [LOCALITY_MIGRATE=true|false].")
     var migrate: Bool?
 
@@ -90,6 +93,7 @@ struct LocalityServer: AsyncParsableCommand {
                               (configuration.idleInTransactionTimeoutMilliseconds, "--idle-in-transaction-timeout-ms")] where value < 0 {
             throw ValidationError("\(flag) must not be negative")
         }
+        configuration.accessLog = accessLog ?? environmentValue("ACCESS_LOG").map { $0 != "false" && $0 != "0" } ?? true
         configuration.applyMigrations = migrate ?? environmentValue("MIGRATE").map { $0 != "false" && $0 != "0" } ?? true
         configuration.database = database.settings
         configuration.seedDemo = demo || environmentValue("DEMO").map { $0 == "true" || $0 == "1" } ?? false
@@ -100,7 +104,7 @@ struct LocalityServer: AsyncParsableCommand {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardOutput(label: label)
             handler.logLevel = level
-            return handler
+            return SingleLineLogHandler(handler)
         }
         let logger = Logger(label: "locality-server")
         Self.ensureFileLimit(for: configuration, logger: logger)
@@ -157,5 +161,38 @@ struct LocalityServer: AsyncParsableCommand {
     private func parseInt(_ text: String, _ name: String) throws -> Int {
         guard let value = Int(text) else { throw ValidationError("\(name) must be a whole number, not \"\(text)\"") }
         return value
+    }
+}
+
+/// One entry, one line: PostgreSQL's messages (and a few others) carry newlines, which split an entry in two for
+/// every log shipper reading lines. Newlines in the message and in metadata become `⏎`.
+struct SingleLineLogHandler: LogHandler {
+    var wrapped: StreamLogHandler
+
+    init(_ wrapped: StreamLogHandler) {
+        self.wrapped = wrapped
+    }
+
+    var logLevel: Logger.Level {
+        get { wrapped.logLevel }
+        set { wrapped.logLevel = newValue }
+    }
+
+    var metadata: Logger.Metadata {
+        get { wrapped.metadata }
+        set { wrapped.metadata = newValue }
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { wrapped[metadataKey: key] }
+        set { wrapped[metadataKey: key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+        func flat(_ text: String) -> String {
+            text.contains(where: \.isNewline) ? text.split(whereSeparator: \.isNewline).joined(separator: " ⏎ ") : text
+        }
+        wrapped.log(level: level, message: "\(flat(message.description))", metadata: metadata?.mapValues { .string(flat($0.description)) },
+                    source: source, file: file, function: function, line: line)
     }
 }

@@ -61,3 +61,30 @@ struct LogPrivacyTests {
         }
     }
 }
+
+extension LogPrivacyTests {
+    /// One info line per request with the route template, status and request id — never the raw path with its
+    /// ids, never the token.
+    @Test func everyRequestGetsOneAccessLogLine() async throws {
+        let world = try await World.make()
+        let handler = CapturingLogHandler()
+        var logger = Logger(label: "test") { _ in handler }
+        logger.logLevel = .info
+        var configuration = testConfiguration(world.database)
+        configuration.logLevel = .info
+        let app = try await buildApplication(configuration, logger: logger)
+        let admin = world.token(.authorityAdmin, of: world.a)
+        let board = lower(world.a.boards[0].id)
+        try await app.test(.live) { client in
+            let response = try await client.call(.get, "/v1/boards/\(board)", token: admin, headers: [HTTPField.Name("X-Request-Id")!: "access-log-test"])
+            #expect(response.status == .ok)
+        }
+        // (The capturing handler keeps per-entry metadata only; the request id rides in the logger's own.)
+        let lines = handler.lines.withLock { $0 }.filter { $0.hasPrefix("info request ") }
+        #expect(lines.count == 1, "\(lines)")
+        let line = try #require(lines.first)
+        #expect(line.contains("GET") && line.contains("200") && line.contains("/v1/boards/"), "\(line)")
+        #expect(!line.contains(board), "the route template, not the raw path: \(line)")
+        #expect(!line.contains(String(admin.dropFirst(TokenFormat.prefixLength + 1))))
+    }
+}
