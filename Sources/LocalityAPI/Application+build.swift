@@ -94,7 +94,8 @@ public func buildApplication(
     router.add(middleware: ProblemMiddleware(routes: routes))
     router.add(middleware: BodyLimitMiddleware(maxBytes: configuration.maxRequestBodyBytes))
     let domain = DomainServices(database: ScopedDatabase(pool: pool))
-    router.add(middleware: RegistrationRateLimitMiddleware(limiter: RegistrationRateLimiter(perHour: configuration.registrationsPerHour)))
+    router.add(middleware: RegistrationRateLimitMiddleware(
+        pool: pool, perHour: configuration.registrationsPerHour, trustedProxies: Set(configuration.trustedProxies)))
     router.add(middleware: AuthenticationMiddleware(tokens: domain.tokens, routes: routes))
     let parameterRules: ParameterRules
     do {

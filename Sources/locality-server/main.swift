@@ -51,6 +51,12 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Longest a transaction may sit idle, in ms; 0 = no limit [LOCALITY_IDLE_IN_TRANSACTION_TIMEOUT_MS] (default 30000).")
     var idleInTransactionTimeoutMs: Int?
 
+    @Option(help: "Public supplier registrations allowed per client address per hour, across all instances [LOCALITY_REGISTRATIONS_PER_HOUR] (default 10).")
+    var registrationsPerHour: Int?
+
+    @Option(help: "Comma-separated addresses of trusted proxies (load balancers) whose X-Forwarded-For names the client [LOCALITY_TRUSTED_PROXIES] (default none).")
+    var trustedProxies: String?
+
     @Flag(inversion: .prefixedNo, help: "A log line per request at info: method, route template, status, duration, request id [LOCALITY_ACCESS_LOG=true|false] (default on).")
     var accessLog: Bool?
 
@@ -93,6 +99,11 @@ struct LocalityServer: AsyncParsableCommand {
                               (configuration.idleInTransactionTimeoutMilliseconds, "--idle-in-transaction-timeout-ms")] where value < 0 {
             throw ValidationError("\(flag) must not be negative")
         }
+        configuration.registrationsPerHour = try registrationsPerHour
+            ?? environmentValue("REGISTRATIONS_PER_HOUR").map { try parseInt($0, "LOCALITY_REGISTRATIONS_PER_HOUR") } ?? configuration.registrationsPerHour
+        guard configuration.registrationsPerHour > 0 else { throw ValidationError("--registrations-per-hour must be at least 1") }
+        configuration.trustedProxies = (trustedProxies ?? environmentValue("TRUSTED_PROXIES") ?? "")
+            .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         configuration.accessLog = accessLog ?? environmentValue("ACCESS_LOG").map { $0 != "false" && $0 != "0" } ?? true
         configuration.applyMigrations = migrate ?? environmentValue("MIGRATE").map { $0 != "false" && $0 != "0" } ?? true
         configuration.database = database.settings

@@ -393,6 +393,46 @@ struct MarketplaceTests {
     }
 }
 
+extension MarketplaceTests {
+    /// The registration limit lives in the database: two instances share it (in process memory each had its
+    /// own). Behind a trusted proxy, `X-Forwarded-For` names the client; from anyone else it is ignored.
+    @Test func theRegistrationLimitIsSharedByInstancesAndKeyedByTheTrustedClientAddress() async throws {
+        let world = try await World.make()
+        var configuration = testConfiguration(world.database)
+        configuration.registrationsPerHour = 1
+        let first = try await buildApplication(configuration)
+        var behindProxy = configuration
+        behindProxy.trustedProxies = ["127.0.0.1"]
+        let second = try await buildApplication(behindProxy)
+        // An invalid registration (422) still counts: the limit comes first.
+        @Sendable func register(_ client: some TestClientProtocol, forwardedFor: String?) async throws -> TestResponse {
+            var headers = HTTPFields()
+            if let forwardedFor { headers[HTTPField.Name("X-Forwarded-For")!] = forwardedFor }
+            return try await client.call(.post, "/v1/supplier-registrations", token: nil, body: ["name": "x"], headers: headers)
+        }
+        try await first.test(.live) { client in
+            let firstTry = try await register(client, forwardedFor: "203.0.113.9")
+            #expect(firstTry.status == .unprocessableContent)
+            // The peer is not trusted here, so the header changed nothing: this is 127.0.0.1's second attempt.
+            let secondTry = try await register(client, forwardedFor: "198.51.100.7")
+            #expect(secondTry.status == .tooManyRequests)
+        }
+        try await second.test(.live) { client in
+            // Another instance, same database: 127.0.0.1 is still over its limit.
+            let direct = try await register(client, forwardedFor: nil)
+            #expect(direct.status == .tooManyRequests)
+            #expect((Int(direct.headers[.retryAfter] ?? "") ?? 0) > 0)
+            // Through the trusted proxy, each client has its own allowance.
+            for address in ["192.0.2.1", "192.0.2.2"] {
+                let proxied = try await register(client, forwardedFor: "10.9.9.9, \(address)")
+                #expect(proxied.status == .unprocessableContent, "\(address)")
+            }
+            let again = try await register(client, forwardedFor: "192.0.2.1")
+            #expect(again.status == .tooManyRequests)
+        }
+    }
+}
+
 /// `sha256sum` of `text`, as a bidder would check a receipt (the tool, not our code, so the test cannot
 /// agree with a wrong implementation of ours).
 func sha256sum(_ text: String) throws -> String {
