@@ -76,8 +76,17 @@ enum MetricsServer {
 enum OpenAPIDocument {
     static let bundleName = "locality-commissioning_LocalityAPI.resources"
 
-    /// Set by `load()` before the server starts; empty only if nothing called it (never in the app).
-    nonisolated(unsafe) private(set) static var bytes: [UInt8] = []
+    /// Read once, on first use (Swift initialises a static `let` exactly once, whichever thread asks first).
+    private static let loaded: Result<[UInt8], StartupError> = {
+        let places = candidates()
+        guard let data = places.lazy.compactMap({ try? Data(contentsOf: $0) }).first else {
+            return .failure(StartupError("the resource bundle \(bundleName) (with openapi.yaml) is missing; install it beside the executable or set LOCALITY_RESOURCES_DIR (looked in: \(places.map(\.path).joined(separator: ", ")))"))
+        }
+        return .success([UInt8](data))
+    }()
+
+    /// The document; `load()` has succeeded before the server starts, so this is never empty when served.
+    static var bytes: [UInt8] { (try? loaded.get()) ?? [] }
 
     /// Where the document may be: the bundle beside the executable (as SwiftPM lays out builds and as the
     /// release is packaged), `LOCALITY_RESOURCES_DIR`, or the source tree (development).
@@ -95,16 +104,8 @@ enum OpenAPIDocument {
         return urls
     }
 
-    static let loadLock = NSLock()
-
+    /// Fails the start, naming the bundle, when the document cannot be found.
     static func load() throws {
-        try loadLock.withLock {
-            guard bytes.isEmpty else { return }
-            let places = candidates()
-            guard let data = places.lazy.compactMap({ try? Data(contentsOf: $0) }).first else {
-                throw StartupError("the resource bundle \(bundleName) (with openapi.yaml) is missing; install it beside the executable or set LOCALITY_RESOURCES_DIR (looked in: \(places.map(\.path).joined(separator: ", ")))")
-            }
-            bytes = [UInt8](data)
-        }
+        _ = try loaded.get()
     }
 }
