@@ -31,6 +31,10 @@ public struct AppConfiguration: Sendable {
     /// `lock_timeout`, `idle_in_transaction_session_timeout`): one stuck statement, one held row lock or one
     /// abandoned transaction cannot hold a pooled connection for long. A request that hits one gets 503
     /// with `Retry-After`. 0 turns a limit off.
+    /// Pool connections one tenant (an authority or a supplier) may hold at once; its further transactions wait.
+    /// Three quarters of the pool by default, so a stuck tenant leaves the others a quarter.
+    public var tenantConnectionLimit: Int?
+    var perTenantConnections: Int { max(1, min(poolSize, tenantConnectionLimit ?? max(1, poolSize * 3 / 4))) }
     /// A structured line per request at info level (method, route template, status, duration, request id).
     public var accessLog = true
     /// After SIGTERM, in-flight requests get this long to finish before they are cancelled and the process exits.

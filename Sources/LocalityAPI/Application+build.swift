@@ -93,7 +93,10 @@ public func buildApplication(
     router.add(middleware: LocationHeaderMiddleware())
     router.add(middleware: ProblemMiddleware(routes: routes))
     router.add(middleware: BodyLimitMiddleware(maxBytes: configuration.maxRequestBodyBytes))
-    let domain = DomainServices(database: ScopedDatabase(pool: pool))
+    // One tenant's transactions may hold at most this share of the pool; the rest is left for the others (and
+    // for readiness, which does not go through it).
+    let bulkhead = TenantBulkhead(limit: configuration.perTenantConnections, timeout: configuration.acquireTimeout)
+    let domain = DomainServices(database: ScopedDatabase(pool: pool, bulkhead: bulkhead))
     router.add(middleware: RegistrationRateLimitMiddleware(
         pool: pool, perHour: configuration.registrationsPerHour, trustedProxies: Set(configuration.trustedProxies)))
     router.add(middleware: AuthenticationMiddleware(tokens: domain.tokens, routes: routes))

@@ -24,6 +24,9 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Database connections in the pool [LOCALITY_POOL_SIZE] (default 16).")
     var poolSize: Int?
 
+    @Option(help: "Pool connections one tenant may hold at once; its other requests wait [LOCALITY_TENANT_CONNECTION_LIMIT] (default 3/4 of the pool).")
+    var tenantConnectionLimit: Int?
+
     @Option(help: "Largest accepted request body in bytes [LOCALITY_MAX_BODY_BYTES] (default 1048576).")
     var maxBodyBytes: Int?
 
@@ -104,6 +107,9 @@ struct LocalityServer: AsyncParsableCommand {
         guard configuration.registrationsPerHour > 0 else { throw ValidationError("--registrations-per-hour must be at least 1") }
         configuration.trustedProxies = (trustedProxies ?? environmentValue("TRUSTED_PROXIES") ?? "")
             .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        configuration.tenantConnectionLimit = try tenantConnectionLimit
+            ?? environmentValue("TENANT_CONNECTION_LIMIT").map { try parseInt($0, "LOCALITY_TENANT_CONNECTION_LIMIT") }
+        if let limit = configuration.tenantConnectionLimit, limit < 1 { throw ValidationError("--tenant-connection-limit must be at least 1") }
         configuration.accessLog = accessLog ?? environmentValue("ACCESS_LOG").map { $0 != "false" && $0 != "0" } ?? true
         configuration.applyMigrations = migrate ?? environmentValue("MIGRATE").map { $0 != "false" && $0 != "0" } ?? true
         configuration.database = database.settings

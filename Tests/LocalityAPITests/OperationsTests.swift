@@ -225,3 +225,51 @@ struct OperationsTests {
         }
     }
 }
+
+extension OperationsTests {
+    /// One council's writers queued behind a held lock take at most its share of the pool: another council's
+    /// reads and readiness still answer at once, and the queued writers all finish once the lock goes.
+    @Test func aStuckTenantLeavesTheOthersTheirShareOfThePool() async throws {
+        let world = try await World.make()
+        var configuration = testConfiguration(world.database)
+        configuration.poolSize = 4
+        configuration.tenantConnectionLimit = 2
+        configuration.lockTimeoutMilliseconds = 0
+        configuration.statementTimeoutMilliseconds = 20_000   // so that a broken bulkhead fails the test, not hangs it
+        configuration.acquireTimeout = .seconds(30)
+        let app = try await buildApplication(configuration)
+        let board = world.a.boards[0].id
+        let adminA = world.token(.authorityAdmin, of: world.a), adminB = world.token(.authorityAdmin, of: world.b)
+        try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "holder")) { holder in
+            try await holder.execute("BEGIN")
+            try await holder.query("SELECT 1 FROM board WHERE id = \(board) FOR UPDATE")
+            try await app.test(.live) { client in
+                let writers = Task {
+                    try await concurrently(5, on: client) { index, connection in
+                        try await connection.call(.patch, "/v1/boards/\(lower(board))", token: adminA, body: ["chair": "Chair \(index)"])
+                    }.map(\.status)
+                }
+                // Two of A's writers wait on the lock (its share); the other three wait for a place, not a connection.
+                let deadline = ContinuousClock.now + .seconds(20)
+                var waiting = 0
+                while waiting < 2 && ContinuousClock.now < deadline {
+                    // Inside its transaction the holder would see one snapshot of the statistics: refresh it.
+                    try await holder.query("SELECT pg_stat_clear_snapshot()")
+                    waiting = try await holder.query("""
+                        SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'locality-server'
+                        """).first!.decode(Int.self, at: 0)
+                    await Task.yield()
+                }
+                #expect(waiting == 2)
+                let started = ContinuousClock.now
+                let other = try await client.call(.get, "/v1/boards", token: adminB)
+                let ready = try await client.call(.get, "/readyz", token: nil)
+                #expect(other.status == .ok && ready.status == .ok)
+                #expect(ContinuousClock.now - started < .seconds(2), "B waited \(ContinuousClock.now - started)")
+                try await holder.execute("ROLLBACK")
+                let statuses = try await writers.value
+                #expect(statuses == Array(repeating: 200, count: 5), "\(statuses)")
+            }
+        }
+    }
+}

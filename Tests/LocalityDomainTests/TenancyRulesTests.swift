@@ -1,5 +1,6 @@
 import Foundation
 import LocalityDomain
+import LocalityPostgres
 import Testing
 
 @Suite("Tenancy rules")
@@ -36,5 +37,28 @@ struct TenancyRulesTests {
         let scope = AccessScope.operatorScope(authorityID: .zero, osUser: "alice")
         #expect(scope.actor == "cli:alice")
         #expect(scope.has(.authorityAdmin) && scope.seesAllBoards)
+    }
+}
+
+@Suite("Tenant bulkhead")
+struct TenantBulkheadTests {
+    /// Over its limit a tenant waits, and gives up with the pool's own acquire timeout; another tenant is not held
+    /// up; when the place is freed, the count returns to zero.
+    @Test func aTenantOverItsLimitWaitsAndTimesOutWhileOthersGoOn() async throws {
+        let bulkhead = TenantBulkhead(limit: 1, timeout: .milliseconds(200))
+        let (release, releaser) = AsyncStream.makeStream(of: Void.self)
+        let holder = Task { try await bulkhead.run("a") { for await _ in release { break } } }
+        while bulkhead.inUse("a") == 0 { await Task.yield() }
+        do {
+            try await bulkhead.run("a") {}
+            Issue.record("a second transaction of the tenant was admitted over its limit")
+        } catch let error as PGError {
+            #expect(error.kind == .acquireTimeout)
+        }
+        #expect(try await bulkhead.run("b") { 7 } == 7)
+        releaser.yield()
+        try await holder.value
+        #expect(bulkhead.inUse("a") == 0)
+        #expect(try await bulkhead.run("a") { 8 } == 8)
     }
 }

@@ -5,9 +5,12 @@ public import LocalityPostgres
 /// PostgreSQL's row-level security applies the same scope the service checked.
 public struct ScopedDatabase: Sendable {
     public let pool: PGPool
+    /// When set (the API), each tenant's transactions hold at most its limit of the pool at once.
+    public let bulkhead: TenantBulkhead?
 
-    public init(pool: PGPool) {
+    public init(pool: PGPool, bulkhead: TenantBulkhead? = nil) {
         self.pool = pool
+        self.bulkhead = bulkhead
     }
 
     static let setContextSQL = """
@@ -33,11 +36,25 @@ public struct ScopedDatabase: Sendable {
     ) async throws -> R {
         do {
             // The context goes with BEGIN in one round trip.
-            return try await pool.withTransaction(
-                isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), body)
+            guard let bulkhead, let tenant = Self.tenantKey(scope) else {
+                return try await pool.withTransaction(
+                    isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), body)
+            }
+            return try await bulkhead.run(tenant) {
+                try await pool.withTransaction(
+                    isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), body)
+            }
         } catch let error as PGError {
             throw ConstraintTranslation.domainError(for: error) ?? error
         }
+    }
+
+    /// Whose share of the pool a transaction uses: the authority's, or a supplier organisation's (nil: no tenant,
+    /// as for a public registration).
+    static func tenantKey(_ scope: AccessScope) -> String? {
+        if let authority = scope.authorityID { return "authority:" + authority.uuidString }
+        if let supplier = scope.supplierID { return "supplier:" + supplier.uuidString }
+        return nil
     }
 
     /// States `scope` for the current transaction (transaction-local settings).

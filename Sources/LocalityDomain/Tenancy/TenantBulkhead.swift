@@ -1,0 +1,103 @@
+import Foundation
+public import LocalityPostgres
+import Synchronization
+
+/// At most `limit` transactions of one tenant (an authority, or a supplier organisation) hold pooled
+/// connections at once; the tenant's further transactions wait their turn here, in order, instead of taking
+/// the rest of the pool. Why: one council's writers queued behind a held row lock used to hold every
+/// connection, and every other council — and `/readyz` — got 503s. The limit is per process, like the pool.
+/// A wait longer than `timeout` ends as the pool's own acquire timeout does (503 with `Retry-After`).
+public final class TenantBulkhead: Sendable {
+    public let limit: Int
+    public let timeout: Duration
+
+    private struct Waiter {
+        let id: UInt64
+        let continuation: CheckedContinuation<Void, any Error>
+    }
+
+    private struct State {
+        var inUse: [String: Int] = [:]
+        var waiters: [String: [Waiter]] = [:]
+        var nextID: UInt64 = 0
+    }
+
+    private let state = Mutex(State())
+
+    public init(limit: Int, timeout: Duration) {
+        precondition(limit > 0, "a bulkhead admits at least one transaction")
+        self.limit = limit
+        self.timeout = timeout
+    }
+
+    /// Runs `body` holding one of `key`'s places.
+    public func run<R>(_ key: String, _ body: () async throws -> R) async throws -> R {
+        try await acquire(key)
+        defer { release(key) }
+        return try await body()
+    }
+
+    /// Places in use for `key` (tests, diagnostics).
+    public func inUse(_ key: String) -> Int {
+        state.withLock { $0.inUse[key, default: 0] }
+    }
+
+    private func acquire(_ key: String) async throws {
+        let id: UInt64? = state.withLock { state in
+            if state.inUse[key, default: 0] < limit {
+                state.inUse[key, default: 0] += 1
+                return nil
+            }
+            state.nextID += 1
+            return state.nextID
+        }
+        guard let id else { return }
+        // Waits; a release hands its place over directly (inUse stays counted), a timeout or a cancellation
+        // takes the waiter out and fails it.
+        let timer = Task { [weak self] in
+            try await Task.sleep(for: self?.timeout ?? .zero)
+            self?.fail(key, id, PGError(kind: .acquireTimeout, message: "the tenant's transactions are queued behind slow ones; retry shortly"))
+        }
+        defer { timer.cancel() }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let admitted: Bool = state.withLock { state in
+                    // A place may have been freed since the first look.
+                    if state.inUse[key, default: 0] < limit {
+                        state.inUse[key, default: 0] += 1
+                        return true
+                    }
+                    state.waiters[key, default: []].append(Waiter(id: id, continuation: continuation))
+                    return false
+                }
+                if admitted { continuation.resume() }
+            }
+        } onCancel: {
+            fail(key, id, CancellationError())
+        }
+    }
+
+    private func release(_ key: String) {
+        let next: Waiter? = state.withLock { state in
+            if var queue = state.waiters[key], !queue.isEmpty {
+                let first = queue.removeFirst()
+                state.waiters[key] = queue.isEmpty ? nil : queue
+                return first   // the place passes to it: inUse unchanged
+            }
+            let count = state.inUse[key, default: 1] - 1
+            state.inUse[key] = count > 0 ? count : nil
+            return nil
+        }
+        next?.continuation.resume()
+    }
+
+    private func fail(_ key: String, _ id: UInt64, _ error: any Error) {
+        let waiter: Waiter? = state.withLock { state in
+            guard var queue = state.waiters[key], let index = queue.firstIndex(where: { $0.id == id }) else { return nil }
+            let waiter = queue.remove(at: index)
+            state.waiters[key] = queue.isEmpty ? nil : queue
+            return waiter
+        }
+        waiter?.continuation.resume(throwing: error)
+    }
+}
