@@ -93,7 +93,7 @@ struct GracefulShutdownTests {
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
             let waiting = try await admin.query(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'locality-server'"
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'locality-server' AND datname = current_database()"
             ).first!.decode(Int.self, at: 0)
             if waiting > 0 { return }
             await Task.yield()

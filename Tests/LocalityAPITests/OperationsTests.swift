@@ -254,9 +254,11 @@ extension OperationsTests {
                 var waiting = 0
                 while waiting < 2 && ContinuousClock.now < deadline {
                     // Inside its transaction the holder would see one snapshot of the statistics: refresh it.
+                    // The cluster is shared by tests running in parallel: count this test's database only.
                     try await holder.query("SELECT pg_stat_clear_snapshot()")
                     waiting = try await holder.query("""
                         SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'locality-server'
+                          AND datname = current_database()
                         """).first!.decode(Int.self, at: 0)
                     await Task.yield()
                 }
