@@ -35,7 +35,8 @@ struct APIHandlers: APIProtocol {
                 detail: "The database schema is not at this build's migrations; run locality-admin migrate.",
                 requestId: RequestInfo.current?.requestID))))
         }
-        return .ok(.init(body: .json(.init(status: .ready, migrations: migrator.migrations.count))))
+        let schema = migrator.migrations.last.map { String($0.fileName.dropLast(".sql".count)) } ?? "none"
+        return .ok(.init(body: .json(.init(status: .ready, migrations: migrator.migrations.count, version: BuildVersion.current, schema: schema))))
     }
 
     func getOpenAPIDocument(_ input: Operations.GetOpenAPIDocument.Input) async throws -> Operations.GetOpenAPIDocument.Output {

@@ -11,6 +11,7 @@ struct LocalityAdmin: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "locality-admin",
         abstract: "Administer a Locality Commissioning Marketplace deployment (talks to the database directly).",
+        version: BuildVersion.current,
         subcommands: [
             Migrate.self, AuthorityCommand.self, BoardCommand.self, BudgetCommand.self, UserCommand.self,
             TokenCommand.self, AuditCommand.self, LedgerCommand.self, SeedCommand.self, SchoolCommand.self, MonitoringCommand.self,

@@ -12,7 +12,8 @@ struct LocalityServer: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "locality-server",
         abstract: "Serve the Locality Commissioning Marketplace REST API.",
-        discussion: "Every option may instead be given as a LOCALITY_* environment variable (shown in brackets). With no database URL, an embedded PostgreSQL under .data/postgres is used."
+        discussion: "Every option may instead be given as a LOCALITY_* environment variable (shown in brackets). With no database URL, an embedded PostgreSQL under .data/postgres is used.",
+        version: BuildVersion.current
     )
 
     @Option(help: "Address to listen on [LOCALITY_HOST] (default 127.0.0.1).")

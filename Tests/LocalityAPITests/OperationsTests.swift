@@ -113,6 +113,9 @@ struct OperationsTests {
             let body = try json(response.body)
             #expect(body["status"] as? String == "ready")
             #expect((body["migrations"] as? Int ?? 0) >= 1)
+            #expect(body["version"] as? String == BuildVersion.current)
+            let newest = try Migration.load(from: Migration.defaultDirectory()).last!.fileName
+            #expect(body["schema"] as? String == String(newest.dropLast(4)), "\(body)")
         }
     }
 

@@ -310,11 +310,22 @@ struct AdminCLITests {
         #expect(again.stdout.contains("0 added, 0 updated, 1 unchanged"), "\(again)")
     }
 
+    @Test func versionIsTheBuildVersion() async throws {
+        let result = try expectSuccess(await AdminCLI.run(["--version"]))
+        #expect(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == BuildVersion.current, "\(result)")
+    }
+
     @Test func scheduledMonitoringAndConcernCategories() async throws {
         let db = try await TestDatabase.migrated()
         try await authorityWithBoard(db)
         let check = try expectSuccess(await AdminCLI.run(["monitoring", "open-overdue"], database: db))
         #expect(check.stdout.contains("test-la: 0 plan(s) opened"), "\(check)")
+        // Scheduled on two hosts: while one run holds the job's lock, another does nothing and says so.
+        try await PGConnection.withConnection(.init(conninfo: db.superuserConninfo, applicationName: "other-host")) { other in
+            try await other.query("SELECT pg_advisory_lock(7813573148592927865)")
+            let second = try expectSuccess(await AdminCLI.run(["monitoring", "open-overdue"], database: db))
+            #expect(second.stdout.contains("already running on another host") && !second.stdout.contains("plan(s) opened"), "\(second)")
+        }
         let category = try expectSuccess(await AdminCLI.run(
             ["schools", "category", "--authority", "test-la", "--code", "serious_weaknesses", "--name", "Ofsted: serious weaknesses"], database: db))
         #expect(category.stdout.contains("serious_weaknesses"))

@@ -45,13 +45,18 @@ public struct Migration: Sendable, Equatable {
         return migrations
     }
 
-    /// `LOCALITY_MIGRATIONS_DIR`, else `./SQL/migrations`, else the repository's `SQL/migrations` next to this source.
+    /// `LOCALITY_MIGRATIONS_DIR`, else `./SQL/migrations`, else an installed release's `<bin>/../SQL/migrations`, else the repository's `SQL/migrations` next to this source.
     public static func defaultDirectory(environment: [String: String] = ProcessInfo.processInfo.environment) -> URL {
         if let explicit = environment["LOCALITY_MIGRATIONS_DIR"], !explicit.isEmpty {
             return URL(fileURLWithPath: explicit)
         }
         let local = URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("SQL/migrations")
         if FileManager.default.fileExists(atPath: local.path) { return local }
+        // An installed release: bin/<executable> beside SQL/migrations, wherever the working directory is.
+        if let executable = Bundle.main.executableURL?.resolvingSymlinksInPath() {
+            let installed = executable.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("SQL/migrations")
+            if FileManager.default.fileExists(atPath: installed.path) { return installed }
+        }
         return URL(fileURLWithPath: #filePath)
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("SQL/migrations")
