@@ -76,6 +76,11 @@ public struct TestDatabase: Sendable {
         let name = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         try await cluster.superuserPool.withConnection { connection in
             try await connection.execute("CREATE DATABASE \(quoteIdentifier(name)) TEMPLATE \(quoteIdentifier(template)) OWNER \(DatabaseRoles.owner)")
+            // Database privileges are not copied from the template: take TEMPORARY from PUBLIC as the migrations
+            // did there (the service refuses to start while its role has it). An empty database gets it from them.
+            if template == TestCluster.templateDatabase {
+                try await connection.execute("REVOKE TEMPORARY ON DATABASE \(quoteIdentifier(name)) FROM PUBLIC")
+            }
         }
         return TestDatabase(name: name, cluster: cluster)
     }

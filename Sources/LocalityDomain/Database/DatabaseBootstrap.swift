@@ -70,14 +70,19 @@ public enum DatabaseRoles {
                 SELECT r.rolname, r.rolsuper, r.rolbypassrls,
                        (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                         WHERE c.relowner = r.oid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                          AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%')
+                          AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'),
+                       -- TEMPORARY or CREATE on public by any route: PUBLIC, a grant, or a role it can become.
+                       (SELECT bool_or(has_database_privilege(m.oid, current_database(), 'TEMPORARY')
+                                       OR has_schema_privilege(m.oid, 'public', 'CREATE'))
+                        FROM pg_roles m WHERE pg_has_role(r.oid, m.oid, 'MEMBER')),
+                       current_database()::text, to_regclass('public.schema_migrations') IS NOT NULL
                 FROM pg_roles r WHERE r.rolname = current_user
-                """).first!.decode(String.self, Bool.self, Bool.self, Int.self)
+                """).first!.decode(String.self, Bool.self, Bool.self, Int.self, Bool.self, String.self, Bool.self)
         }
         let owner = try await PGConnection.withConnection(.init(conninfo: ownerConninfo, applicationName: "locality-role-check")) { connection in
             try await connection.query("SELECT current_user::text").first!.decode(String.self, at: 0)
         }
-        let (role, superuser, bypassRLS, owned) = facts
+        let (role, superuser, bypassRLS, owned, createsObjects, database, migrated) = facts
         let fix = "give --database-url a role of its own (see deploy/README.md: CREATE ROLE locality_app LOGIN NOSUPERUSER NOBYPASSRLS)"
         if superuser { throw StartupError("the service role \(role) is a superuser, which bypasses row-level security; \(fix)") }
         if bypassRLS { throw StartupError("the service role \(role) has BYPASSRLS; \(fix)") }
@@ -85,6 +90,12 @@ public enum DatabaseRoles {
             throw StartupError("--database-url connects as \(role), the owner of the tables (--owner-database-url); \(fix)")
         }
         if owned > 0 { throw StartupError("the service role \(role) owns \(owned) tables or other relations; \(fix)") }
+        // Its own objects (a temporary table, a function in public) would be found before ours by name, even
+        // inside SECURITY DEFINER code. The migrations revoke this (so a database not yet migrated may still have
+        // it: readiness waits for the migrations); a restore into a new database brings it back.
+        if createsObjects && migrated {
+            throw StartupError("the service role \(role) can create temporary tables or objects in schema public of \(database); as the database owner run REVOKE TEMPORARY ON DATABASE \(quoteIdentifier(database)) FROM PUBLIC, \(role) (and REVOKE CREATE ON SCHEMA public FROM PUBLIC, \(role); see deploy/README.md)")
+        }
     }
 
     private static func ignoringDuplicates(_ body: () async throws -> Void) async throws {
