@@ -11,7 +11,7 @@ import PostgresTestSupport
 import Testing
 
 func testConfiguration(_ database: TestDatabase, maxBody: Int = 1 << 20) -> AppConfiguration {
-    AppConfiguration(
+    var configuration = AppConfiguration(
         host: "127.0.0.1",
         port: 0,
         database: DatabaseSettings(databaseURL: database.applicationConninfo, ownerDatabaseURL: database.ownerConninfo),
@@ -20,6 +20,10 @@ func testConfiguration(_ database: TestDatabase, maxBody: Int = 1 << 20) -> AppC
         maxRequestBodyBytes: maxBody,
         logLevel: .warning
     )
+    // Tests race requests on purpose on a machine shared with parallel tests: a queue behind a row lock may
+    // take longer than production's 3 s. Tests of the lock timeout itself set their own.
+    configuration.lockTimeoutMilliseconds = 15_000
+    return configuration
 }
 
 func json(_ buffer: ByteBuffer) throws -> [String: Any] {
