@@ -9,15 +9,15 @@
 # Usage: deploy/fault-drill.sh [part …]   (parts: held-lock burst idle-sockets sigterm pg-restart; default all)
 # Needs bash, python3 and PostgreSQL's server binaries (initdb, pg_ctl, psql). Run as root (PostgreSQL runs as
 # the postgres user) or as a user who may run initdb. Builds .build/release/locality-server{,-admin} if missing
-# (BIN=dir to use others).
+# (BIN=dir to use others; ADMIN=path for the admin CLI, which only seeds).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$(cd "${BIN:-$ROOT/.build/release}" 2>/dev/null && pwd || echo "$ROOT/.build/release")
 PARTS=${*:-held-lock burst idle-sockets sigterm pg-restart}
-for product in locality-server locality-admin; do
-    [[ -x $BIN/$product ]] || (cd "$ROOT" && swift build -c release --product "$product")
-done
+ADMIN=${ADMIN:-$BIN/locality-admin}   # only seeds the database: a debug build does as well
+[[ -x $BIN/locality-server ]] || (cd "$ROOT" && swift build -c release --product locality-server)
+[[ -x $ADMIN ]] || (cd "$ROOT" && swift build -c release --product locality-admin)
 PGBIN=${PGBIN:-$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || command -v initdb)")}
 # The unit's limit (LimitNOFILE) rather than whatever this shell has.
 NOFILE=$(sed -n 's/^LimitNOFILE=//p' "$ROOT/deploy/locality-server.service")
@@ -53,7 +53,7 @@ CREATE DATABASE locality OWNER locality_owner;
 SQL
 OWNER_URL="postgresql://locality_owner@/locality?host=$SOCKET&port=$PGPORT"
 APP_URL="postgresql://locality_app@/locality?host=$SOCKET&port=$PGPORT"
-admin() { "$BIN/locality-admin" "$@" --database-url "$APP_URL" --owner-database-url "$OWNER_URL" --log-level warning; }
+admin() { "$ADMIN" "$@" --database-url "$APP_URL" --owner-database-url "$OWNER_URL" --log-level warning; }
 
 cd "$ROOT"
 admin migrate >/dev/null

@@ -196,13 +196,13 @@ async def burst():
         done.set()
         await sampler
         peaks.append(peak[0])
-        await asyncio.sleep(10)
+        await asyncio.sleep(15)   # the server trims freed memory every 10 s
         afters.append(rss_mb(pid))
     alive = os.path.exists(f"/proc/{pid}")
     print(f"(b) {rounds} bursts of {connections} concurrent connections (4 requests each): server alive: {alive}")
     print(f"    answers {dict(sorted(statuses.items()))}, client errors {errors}")
     print(f"    RSS idle {idle:.1f} MB; peak per burst {', '.join(f'{p:.1f}' for p in peaks)} MB; "
-          f"10 s after each {', '.join(f'{a:.1f}' for a in afters)} MB "
+          f"15 s after each {', '.join(f'{a:.1f}' for a in afters)} MB "
           f"(last {100 * (afters[-1] - idle) / idle:+.0f}% of idle)")
 
 
