@@ -183,7 +183,9 @@ struct ResilienceTests {
                 #expect(try await client.call(.get, "/v1/boards", token: adminB).status == .ok)
                 #expect(try await client.call(.get, "/v1/boards", token: world.token(.authorityAdmin, of: world.a)).status == .ok)
                 #expect(try await client.call(.get, "/readyz", token: nil).status == .ok)
-                #expect(ContinuousClock.now - started < .seconds(2), "other reads waited \(ContinuousClock.now - started)")
+                // Without the bulkhead the exports hold every connection and these wait out the acquire timeout
+                // (10 s) for a 503; the bound is loose because the test machine may be loaded.
+                #expect(ContinuousClock.now - started < .seconds(6), "other reads waited \(ContinuousClock.now - started)")
                 try await holder.execute("ROLLBACK")
                 var statuses: [Int] = []
                 for export in exports { statuses.append(try await export.value) }
