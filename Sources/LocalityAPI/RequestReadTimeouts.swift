@@ -88,8 +88,6 @@ final class RequestReadTimeoutHandler: ChannelInboundHandler, RemovableChannelHa
     private var requestsStarted = 0
     private var responsesStarted = 0
     private var responsesFinished = 0
-    /// Whether the client has sent anything since its last request ended.
-    private var receivedBytes = false
 
     init(timeouts: RequestReadTimeouts, logger: Logger) {
         self.timeouts = timeouts
@@ -111,12 +109,9 @@ final class RequestReadTimeoutHandler: ChannelInboundHandler, RemovableChannelHa
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // The first bytes of a request start its header clock (before the decoder sees them, so that a header
         // block completed by these very bytes stops it again at once).
-        if unwrapInboundIn(data).readableBytes > 0 {
-            receivedBytes = true
-            if case .awaitingRequest = phase {
-                phase = .readingHeader
-                schedule(timeouts.header, "header")
-            }
+        if case .awaitingRequest = phase, unwrapInboundIn(data).readableBytes > 0 {
+            phase = .readingHeader
+            schedule(timeouts.header, "header")
         }
         context.fireChannelRead(data)
     }
@@ -138,7 +133,6 @@ final class RequestReadTimeoutHandler: ChannelInboundHandler, RemovableChannelHa
     func requestEndRead() {
         cancelTimer()
         phase = .awaitingRequest
-        receivedBytes = false
     }
 
     func responseHeadWritten() { responsesStarted += 1 }
@@ -163,7 +157,7 @@ final class RequestReadTimeoutHandler: ChannelInboundHandler, RemovableChannelHa
         guard let context else { return }
         let earlierAnswered = responsesStarted == responsesFinished
         let unanswered = switch phase {
-        case .readingHeader: receivedBytes && earlierAnswered && responsesFinished == requestsStarted
+        case .readingHeader: earlierAnswered && responsesFinished == requestsStarted
         case .readingBody: earlierAnswered && responsesFinished == requestsStarted - 1
         case .awaitingRequest: false
         }
