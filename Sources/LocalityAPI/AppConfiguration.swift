@@ -35,12 +35,21 @@ public struct AppConfiguration: Sendable {
     /// Three quarters of the pool by default, so a stuck tenant leaves the others a quarter.
     public var tenantConnectionLimit: Int?
     var perTenantConnections: Int { max(1, min(poolSize, tenantConnectionLimit ?? max(1, poolSize * 3 / 4))) }
+    /// CSV exports running at once (they hold a pool connection each); further exports wait, at most
+    /// `exportQueueLimit` of them, then get 503. A quarter of the pool by default.
+    public var exportConnectionLimit: Int?
+    public var exportQueueLimit = 8
+    var exportConnections: Int { max(1, min(poolSize, exportConnectionLimit ?? poolSize / 4)) }
     /// A structured line per request at info level (method, route template, status, duration, request id).
     public var accessLog = true
     /// After SIGTERM, in-flight requests get this long to finish before they are cancelled and the process exits.
     public var shutdownDeadlineSeconds = 10
     /// A connection that sends nothing for this long is closed (0: never).
     public var idleTimeoutSeconds = 30
+    /// A client that has begun a request must finish its header block within this many seconds, and its body
+    /// within this many more (0: no limit); otherwise 408 and the connection is closed (slow-sending clients).
+    public var requestHeaderTimeoutSeconds = 10
+    public var requestBodyTimeoutSeconds = 30
     /// Open client connections served at once; more wait in the listen backlog (0: no cap).
     public var maxConnections = 1_000
     public var statementTimeoutMilliseconds = 15_000

@@ -100,6 +100,11 @@ public func buildApplication(
     router.add(middleware: RegistrationRateLimitMiddleware(
         pool: pool, perHour: configuration.registrationsPerHour, trustedProxies: Set(configuration.trustedProxies)))
     router.add(middleware: AuthenticationMiddleware(tokens: domain.tokens, routes: routes))
+    // After authentication (an anonymous export takes no place): exports hold at most their share of the pool.
+    router.add(middleware: ExportBulkheadMiddleware(
+        bulkhead: TenantBulkhead(limit: configuration.exportConnections, timeout: configuration.acquireTimeout,
+                                 maxWaiting: configuration.exportQueueLimit),
+        routes: routes))
     let parameterRules: ParameterRules
     do {
         parameterRules = try ParameterRules(document: String(decoding: OpenAPIDocument.bytes, as: UTF8.self))
@@ -129,7 +134,10 @@ public func buildApplication(
         router: router,
         // A socket that sends nothing for the idle timeout is closed (between requests, or before the first): idle
         // or trickling clients cannot pile up. Past the connection cap, new connections wait in the listen backlog.
-        server: .http1(configuration: .init(idleTimeout: configuration.idleTimeoutSeconds > 0 ? .seconds(Int64(configuration.idleTimeoutSeconds)) : nil)),
+        // A request begun must be sent within the header and body timeouts (slowloris); see RequestReadTimeouts.swift.
+        server: .guardedHTTP1(
+            configuration: .init(idleTimeout: configuration.idleTimeoutSeconds > 0 ? .seconds(Int64(configuration.idleTimeoutSeconds)) : nil),
+            readTimeouts: configuration.requestReadTimeouts),
         configuration: .init(
             address: .hostname(configuration.host, port: configuration.port), serverName: nil,
             availableConnectionsDelegate: configuration.maxConnections > 0 ? MaximumAvailableConnections(configuration.maxConnections) : nil),

@@ -28,6 +28,9 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Pool connections one tenant may hold at once; its other requests wait [LOCALITY_TENANT_CONNECTION_LIMIT] (default 3/4 of the pool).")
     var tenantConnectionLimit: Int?
 
+    @Option(help: "CSV exports running at once; more wait in order, then get 503 [LOCALITY_EXPORT_CONNECTION_LIMIT] (default 1/4 of the pool).")
+    var exportConnectionLimit: Int?
+
     @Option(help: "Largest accepted request body in bytes [LOCALITY_MAX_BODY_BYTES] (default 1048576).")
     var maxBodyBytes: Int?
 
@@ -42,6 +45,12 @@ struct LocalityServer: AsyncParsableCommand {
 
     @Option(help: "Close a client connection that sends nothing for this many seconds; 0 = never [LOCALITY_IDLE_TIMEOUT_SECONDS] (default 30).")
     var idleTimeoutSeconds: Int?
+
+    @Option(help: "A client that has begun a request must send its whole header block within this many seconds, else 408 and close; 0 = no limit [LOCALITY_REQUEST_HEADER_TIMEOUT_SECONDS] (default 10).")
+    var requestHeaderTimeoutSeconds: Int?
+
+    @Option(help: "…and its body within this many seconds after the headers; 0 = no limit [LOCALITY_REQUEST_BODY_TIMEOUT_SECONDS] (default 30).")
+    var requestBodyTimeoutSeconds: Int?
 
     @Option(help: "Client connections served at once; more wait to be accepted; 0 = no cap [LOCALITY_MAX_CONNECTIONS] (default 1000).")
     var maxConnections: Int?
@@ -92,6 +101,15 @@ struct LocalityServer: AsyncParsableCommand {
         guard configuration.idleTimeoutSeconds >= 0, configuration.maxConnections >= 0 else {
             throw ValidationError("--idle-timeout-seconds and --max-connections must not be negative")
         }
+        configuration.requestHeaderTimeoutSeconds = try requestHeaderTimeoutSeconds
+            ?? environmentValue("REQUEST_HEADER_TIMEOUT_SECONDS").map { try parseInt($0, "LOCALITY_REQUEST_HEADER_TIMEOUT_SECONDS") }
+            ?? configuration.requestHeaderTimeoutSeconds
+        configuration.requestBodyTimeoutSeconds = try requestBodyTimeoutSeconds
+            ?? environmentValue("REQUEST_BODY_TIMEOUT_SECONDS").map { try parseInt($0, "LOCALITY_REQUEST_BODY_TIMEOUT_SECONDS") }
+            ?? configuration.requestBodyTimeoutSeconds
+        guard configuration.requestHeaderTimeoutSeconds >= 0, configuration.requestBodyTimeoutSeconds >= 0 else {
+            throw ValidationError("--request-header-timeout-seconds and --request-body-timeout-seconds must not be negative")
+        }
         configuration.statementTimeoutMilliseconds = try statementTimeoutMs
             ?? environmentValue("STATEMENT_TIMEOUT_MS").map { try parseInt($0, "LOCALITY_STATEMENT_TIMEOUT_MS") } ?? configuration.statementTimeoutMilliseconds
         configuration.lockTimeoutMilliseconds = try lockTimeoutMs
@@ -111,6 +129,9 @@ struct LocalityServer: AsyncParsableCommand {
         configuration.tenantConnectionLimit = try tenantConnectionLimit
             ?? environmentValue("TENANT_CONNECTION_LIMIT").map { try parseInt($0, "LOCALITY_TENANT_CONNECTION_LIMIT") }
         if let limit = configuration.tenantConnectionLimit, limit < 1 { throw ValidationError("--tenant-connection-limit must be at least 1") }
+        configuration.exportConnectionLimit = try exportConnectionLimit
+            ?? environmentValue("EXPORT_CONNECTION_LIMIT").map { try parseInt($0, "LOCALITY_EXPORT_CONNECTION_LIMIT") }
+        if let limit = configuration.exportConnectionLimit, limit < 1 { throw ValidationError("--export-connection-limit must be at least 1") }
         configuration.accessLog = accessLog ?? environmentValue("ACCESS_LOG").map { $0 != "false" && $0 != "0" } ?? true
         configuration.applyMigrations = migrate ?? environmentValue("MIGRATE").map { $0 != "false" && $0 != "0" } ?? true
         configuration.database = database.settings
@@ -126,6 +147,8 @@ struct LocalityServer: AsyncParsableCommand {
         }
         let logger = Logger(label: "locality-server")
         Self.ensureFileLimit(for: configuration, logger: logger)
+        let trimmer = MallocTuning.start()
+        defer { trimmer?.cancel() }
         do {
             let app = try await buildApplication(configuration, logger: logger, onDemoSeeded: printDemo)
             try await serviceGroup(app, shutdownDeadline: .seconds(configuration.shutdownDeadlineSeconds), logger: logger).run()
@@ -212,5 +235,33 @@ struct SingleLineLogHandler: LogHandler {
         }
         wrapped.log(level: level, message: "\(flat(message.description))", metadata: metadata?.mapValues { .string(flat($0.description)) },
                     source: source, file: file, function: function, line: line)
+    }
+}
+
+/// Memory that goes back to the system after a burst. Measured (deploy/README.md, fault drill (b)): after 2,000
+/// connections glibc kept the freed memory in its per-thread arenas, and RSS stayed at the burst's peak. Two
+/// arenas (instead of up to 8 per core) and a periodic `malloc_trim` return it; set `MALLOC_ARENA_MAX` to choose
+/// otherwise, `LOCALITY_MALLOC_TRIM_SECONDS=0` to stop trimming. glibc only; elsewhere nothing happens.
+enum MallocTuning {
+    private typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+    private typealias MallocTrim = @convention(c) (Int) -> Int32
+    private static let arenaMax: Int32 = -8   // M_ARENA_MAX in <malloc.h>
+
+    /// Applies the arena limit and starts the trimming task (nil when trimming is off or unavailable).
+    static func start() -> Task<Void, Never>? {
+        // Looked up at run time: Swift's Glibc module does not export <malloc.h>.
+        guard let process = dlopen(nil, RTLD_NOW) else { return nil }
+        if ProcessInfo.processInfo.environment["MALLOC_ARENA_MAX"] == nil, let symbol = dlsym(process, "mallopt") {
+            _ = unsafeBitCast(symbol, to: Mallopt.self)(arenaMax, 2)
+        }
+        let seconds = ProcessInfo.processInfo.environment["LOCALITY_MALLOC_TRIM_SECONDS"].flatMap(Int.init) ?? 10
+        guard seconds > 0, let symbol = dlsym(process, "malloc_trim") else { return nil }
+        let trim = unsafeBitCast(symbol, to: MallocTrim.self)
+        return Task.detached(priority: .background) {
+            // Cheap when there is nothing to give back (it walks the free lists of two arenas).
+            while (try? await Task.sleep(for: .seconds(seconds))) != nil {
+                _ = trim(0)
+            }
+        }
     }
 }

@@ -7,9 +7,13 @@ import Synchronization
 /// the rest of the pool. Why: one council's writers queued behind a held row lock used to hold every
 /// connection, and every other council — and `/readyz` — got 503s. The limit is per process, like the pool.
 /// A wait longer than `timeout` ends as the pool's own acquire timeout does (503 with `Retry-After`).
+/// The same design bounds one kind of work (CSV exports: key "export"), where `maxWaiting` also caps the queue:
+/// past it, `BulkheadFull` at once rather than a long wait.
 public final class TenantBulkhead: Sendable {
     public let limit: Int
     public let timeout: Duration
+    /// Waiters per key beyond which further callers are refused at once (nil: no bound but the timeout).
+    public let maxWaiting: Int?
 
     private struct Waiter {
         let id: UInt64
@@ -24,10 +28,27 @@ public final class TenantBulkhead: Sendable {
 
     private let state = Mutex(State())
 
-    public init(limit: Int, timeout: Duration) {
+    public init(limit: Int, timeout: Duration, maxWaiting: Int? = nil) {
         precondition(limit > 0, "a bulkhead admits at least one transaction")
         self.limit = limit
         self.timeout = timeout
+        self.maxWaiting = maxWaiting
+    }
+
+    /// Thrown when `maxWaiting` callers already wait for `key`.
+    public struct BulkheadFull: Error, Sendable {
+        public let key: String
+    }
+
+    /// Takes one of `key`'s places (waiting in order); pair with `leave` — for callers whose work is not one
+    /// closure, or who must tell a refusal here from a failure of the work itself.
+    public func enter(_ key: String) async throws {
+        try await acquire(key)
+    }
+
+    /// Gives back a place taken by `enter`.
+    public func leave(_ key: String) {
+        release(key)
     }
 
     /// Runs `body` holding one of `key`'s places.
@@ -43,14 +64,16 @@ public final class TenantBulkhead: Sendable {
     }
 
     private func acquire(_ key: String) async throws {
-        let id: UInt64? = state.withLock { state in
+        let id: UInt64?? = state.withLock { state in
             if state.inUse[key, default: 0] < limit {
                 state.inUse[key, default: 0] += 1
-                return nil
+                return .some(nil)
             }
+            if let maxWaiting, state.waiters[key, default: []].count >= maxWaiting { return nil }
             state.nextID += 1
             return state.nextID
         }
+        guard let id else { throw BulkheadFull(key: key) }
         guard let id else { return }
         // Waits; a release hands its place over directly (inUse stays counted), a timeout or a cancellation
         // takes the waiter out and fails it.
@@ -61,16 +84,21 @@ public final class TenantBulkhead: Sendable {
         defer { timer.cancel() }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let admitted: Bool = state.withLock { state in
-                    // A place may have been freed since the first look.
+                let admitted: Bool? = state.withLock { state in
+                    // A place may have been freed since the first look (or the queue filled up).
                     if state.inUse[key, default: 0] < limit {
                         state.inUse[key, default: 0] += 1
                         return true
                     }
+                    if let maxWaiting, state.waiters[key, default: []].count >= maxWaiting { return nil }
                     state.waiters[key, default: []].append(Waiter(id: id, continuation: continuation))
                     return false
                 }
-                if admitted { continuation.resume() }
+                switch admitted {
+                case true?: continuation.resume()
+                case nil: continuation.resume(throwing: BulkheadFull(key: key))
+                case false?: break
+                }
             }
         } onCancel: {
             fail(key, id, CancellationError())
