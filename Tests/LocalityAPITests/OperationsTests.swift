@@ -274,7 +274,7 @@ extension OperationsTests {
                 let other = try await client.call(.get, "/v1/boards", token: adminB)
                 let ready = try await client.call(.get, "/readyz", token: nil)
                 #expect(other.status == .ok && ready.status == .ok)
-                #expect(ContinuousClock.now - started < .seconds(2), "B waited \(ContinuousClock.now - started)")
+                #expect(ContinuousClock.now - started < .seconds(10), "B waited \(ContinuousClock.now - started)")   // without the bulkhead: 503 after the 30 s acquire timeout
                 try await holder.execute("ROLLBACK")
                 let statuses = try await writers.value
                 #expect(statuses == Array(repeating: 200, count: 5), "\(statuses)")
