@@ -39,7 +39,7 @@ sample() {
 }
 BOARD=$(sample "SELECT id FROM board WHERE short_code = 'B1'")
 YEAR=$(sample "SELECT financial_year FROM project ORDER BY financial_year DESC LIMIT 1")
-ACADEMIC=$(( ${YEAR:0:4} - 1 ))-${YEAR:5:2}
+ACADEMIC=$YEAR   # the academic year starting in the same calendar year
 PROJECT=$(sample "SELECT p.id FROM project p JOIN contract c ON c.project_id = p.id AND c.authority_id = p.authority_id
                   WHERE p.board_id = '$BOARD' AND c.status = 'active' ORDER BY p.created_at DESC LIMIT 1")
 CONTRACT=$(sample "SELECT id FROM contract WHERE project_id = '$PROJECT'")

@@ -39,10 +39,11 @@ struct ScaleDataTests {
     /// Per-authority configuration (boards, themes, funding streams, rules) stays small and is left out, and so
     /// are the tables the generator leaves empty (clarifications, variations, overrides, visits, complaints,
     /// SPIP priorities, school contract outputs and assessments): the planner rightly scans an empty table.
+    /// Admissions (tens per authority) are too few here for the planner to prefer their index.
     static let growingTables: Set<String> = [
         "project", "bid", "evaluation_panel_member", "conflict_declaration", "scorecard", "individual_score", "moderated_score",
         "contract", "contract_kpi", "kpi_revision", "kpi_acceptance", "reporting_period", "kpi_return", "corrective_action_plan",
-        "school", "school_concern", "school_contract", "budget_ledger", "budget_balance", "audit_event", "supplier_admission",
+        "school", "school_concern", "school_contract", "budget_ledger", "budget_balance", "audit_event",
     ]
 
     static func generate(_ database: TestDatabase) async throws -> ScaleSeed {
@@ -64,8 +65,10 @@ struct ScaleDataTests {
             #expect(ledger.problems.isEmpty, "\(ledger.problems.prefix(5))")
             let chains = try await AuditService(database: scoped).verify()
             #expect(chains.count == Self.options.authorities)
-            #expect(chains.allSatisfy(\.isIntact), "\(chains.filter { !$0.isIntact }.prefix(3))")
-            #expect(chains.allSatisfy { $0.events > 100 })
+            let broken = chains.filter { !$0.isIntact }
+            #expect(broken.isEmpty, "\(broken.prefix(3))")
+            let shortest = chains.map(\.events).min() ?? 0
+            #expect(shortest > 100)
             // A second run finds every authority and writes nothing.
             let again = try await ScaleSeed(database: scoped, options: Self.options).run()
             #expect(again == 0)
@@ -183,7 +186,7 @@ struct ScaleDataTests {
             }
         }
         let year = FinancialYear.containing(CalendarDate.parse(asOf)!).description
-        let academicYear = "\(Int(year.prefix(4))! - 1)-\(year.suffix(2))"
+        let academicYear = year   // the academic year starting in the same calendar year (2026-27)
         let project = try #require(samples["project"]), contract = try #require(samples["contract"]), bid = try #require(samples["bid"])
         let admin = try #require(tokens["admin"]), auditor = try #require(tokens["auditor"]), hosi = try #require(tokens["hosi"])
         let lim = try #require(tokens["lim:0"]), member = try #require(tokens["member:0:0"]), supplierToken = try #require(tokens["supplier"])
@@ -271,7 +274,8 @@ struct ScaleDataTests {
                 #expect(page.items.count <= 17)
                 seen += page.items.compactMap { $0["id"] as? String }
                 // The KPIs come with each contract, as from GET /v1/contracts/{id}.
-                #expect(page.items.allSatisfy { ($0["kpis"] as? [Any])?.isEmpty == false })
+                let withoutKPIs = page.items.filter { ($0["kpis"] as? [Any])?.isEmpty != false }
+                #expect(withoutKPIs.isEmpty)
                 cursor = page.jsonObject["next_cursor"] as? String
                 pages += 1
             } while cursor != nil && pages < 100

@@ -311,7 +311,9 @@ public struct ScaleSeed: Sendable {
         """
         INSERT INTO supplier_admission (authority_id, supplier_id, status, declarations, insurance_expires_on, decision_reason, decided_at, created_at)
         SELECT $1, \(supplierID), 'approved',
-               '{"safeguarding": true, "insurance": true, "dbs": true, "continuity": true, "data_protection": true, "environment": true}'::jsonb,
+               jsonb_build_object('safeguarding_policy', true, 'safeguarding_lead', 'Safeguarding lead', 'insurance_provider', 'Mutual',
+                                  'insurance_expires_on', (\(asOf) + 365)::text, 'dbs_checks', true, 'business_continuity_plan', true,
+                                  'data_protection_compliance', true, 'environmental_policy', true),
                \(asOf) + 365, 'Meets the framework requirements', make_date($6::int, 2, 1)::timestamptz, make_date($6::int, 1, 15)::timestamptz
         FROM generate_series(0, $9 - 1) m
         """,
