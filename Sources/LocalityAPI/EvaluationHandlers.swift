@@ -93,8 +93,9 @@ extension APIHandlers {
     // MARK: Contracts
 
     func listContracts(_ input: Operations.ListContracts.Input) async throws -> Operations.ListContracts.Output {
-        let contracts = try await services.contracts.list(try Authenticated.scope())
-        return .ok(.init(body: .json(.init(items: contracts.map(Components.Schemas.Contract.init)))))
+        let page = try await services.contracts.list(
+            try Authenticated.scope(), page: PageRequest(limit: input.query.limit, cursor: input.query.cursor))
+        return .ok(.init(body: .json(.init(items: page.items.map(Components.Schemas.Contract.init), nextCursor: page.nextCursor))))
     }
 
     func getContract(_ input: Operations.GetContract.Input) async throws -> Operations.GetContract.Output {

@@ -236,14 +236,43 @@ public struct ContractService: Sendable {
         }
     }
 
-    public func list(_ scope: AccessScope) async throws -> [Contract] {
+    /// Newest first, a page at a time, in one statement: each contract with its KPI revisions and variations
+    /// aggregated as JSON beside it (the same rows `fetch` reads with three queries per contract). The tenant is
+    /// stated in the query as well as by row-level security: the policies are an OR (staff's, supplier's), which
+    /// no index serves, while `(tenant, created_at, id)` serves this order and cursor directly.
+    public func list(_ scope: AccessScope, page: PageRequest) async throws -> Page<Contract> {
         try scope.require(scope.isStaff || scope.has(.supplierUser), "see contracts")
-        return try await database.transaction(scope, readOnly: true) { connection in
-            let ids = try await connection.query("SELECT id FROM contract ORDER BY created_at DESC, id").map { try $0.decode(UUID.self, at: 0) }
-            var contracts: [Contract] = []
-            for id in ids { contracts.append(try await Self.fetch(connection, id: id)) }
-            return contracts
+        let afterCreated = page.after?.first.flatMap(PGDateFormat.date) ?? Date.distantFuture
+        // The first page starts after the greatest key: (far future, ffff…) in descending order.
+        let afterID = page.after?.dropFirst().first.flatMap(UUID.init(uuidString:)) ?? UUID(uuidString: "ffffffff-ffff-ffff-ffff-ffffffffffff")!
+        let rows = try await database.transaction(scope, readOnly: true) { connection in
+            try await connection.query("""
+                SELECT \(unsafeSQL: Self.columnsSQL), c.created_at,
+                       coalesce((SELECT json_agg(json_build_object(
+                                     'kpi_id', r.kpi_id, 'revision', r.revision, 'proposed_by', r.proposed_by, 'removal', r.removal,
+                                     'definition', r.definition, 'reason', r.reason, 'created_at', r.created_at,
+                                     'accepted_by', coalesce((SELECT array_agg(a.party::text ORDER BY a.party) FROM kpi_acceptance a
+                                                              WHERE a.authority_id = r.authority_id AND a.revision_id = r.id), '{}'))
+                                     ORDER BY k.created_at, k.id, r.revision)
+                                 FROM contract_kpi k JOIN kpi_revision r ON r.authority_id = k.authority_id AND r.kpi_id = k.id
+                                 WHERE k.authority_id = c.authority_id AND k.contract_id = c.id), '[]')::text,
+                       coalesce((SELECT json_agg(json_build_object(
+                                     'id', v.id, 'proposed_by', v.proposed_by, 'reason', v.reason, 'changes', v.changes::text, 'status', v.status,
+                                     'created_at', v.created_at, 'decided_at', v.decided_at) ORDER BY v.created_at, v.id)
+                                 FROM contract_variation v WHERE v.authority_id = c.authority_id AND v.contract_id = c.id), '[]')::text
+                FROM contract c
+                WHERE \(unsafeSQL: scope.isStaff ? "c.authority_id = app_authority_id()" : "c.supplier_id = app_supplier_id()")
+                  AND (c.created_at, c.id) < (\(afterCreated), \(afterID))
+                ORDER BY c.created_at DESC, c.id DESC LIMIT \(page.limit + 1)
+                """).map { row -> (Contract, Date) in
+                var contract = try Self.decodeColumns(row)
+                contract.kpis = try Self.decodeKPIs(try row.decode(String.self, at: 15))
+                contract.variations = try Self.decodeVariations(try row.decode(String.self, at: 16))
+                return (contract, try row.decode(Date.self, at: 14))
+            }
         }
+        let built = page.page(rows) { [PGDateFormat.string($0.1), $0.0.id.uuidString] }
+        return Page(items: built.items.map(\.0), nextCursor: built.nextCursor)
     }
 
     // MARK: Negotiation (before the contract starts)
@@ -498,15 +527,17 @@ public struct ContractService: Sendable {
         return try storedEnum(party ?? nil, column: "app_contract_party", as: ContractParty.self)
     }
 
+    static let columnsSQL = """
+        c.id, c.authority_id, c.project_id, c.bid_id, c.supplier_id, c.value_pence, c.start_date::text, c.end_date::text, c.contract_manager,
+        c.standstill_ends_on::text, c.status::text, c.social_value::text, c.termination_reason, c.amount_paid_pence
+        """
+
     static func fetch(_ connection: PGConnection, id: UUID, forUpdate: Bool = false) async throws -> Contract {
         guard let row = try await connection.query("""
-            SELECT id, authority_id, project_id, bid_id, supplier_id, value_pence, start_date::text, end_date::text, contract_manager,
-                   standstill_ends_on::text, status::text, social_value::text, termination_reason, amount_paid_pence
-            FROM contract WHERE id = \(id) \(unsafeSQL: forUpdate ? "FOR UPDATE" : "")
+            SELECT \(unsafeSQL: columnsSQL) FROM contract c WHERE c.id = \(id) \(unsafeSQL: forUpdate ? "FOR UPDATE" : "")
             """).first
         else { throw DomainError.notFound("contract") }
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        var contract = try decodeColumns(row)
         let revisions = try await connection.query("""
             SELECT r.kpi_id, r.revision, r.proposed_by::text, r.removal, r.definition::text, r.reason, r.created_at,
                    coalesce((SELECT array_agg(a.party::text ORDER BY a.party) FROM kpi_acceptance a
@@ -517,34 +548,103 @@ public struct ContractService: Sendable {
             let (kpiID, revision, proposedBy, removal, definition, reason, createdAt, accepted) = try row.decode(
                 UUID.self, Int.self, String.self, Bool.self, String.self, String.self, Date.self, [String].self)
             return (kpiID, KPIRevision(revision: revision, proposedBy: try storedEnum(proposedBy, column: "kpi_revision.proposed_by"), removal: removal,
-                                       definition: try decoder.decode(KPIDefinition.self, from: Data(definition.utf8)), reason: reason,
+                                       definition: try snakeCaseDecoder.decode(KPIDefinition.self, from: Data(definition.utf8)), reason: reason,
                                        acceptedBy: try accepted.map { try storedEnum($0, column: "kpi_acceptance.party") }, createdAt: createdAt))
         }
-        var kpis: [ContractKPI] = []
-        for (kpiID, revision) in revisions {
-            if let index = kpis.firstIndex(where: { $0.id == kpiID }) { kpis[index].revisions.append(revision) }
-            else { kpis.append(ContractKPI(id: kpiID, revisions: [revision])) }
-        }
-        let variations = try await connection.query("""
+        contract.kpis = groupKPIs(revisions)
+        contract.variations = try await connection.query("""
             SELECT id, proposed_by::text, reason, changes::text, status::text, created_at, decided_at FROM contract_variation
             WHERE contract_id = \(id) ORDER BY created_at, id
             """).map { row -> ContractVariation in
             let (variationID, proposedBy, reason, changes, status, createdAt, decidedAt) = try row.decode(
                 UUID.self, String.self, String.self, String.self, String.self, Date.self, Date?.self)
-            struct Changes: Decodable { var valuePence: Int?; var endDate: String?; var kpis: [VariationKPI]? }
-            let decoded = try decoder.decode(Changes.self, from: Data(changes.utf8))
-            return ContractVariation(id: variationID, proposedBy: try storedEnum(proposedBy, column: "contract_variation.proposed_by"), reason: reason,
-                                     valuePence: decoded.valuePence, endDate: decoded.endDate, kpis: decoded.kpis ?? [], status: status,
-                                     createdAt: createdAt, decidedAt: decidedAt)
+            return try variation(id: variationID, proposedBy: proposedBy, reason: reason, changes: Data(changes.utf8), status: status,
+                                 createdAt: createdAt, decidedAt: decidedAt)
         }
-        return Contract(
+        return contract
+    }
+
+    private static var snakeCaseDecoder: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return decoder
+    }
+
+    /// The contract's own columns (`columnsSQL`, from column 0); KPIs and variations are left empty.
+    static func decodeColumns(_ row: PGRow) throws -> Contract {
+        Contract(
             id: try row.decode(UUID.self, at: 0), authorityID: try row.decode(UUID.self, at: 1), projectID: try row.decode(UUID.self, at: 2),
             bidID: try row.decode(UUID.self, at: 3), supplierID: try row.decode(UUID.self, at: 4), valuePence: try row.decode(Int.self, at: 5),
             startDate: try row.decode(String.self, at: 6), endDate: try row.decode(String.self, at: 7),
             contractManager: try row.decode(String.self, at: 8), standstillEndsOn: try row.decode(String.self, at: 9),
             status: try storedEnum(try row.decode(String.self, at: 10), column: "contract.status"),
-            socialValue: try decoder.decode([SocialValueCommitment].self, from: Data(try row.decode(String.self, at: 11).utf8)),
+            socialValue: try snakeCaseDecoder.decode([SocialValueCommitment].self, from: Data(try row.decode(String.self, at: 11).utf8)),
             terminationReason: try row.decode(String?.self, at: 12), amountPaidPence: try row.decode(Int?.self, at: 13),
-            kpis: kpis, variations: variations)
+            kpis: [], variations: [])
+    }
+
+    /// Revisions in KPI order, grouped into KPIs.
+    static func groupKPIs(_ revisions: [(UUID, KPIRevision)]) -> [ContractKPI] {
+        var kpis: [ContractKPI] = []
+        for (kpiID, revision) in revisions {
+            if let index = kpis.firstIndex(where: { $0.id == kpiID }) { kpis[index].revisions.append(revision) }
+            else { kpis.append(ContractKPI(id: kpiID, revisions: [revision])) }
+        }
+        return kpis
+    }
+
+    static func variation(id: UUID, proposedBy: String, reason: String, changes: Data, status: String, createdAt: Date,
+                          decidedAt: Date?) throws -> ContractVariation {
+        struct Changes: Decodable { var valuePence: Int?; var endDate: String?; var kpis: [VariationKPI]? }
+        let decoded = try snakeCaseDecoder.decode(Changes.self, from: changes)
+        return ContractVariation(id: id, proposedBy: try storedEnum(proposedBy, column: "contract_variation.proposed_by"), reason: reason,
+                                 valuePence: decoded.valuePence, endDate: decoded.endDate, kpis: decoded.kpis ?? [], status: status,
+                                 createdAt: createdAt, decidedAt: decidedAt)
+    }
+
+    /// The JSON array of revisions built by `list` (json_agg keeps the KPI order of `fetch`).
+    static func decodeKPIs(_ json: String) throws -> [ContractKPI] {
+        struct Row: Decodable {
+            var kpiId: UUID
+            var revision: Int
+            var proposedBy: String
+            var removal: Bool
+            var definition: KPIDefinition
+            var reason: String
+            var createdAt: String
+            var acceptedBy: [String]
+        }
+        let rows = try snakeCaseDecoder.decode([Row].self, from: Data(json.utf8))
+        return groupKPIs(try rows.map { row in
+            (row.kpiId, KPIRevision(revision: row.revision, proposedBy: try storedEnum(row.proposedBy, column: "kpi_revision.proposed_by"),
+                                    removal: row.removal, definition: row.definition, reason: row.reason,
+                                    acceptedBy: try row.acceptedBy.map { try storedEnum($0, column: "kpi_acceptance.party") },
+                                    createdAt: try jsonTime(row.createdAt)))
+        })
+    }
+
+    /// The JSON array of variations built by `list`.
+    static func decodeVariations(_ json: String) throws -> [ContractVariation] {
+        struct Row: Decodable {
+            var id: UUID
+            var proposedBy: String
+            var reason: String
+            var changes: String
+            var status: String
+            var createdAt: String
+            var decidedAt: String?
+        }
+        return try snakeCaseDecoder.decode([Row].self, from: Data(json.utf8)).map { row in
+            try variation(id: row.id, proposedBy: row.proposedBy, reason: row.reason, changes: Data(row.changes.utf8),
+                          status: row.status, createdAt: try jsonTime(row.createdAt), decidedAt: try row.decidedAt.map(jsonTime))
+        }
+    }
+
+    /// A timestamptz as json_build_object writes it (`2026-11-30T08:23:33.123456+00:00`).
+    static func jsonTime(_ text: String) throws -> Date {
+        guard let date = PGDateFormat.date(text.replacingOccurrences(of: "T", with: " ")) else {
+            throw DomainError.invalid("created_at", "unreadable time \(text)")
+        }
+        return date
     }
 }

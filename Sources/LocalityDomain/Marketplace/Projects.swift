@@ -178,14 +178,16 @@ public struct ProjectService: Sendable {
         }
     }
 
-    /// Board staff: their boards' projects in every state, newest first.
+    /// Board staff: their boards' projects in every state, newest first. The authority is stated in the query as
+    /// well as by row-level security, whose OR of policies (staff's, suppliers') no index serves.
     public func list(_ scope: AccessScope, filter: ProjectFilter, page: PageRequest) async throws -> Page<Project> {
         try scope.require(scope.isStaff, "list projects (suppliers use opportunities)")
         let after = Self.createdCursor(page)
         let projects = try await database.transaction(scope, readOnly: true) { connection in
             try await connection.query("""
                 \(unsafeSQL: Self.selectSQL)
-                WHERE (\(filter.boardID)::uuid IS NULL OR p.board_id = \(filter.boardID))
+                WHERE p.authority_id = app_authority_id()
+                  AND (\(filter.boardID)::uuid IS NULL OR p.board_id = \(filter.boardID))
                   AND (\(filter.status?.rawValue)::text IS NULL
                        OR (CASE WHEN p.status = 'open' AND p.bid_deadline <= statement_timestamp() THEN 'closed' ELSE p.status::text END) = \(filter.status?.rawValue))
                   AND (\(filter.text)::text IS NULL OR p.search @@ websearch_to_tsquery('english', \(filter.text)))

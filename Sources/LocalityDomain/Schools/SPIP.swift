@@ -85,15 +85,36 @@ public struct SPIPService: Sendable {
         let afterCreated = page.after?.first.flatMap(PGDateFormat.date) ?? Date.distantFuture
         // The first page starts after the greatest key: (far future, ffff…) in descending order.
         let afterID = page.after?.dropFirst().first.flatMap(UUID.init(uuidString:)) ?? UUID(uuidString: "ffffffff-ffff-ffff-ffff-ffffffffffff")!
+        // One statement per page: each contract with its outputs and assessments aggregated beside it. The tenant is
+        // stated in the query too (row-level security's OR of policies leaves the planner no index).
         let rows = try await database.transaction(scope, readOnly: true) { connection in
-            let keys = try await connection.query("""
-                SELECT id, created_at FROM school_contract
-                WHERE (created_at, id) < (\(afterCreated), \(afterID))
-                ORDER BY created_at DESC, id DESC LIMIT \(page.limit + 1)
-                """).map { try $0.decode(UUID.self, Date.self) }
-            var contracts: [(SchoolContract, Date)] = []
-            for (id, createdAt) in keys { contracts.append((try await Self.contract(connection, id: id), createdAt)) }
-            return contracts
+            try await connection.query("""
+                SELECT c.id, c.urn, c.supplier_id, s.name, c.service, c.description, c.value_pence, c.start_date::text, c.end_date::text,
+                       c.created_at,
+                       coalesce((SELECT json_agg(json_build_object('title', o.title, 'summary', o.summary, 'submitted_at', o.submitted_at)
+                                                 ORDER BY o.submitted_at, o.id)
+                                 FROM school_contract_output o WHERE o.authority_id = c.authority_id AND o.contract_id = c.id), '[]')::text,
+                       coalesce((SELECT json_agg(json_build_object('assessed_on', a.assessed_on::text, 'progress', a.progress, 'note', a.note)
+                                                 ORDER BY a.assessed_on, a.id)
+                                 FROM school_contract_assessment a WHERE a.authority_id = c.authority_id AND a.contract_id = c.id), '[]')::text
+                FROM school_contract c JOIN supplier s ON s.id = c.supplier_id
+                WHERE \(unsafeSQL: scope.isStaff ? "c.authority_id = app_authority_id()" : "c.supplier_id = app_supplier_id()")
+                  AND (c.created_at, c.id) < (\(afterCreated), \(afterID))
+                ORDER BY c.created_at DESC, c.id DESC LIMIT \(page.limit + 1)
+                """).map { row -> (SchoolContract, Date) in
+                let (contractID, urn, supplierID, supplierName, service, description, value, start, end, createdAt, outputs, assessments) = try row.decode(
+                    UUID.self, Int.self, UUID.self, String.self, String.self, String.self, Int.self, String.self, String.self, Date.self,
+                    String.self, String.self)
+                struct OutputRow: Decodable { var title: String; var summary: String; var submittedAt: String }
+                let decoder = JSONDecoder()
+                decoder.keyDecodingStrategy = .convertFromSnakeCase
+                let outputRows = try decoder.decode([OutputRow].self, from: Data(outputs.utf8))
+                return (SchoolContract(
+                    id: contractID, urn: urn, supplierID: supplierID, supplierName: supplierName, service: service, description: description,
+                    valuePence: value, startDate: start, endDate: end,
+                    outputs: try outputRows.map { SchoolContract.Output(title: $0.title, summary: $0.summary, submittedAt: try ContractService.jsonTime($0.submittedAt)) },
+                    assessments: try decoder.decode([SchoolContract.Assessment].self, from: Data(assessments.utf8))), createdAt)
+            }
         }
         let built = page.page(rows) { [PGDateFormat.string($0.1), $0.0.id.uuidString] }
         return Page(items: built.items.map(\.0), nextCursor: built.nextCursor)
