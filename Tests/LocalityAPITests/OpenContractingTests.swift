@@ -21,16 +21,26 @@ func validateOCDS(_ documents: [String: Data]) throws -> (ok: Bool, output: Stri
         try data.write(to: file)
         files.append(file.path)
     }
-    // CI installs jsonschema in its venv (.ci/run); elsewhere the system python3 with jsonschema.
+    // CI installs jsonschema in its venv (.ci/run sets LOCALITY_PYTHON); elsewhere the first Python that has it.
     let venvPython = root.appendingPathComponent(".build/ci-venv/bin/python").path
-    let python = ProcessInfo.processInfo.environment["LOCALITY_PYTHON"]
-        ?? (FileManager.default.isExecutableFile(atPath: venvPython) ? venvPython : "/usr/bin/env")
+    let candidates = [ProcessInfo.processInfo.environment["LOCALITY_PYTHON"].map { [$0] }, [venvPython], ["/usr/bin/env", "python3"]]
+        .compactMap { $0 }.filter { FileManager.default.isExecutableFile(atPath: $0[0]) }
+    let python = candidates.first { command in
+        let probe = Process()
+        probe.executableURL = URL(fileURLWithPath: command[0])
+        probe.arguments = Array(command.dropFirst()) + ["-c", "import jsonschema"]
+        probe.standardOutput = FileHandle.nullDevice
+        probe.standardError = FileHandle.nullDevice
+        guard (try? probe.run()) != nil else { return false }
+        probe.waitUntilExit()
+        return probe.terminationStatus == 0
+    } ?? candidates.last ?? ["/usr/bin/env", "python3"]
     // The official OCDS 1.1.5 schemas and codelists, copied unchanged from the standard's release.
     let reference = ProcessInfo.processInfo.environment["LOCALITY_OCDS_SCHEMAS"]
         ?? root.appendingPathComponent("Tests/Fixtures/ocds-1.1.5").path
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: python)
-    process.arguments = (python == "/usr/bin/env" ? ["python3"] : []) + [root.appendingPathComponent("Tests/Fixtures/validate_ocds.py").path, reference] + files
+    process.executableURL = URL(fileURLWithPath: python[0])
+    process.arguments = Array(python.dropFirst()) + [root.appendingPathComponent("Tests/Fixtures/validate_ocds.py").path, reference] + files
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = pipe
