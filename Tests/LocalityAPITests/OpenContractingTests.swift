@@ -191,6 +191,9 @@ struct OpenContractingTests {
                 #expect(awards.count == 1 && awards[0]["ocid"] as? String == ocid)
                 let future = try await Self.feed(client, "since=2999-01-01T00:00:00Z").releases
                 #expect(future.isEmpty)
+                #expect(try await Self.feed(client, "since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z").releases.isEmpty)
+                let window = try await Self.feed(client, "authority=alpha&since=\(OpenContractingService.ocdsTime(Date() - 3600))&until=\(OpenContractingService.ocdsTime(Date() + 3600))").releases
+                #expect(window.count == releases.count)
 
                 // Each release by id, cacheable; and the record with its compiled release.
                 var documents: [String: Data] = [:]
@@ -281,7 +284,6 @@ struct OpenContractingTests {
         try await app.test(.live) { client in
             for (uri, status) in [("/ocds/releases?authority=nowhere", 404), ("/ocds/releases?cursor=garbage", 422),
                                   ("/ocds/releases?tag=planning", 400), ("/ocds/releases?since=yesterday", 400),
-                                  ("/ocds/releases?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z", 422),
                                   ("/ocds/releases/ocds-a1b2c3-none", 404), ("/ocds/records/ocds-a1b2c3-none", 404),
                                   ("/ocds/releases/bad%20id", 400)] {
                 let response = try await client.call(.get, uri, token: nil)

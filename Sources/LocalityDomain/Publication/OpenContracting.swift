@@ -144,7 +144,7 @@ public struct OpenContractingService: Sendable {
         if let tag = filter.tag, !Self.releaseTags.contains(tag) {
             throw DomainError.invalid("tag", "must be one of " + Self.releaseTags.sorted().joined(separator: ", "))
         }
-        if let since = filter.since, let until = filter.until, until < since { throw DomainError.invalid("until", "must not be before since") }
+        // `until` before `since` is an empty range: an empty page, not an error.
         var authorityID: UUID?
         if let authority = filter.authority { authorityID = try await publisher(authority).id }
         // The cursor is the last release's (date, seq): its date as exact text (microseconds), its seq as a number.
