@@ -19,6 +19,8 @@ public struct AppConfiguration: Sendable {
     public var seedDemo = false
     /// Public supplier registrations allowed per client address per hour.
     public var registrationsPerHour = 10
+    /// Requests per client address per hour to the public open contracting feed (`/ocds/…`).
+    public var publicFeedRequestsPerHour = 3600
     /// Addresses of load balancers whose `X-Forwarded-For` names the client (for the registration limit).
     public var trustedProxies: [String] = []
     /// `/metrics` is served on its own listener, never on the API port (its counters are operational data,

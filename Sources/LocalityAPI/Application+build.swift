@@ -99,6 +99,8 @@ public func buildApplication(
     let domain = DomainServices(database: ScopedDatabase(pool: pool, bulkhead: bulkhead))
     router.add(middleware: RegistrationRateLimitMiddleware(
         pool: pool, perHour: configuration.registrationsPerHour, trustedProxies: Set(configuration.trustedProxies)))
+    router.add(middleware: PublicFeedMiddleware(
+        pool: pool, perHour: configuration.publicFeedRequestsPerHour, trustedProxies: Set(configuration.trustedProxies)))
     router.add(middleware: AuthenticationMiddleware(tokens: domain.tokens, routes: routes))
     // After authentication (an anonymous export takes no place): exports hold at most their share of the pool.
     router.add(middleware: ExportBulkheadMiddleware(

@@ -23,6 +23,7 @@ struct DomainServices: Sendable {
     let dashboards: DashboardService
     let spip: SPIPService
     let schoolMapping: SchoolImportService
+    let openContracting: OpenContractingService
 
     init(database: ScopedDatabase) {
         authorities = AuthorityService(database: database)
@@ -46,6 +47,7 @@ struct DomainServices: Sendable {
         dashboards = DashboardService(database: database)
         spip = SPIPService(database: database)
         schoolMapping = SchoolImportService(database: database)
+        openContracting = OpenContractingService(database: database)
     }
 }
 

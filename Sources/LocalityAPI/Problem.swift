@@ -81,6 +81,7 @@ init(
         case .conflict(let detail):
             return APIProblem(status: .conflict, type: typeURI("conflict"), title: "Conflict", detail: detail)
         case .stateConflict(let type, let detail, let status):
+            if status == 404 { return APIProblem(status: .notFound, type: typeURI(type), title: "Not Found", detail: detail) }
             return status == 422
                 ? APIProblem(status: .unprocessableContent, type: typeURI(type), title: "Unprocessable Content", detail: detail)
                 : APIProblem(status: .conflict, type: typeURI(type), title: "Conflict", detail: detail)

@@ -36,7 +36,8 @@ extension APIHandlers {
             try Self.fields(themeId: body.themeId, fundingStream: body.fundingStream, financialYear: body.financialYear, title: body.title,
                             description: body.description, outcomesSought: body.outcomesSought, schoolUrns: body.schoolUrns,
                             maxValuePence: body.maxValuePence, bidDeadline: body.bidDeadline, plannedStart: body.plannedStart,
-                            plannedEnd: body.plannedEnd, contractManager: body.contractManager, evaluation: body.evaluation))
+                            plannedEnd: body.plannedEnd, contractManager: body.contractManager, evaluation: body.evaluation,
+                            valueIncludesVat: body.valueIncludesVat, procurementMethod: body.procurementMethod?.rawValue))
         return .created(.init(headers: .init(location: "/v1/projects/\(project.id.lowercased)", eTag: Self.etag(project)), body: .json(.init(project))))
     }
 
@@ -57,7 +58,8 @@ extension APIHandlers {
         let fields = try Self.fields(themeId: body.themeId, fundingStream: body.fundingStream, financialYear: body.financialYear, title: body.title,
                                      description: body.description, outcomesSought: body.outcomesSought, schoolUrns: body.schoolUrns,
                                      maxValuePence: body.maxValuePence, bidDeadline: body.bidDeadline, plannedStart: body.plannedStart,
-                                     plannedEnd: body.plannedEnd, contractManager: body.contractManager, evaluation: body.evaluation)
+                                     plannedEnd: body.plannedEnd, contractManager: body.contractManager, evaluation: body.evaluation,
+                                     valueIncludesVat: body.valueIncludesVat, procurementMethod: body.procurementMethod?.rawValue)
         let project = try await condition.apply { version in
             try await services.projects.update(scope, id: id, expectedVersion: version, fields)
         }
@@ -125,7 +127,8 @@ extension APIHandlers {
     static func fields(
         themeId: String?, fundingStream: String?, financialYear: String?, title: String?, description: String?,
         outcomesSought: String?, schoolUrns: [String]?, maxValuePence: Int64?, bidDeadline: Date?, plannedStart: String?,
-        plannedEnd: String?, contractManager: String?, evaluation: Components.Schemas.EvaluationModel?
+        plannedEnd: String?, contractManager: String?, evaluation: Components.Schemas.EvaluationModel?,
+        valueIncludesVat: Bool? = nil, procurementMethod: String? = nil
     ) throws -> ProjectFields {
         ProjectFields(
             themeID: try bodyID(themeId, field: "theme_id"), fundingStream: fundingStream, financialYear: financialYear, title: title,
@@ -140,7 +143,8 @@ extension APIHandlers {
                     priceWeight: model.priceWeight, qualityWeight: model.qualityWeight, socialValueWeight: model.socialValueWeight,
                     qualityCriteria: model.qualityCriteria.map { .init(name: $0.name, weight: $0.weight) },
                     socialValueCriteria: model.socialValueCriteria.map { .init(name: $0.name, weight: $0.weight) })
-            })
+            },
+            valueIncludesVAT: valueIncludesVat, procurementMethod: procurementMethod)
     }
 }
 
@@ -157,7 +161,9 @@ extension Components.Schemas.Project {
             themeId: project.themeID?.lowercased, fundingStream: project.fundingStream, financialYear: project.financialYear,
             title: project.title, description: project.description, outcomesSought: project.outcomesSought,
             schoolUrns: project.schoolURNs, maxValuePence: project.maxValuePence.map(Int64.init), bidDeadline: project.bidDeadline,
-            plannedStart: project.plannedStart, plannedEnd: project.plannedEnd, contractManager: project.contractManager,
+            plannedStart: project.plannedStart, plannedEnd: project.plannedEnd,
+            valueIncludesVat: project.valueIncludesVAT, procurementMethod: .init(rawValue: project.procurementMethod),
+            contractManager: project.contractManager,
             evaluation: project.evaluation.map(Self.evaluationModel),
             questionsCloseAt: project.questionsCloseAt,
             status: Components.Schemas.ProjectStatus(rawValue: project.status.rawValue) ?? .draft, statusReason: project.statusReason,

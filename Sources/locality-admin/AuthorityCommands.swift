@@ -82,6 +82,18 @@ extension AuthorityCommand {
         @Option(help: "Working days between award and the earliest contract start (0–30).")
         var standstillWorkingDays: Int?
 
+        @Option(help: "The OCID prefix registered with the Open Contracting Partnership, e.g. ocds-a1b2c3. Until it is set, nothing is published.")
+        var ocidPrefix: String?
+
+        @Option(help: "Whether the authority is central government (lower Procurement Act thresholds): true or false.")
+        var centralGovernment: Bool?
+
+        @Option(help: "Days within which a contract details notice is due (\"as soon as reasonably practicable\"; default 30).")
+        var contractDetailsNoticeDays: Int?
+
+        @Option(help: "Whether KPI actuals and ratings are published in the open contracting feed: true or false.")
+        var publishKpiActuals: Bool?
+
         @Flag(help: "Print JSON instead of text.")
         var json = false
 
@@ -91,17 +103,45 @@ extension AuthorityCommand {
 
         func run() async throws {
             try await reportingFailure {
-                let settings = try await CommandContext.withAuthority(database, logging, authority) { session in
-                    try await AuthorityService(database: session.database).configure(
+                let publicationChanged = ocidPrefix != nil || centralGovernment != nil || contractDetailsNoticeDays != nil || publishKpiActuals != nil
+                let (settings, publication) = try await CommandContext.withAuthority(database, logging, authority) { session in
+                    let settings = try await AuthorityService(database: session.database).configure(
                         session.authority, clarificationCutoffHours: clarificationCutoffHours, standstillWorkingDays: standstillWorkingDays)
+                    let publication = try await OpenContractingService(database: session.database).configure(
+                        session.authority, ocidPrefix: ocidPrefix, centralGovernment: centralGovernment,
+                        contractDetailsNoticeDays: contractDetailsNoticeDays, publishKPIActuals: publishKpiActuals)
+                    return (settings, publication)
                 }
                 if json {
-                    printJSON(settings)
+                    printJSON(ConfiguredJSON(settings: settings, publication: publication))
                 } else {
                     print("clarification questions close \(settings.clarificationCutoffHours) h before the deadline; standstill \(settings.standstillWorkingDays) working days")
+                    if publicationChanged || publication.ocidPrefix == nil {
+                        print(publication.ocidPrefix.map { "OCID prefix \($0)" } ?? "no OCID prefix: nothing is published until one is set (--ocid-prefix)")
+                        print("\(publication.centralGovernment ? "central government" : "not central government"); contract details notices due within \(publication.contractDetailsNoticeDays) days; KPI actuals \(publication.publishKPIActuals ? "published" : "not published")")
+                    }
                 }
             }
         }
+    }
+}
+
+/// The settings, flat, as `authority configure --json` prints them.
+struct ConfiguredJSON: Encodable {
+    var clarificationCutoffHours: Int
+    var standstillWorkingDays: Int
+    var ocidPrefix: String?
+    var centralGovernment: Bool
+    var contractDetailsNoticeDays: Int
+    var publishKpiActuals: Bool
+
+    init(settings: AuthorityService.Settings, publication: PublicationSettings) {
+        clarificationCutoffHours = settings.clarificationCutoffHours
+        standstillWorkingDays = settings.standstillWorkingDays
+        ocidPrefix = publication.ocidPrefix
+        centralGovernment = publication.centralGovernment
+        contractDetailsNoticeDays = publication.contractDetailsNoticeDays
+        publishKpiActuals = publication.publishKPIActuals
     }
 }
 

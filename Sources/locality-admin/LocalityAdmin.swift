@@ -15,7 +15,7 @@ struct LocalityAdmin: AsyncParsableCommand {
         subcommands: [
             Migrate.self, AuthorityCommand.self, BoardCommand.self, BudgetCommand.self, UserCommand.self,
             TokenCommand.self, AuditCommand.self, LedgerCommand.self, SeedCommand.self, SchoolCommand.self, MonitoringCommand.self,
-            CatalogueCommand.self,
+            CatalogueCommand.self, OCDSCommand.self, NoticesCommand.self,
         ]
     )
 }

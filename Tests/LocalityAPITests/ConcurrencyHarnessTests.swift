@@ -90,6 +90,8 @@ let raceOutcomes: [String: RaceOutcome] = [
     "recordVisit": .allSucceed,
     "logComplaint": .allSucceed,
     "resolveComplaint": .oneWinsWith409,
+    // Open contracting.
+    "fileNotice": .oneWinsWith409,                  // a notice is filed once
 ]
 
 /// The ledger's invariants, checked as the superuser: every envelope's maintained balance equals its ledger,

@@ -302,7 +302,7 @@ struct MarketplaceTests {
             #expect(try await client.call(.get, "/v1/projects/\(lower(m.draft))", token: world.supplierToken).status == .notFound)
             // Board staff list their boards' projects in every state.
             let staff = try await client.call(.get, "/v1/projects?limit=200", token: world.token(.lim, of: world.a))
-            #expect(staff.items.count == 14)
+            #expect(staff.items.count == 15)   // with the fixture's unsuccessful below-threshold procurement (issue 15)
             let closed = try await client.call(.get, "/v1/projects?status=closed", token: world.token(.lim, of: world.a))
             #expect(closed.items.count == 3)
         }

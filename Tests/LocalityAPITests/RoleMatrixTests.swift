@@ -92,6 +92,17 @@ func matrix(_ world: World) -> [String: MatrixEntry] {
             method: .delete, path: "/v1/users/\(admin)/tokens/\(lower(a.spareTokenID))", body: { _ in nil },
             expected: outcomes([.authorityAdmin: .noContent])),
         "listAuditEvents": MatrixEntry(method: .get, path: "/v1/audit-events", body: { _ in nil }, expected: outcomes([.authorityAdmin: .ok, .auditor: .ok])),
+        // The public open contracting feed: no token needed, the same for everyone (A publishes nothing yet: no OCID prefix).
+        "listOcdsReleases": MatrixEntry(method: .get, path: "/ocds/releases", body: { _ in nil }, expected: outcomes([:], otherwise: .ok)),
+        "getOcdsRelease": MatrixEntry(method: .get, path: "/ocds/releases/ocds-a1b2c3-none", body: { _ in nil }, expected: outcomes([:], otherwise: .notFound)),
+        "getOcdsRecord": MatrixEntry(method: .get, path: "/ocds/records/ocds-a1b2c3-none", body: { _ in nil }, expected: outcomes([:], otherwise: .notFound)),
+        "listNotices": MatrixEntry(method: .get, path: "/v1/notices", body: { _ in nil }, expected: outcomes([.authorityAdmin: .ok, .lim: .ok])),
+        // A notice is filed once: the admin files the below-threshold tender notice; the LIM, allowed too, names a notice
+        // this procurement does not need (422).
+        "fileNotice": MatrixEntry(
+            method: .post, path: "/v1/projects/\(lower(world.market.unsuccessfulBelowThreshold))/notice-filings",
+            body: { role in ["notice_key": role == .lim ? "uk4_tender" : "below_threshold_tender", "platform_notice_id": "CDP-\(role.rawValue)"] },
+            expected: outcomes([.authorityAdmin: .created, .lim: .unprocessableContent])),
     ].merging(marketplaceMatrix(world)) { first, _ in first }
 }
 

@@ -188,6 +188,9 @@ struct MarketFixture: Sendable {
     let closedBid: UUID
     /// Deadline passed, no bids.
     let closedEmpty: UUID
+    /// £30,000 incl. VAT, advertised, then unsuccessful (its earmark released): a below-threshold procurement whose
+    /// tender notice the Procurement Act requires.
+    let unsuccessfulBelowThreshold: UUID
     /// Drafts: to edit, to delete, complete and ready to publish.
     let draft: UUID
     let draftToDelete: UUID
@@ -263,7 +266,11 @@ struct MarketFixture: Sendable {
         let closedBid = try await bids.create(supplier, projectID: closedWithBid, completeContent)
         _ = try await bids.submit(supplier, id: closedBid.id)
         let closedEmpty = try await published("Closed without bids")
-        try await setDeadline(database, projects: [closedWithBid, closedEmpty], "now() - interval '1 hour'")
+        var belowThreshold = fields(theme: theme, title: "Unsuccessful, below threshold")
+        belowThreshold.maxValuePence = 3_000_000
+        let unsuccessfulBelowThreshold = try await projects.publish(lim, id: try await projects.create(lim, boardID: a.boards[0].id, belowThreshold).id).id
+        try await setDeadline(database, projects: [closedWithBid, closedEmpty, unsuccessfulBelowThreshold], "now() - interval '1 hour'")
+        _ = try await projects.markUnsuccessful(lim, id: unsuccessfulBelowThreshold, reason: "No bids")
         let draft = try await projects.create(lim, boardID: a.boards[0].id, ProjectFields(title: "Draft to edit"))
         let draftToDelete = try await projects.create(lim, boardID: a.boards[0].id, ProjectFields(title: "Draft to delete"))
         let draftComplete = try await projects.create(lim, boardID: a.boards[0].id, fields(theme: theme, title: "Draft ready to publish"))
@@ -319,6 +326,7 @@ struct MarketFixture: Sendable {
             theme: theme, spareTheme: spare.id, measure: measure, openWithDraft: openWithDraft, draftBid: draftBid.id, openWithComplete: openWithComplete,
             completeBid: completeBid.id, openWithSubmitted: openWithSubmitted, submittedBid: submittedBid.id, openEmpty: openEmpty,
             openToCancel: openToCancel, closedWithBid: closedWithBid, closedBid: closedBid.id, closedEmpty: closedEmpty,
+            unsuccessfulBelowThreshold: unsuccessfulBelowThreshold,
             draft: draft.id, draftToDelete: draftToDelete.id, draftComplete: draftComplete.id, question: question.id,
             closedForAward: closedForAward, awardBid: awardBid, negotiating: negotiating.id, negotiatingKPI: negotiating.kpis[0].id,
             agreed: agreed.id, active: active.id, activeKPI: active.kpis[0].id, proposedVariation: varied.variations[0].id,

@@ -209,6 +209,8 @@ public struct ContractService: Sendable {
             }
             try await AuditLog.record(connection, action: "project.award", entityType: "project", entityID: projectID.lowercased,
                                       before: project, after: Award(awardedBidID: bidID, reason: reason, total: winnerTotal, contract: contract))
+            try await OCDSReleaseKind.publish(connection, projectID: projectID, .award)
+            try await OCDSReleaseKind.publish(connection, projectID: projectID, .contract)
             return contract
         }
     }
@@ -344,6 +346,7 @@ public struct ContractService: Sendable {
             let after = try await Self.fetch(connection, id: contractID)
             try await AuditLog.record(connection, action: "contract.start", entityType: "contract", entityID: contractID.lowercased,
                                       before: contract, after: after)
+            try await OCDSReleaseKind.publish(connection, projectID: contract.projectID, .contractStarted)
             return after
         }
     }
@@ -393,6 +396,7 @@ public struct ContractService: Sendable {
             let after = try await Self.fetch(connection, id: contractID)
             try await AuditLog.record(connection, action: "contract.\(status == .completed ? "complete" : "terminate")", entityType: "contract",
                                       entityID: contractID.lowercased, before: before, after: after)
+            try await OCDSReleaseKind.publish(connection, projectID: before.projectID, .contractEnded)
             return after
         }
     }
@@ -463,6 +467,7 @@ public struct ContractService: Sendable {
             let after = try await Self.fetch(connection, id: contractID)
             try await AuditLog.record(connection, action: accept ? "contract.variation.accept" : "contract.variation.reject",
                                       entityType: "contract", entityID: contractID.lowercased, before: before, after: after)
+            if accept { try await OCDSReleaseKind.publish(connection, projectID: before.projectID, .contractAmendment, ref: variationID) }
             return after
         }
     }

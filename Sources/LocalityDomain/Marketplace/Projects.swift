@@ -86,6 +86,10 @@ public struct Project: Sendable, Codable, Equatable {
     public var createdAt: Date
     public var updatedAt: Date
     public var amendments: [ProjectAmendment]
+    /// Whether `maxValuePence` includes VAT (the Procurement Act's thresholds do).
+    public var valueIncludesVAT: Bool = true
+    /// open (advertised to the admitted suppliers) or direct (a direct award).
+    public var procurementMethod: String = "open"
 }
 
 /// The fields of a draft; nil leaves a field as it is.
@@ -103,11 +107,15 @@ public struct ProjectFields: Sendable {
     public var plannedEnd: String?
     public var contractManager: String?
     public var evaluation: EvaluationModel?
+    public var valueIncludesVAT: Bool?
+    public var procurementMethod: String?
 
     public init(themeID: UUID? = nil, fundingStream: String? = nil, financialYear: String? = nil, title: String? = nil,
                 description: String? = nil, outcomesSought: String? = nil, schoolURNs: [String]? = nil, maxValuePence: Int? = nil,
                 bidDeadline: Date? = nil, plannedStart: String? = nil, plannedEnd: String? = nil, contractManager: String? = nil,
-                evaluation: EvaluationModel? = nil) {
+                evaluation: EvaluationModel? = nil, valueIncludesVAT: Bool? = nil, procurementMethod: String? = nil) {
+        self.valueIncludesVAT = valueIncludesVAT
+        self.procurementMethod = procurementMethod
         self.themeID = themeID
         self.fundingStream = fundingStream
         self.financialYear = financialYear
@@ -165,7 +173,8 @@ public struct ProjectService: Sendable {
                coalesce((SELECT jsonb_agg(jsonb_build_object('id', a.id, 'note', a.note, 'old_deadline', a.old_deadline,
                                                              'new_deadline', a.new_deadline, 'created_at', a.created_at)
                                           ORDER BY a.created_at)
-                         FROM project_amendment a WHERE a.authority_id = p.authority_id AND a.project_id = p.id), '[]')::text
+                         FROM project_amendment a WHERE a.authority_id = p.authority_id AND a.project_id = p.id), '[]')::text,
+               p.value_includes_vat, p.procurement_method
         FROM project p JOIN funding_stream s ON s.authority_id = p.authority_id AND s.id = p.funding_stream_id
         """
 
@@ -239,11 +248,12 @@ public struct ProjectService: Sendable {
             let id = try await connection.query("""
                 INSERT INTO project (authority_id, board_id, theme_id, funding_stream_id, financial_year, title, description,
                                      outcomes_sought, school_urns, max_value_pence, bid_deadline, planned_start, planned_end,
-                                     contract_manager, evaluation, created_by)
+                                     contract_manager, evaluation, created_by, value_includes_vat, procurement_method)
                 VALUES (app_authority_id(), \(boardID), \(fields.themeID), \(streamID), \(year), \(fields.title ?? ""),
                         \(fields.description ?? ""), \(fields.outcomesSought ?? ""), \(fields.schoolURNs ?? []), \(fields.maxValuePence),
                         \(fields.bidDeadline), \(fields.plannedStart)::date, \(fields.plannedEnd)::date, \(fields.contractManager ?? ""),
-                        \(try fields.evaluation.map(Self.json))::jsonb, app_user_id())
+                        \(try fields.evaluation.map(Self.json))::jsonb, app_user_id(), \(fields.valueIncludesVAT ?? true),
+                        \(fields.procurementMethod ?? "open"))
                 RETURNING id
                 """).first!.decode(UUID.self, at: 0)
             let project = try await Self.fetch(connection, id: id)
@@ -280,6 +290,8 @@ public struct ProjectService: Sendable {
                     planned_end = coalesce(\(fields.plannedEnd)::date, planned_end),
                     contract_manager = coalesce(\(fields.contractManager), contract_manager),
                     evaluation = coalesce(\(try fields.evaluation.map(Self.json))::jsonb, evaluation),
+                    value_includes_vat = coalesce(\(fields.valueIncludesVAT), value_includes_vat),
+                    procurement_method = coalesce(\(fields.procurementMethod), procurement_method),
                     version = version + 1
                 WHERE id = \(id)
                 """)
@@ -333,6 +345,7 @@ public struct ProjectService: Sendable {
             let after = try await Self.fetch(connection, id: id)
             try await AuditLog.record(connection, action: "project.publish", entityType: "project", entityID: id.lowercased,
                                       before: before, after: after)
+            try await OCDSReleaseKind.publish(connection, projectID: id, .tender)
             return after
         }
     }
@@ -365,6 +378,7 @@ public struct ProjectService: Sendable {
             let after = try await Self.fetch(connection, id: id)
             try await AuditLog.record(connection, action: "project.\(status == "cancelled" ? "cancel" : "unsuccessful")",
                                       entityType: "project", entityID: id.lowercased, before: before, after: after)
+            try await OCDSReleaseKind.publish(connection, projectID: id, .tenderCancellation)
             return after
         }
     }
@@ -383,10 +397,11 @@ public struct ProjectService: Sendable {
             }
             let target = newDeadline ?? deadline
             if target < deadline { throw DomainError.invalid("new_deadline", "may extend the deadline, never shorten it") }
-            try await connection.query("""
+            let amendmentID = try await connection.query("""
                 INSERT INTO project_amendment (authority_id, project_id, note, old_deadline, new_deadline, created_by)
                 VALUES (app_authority_id(), \(id), \(note), \(deadline), \(target), current_setting('app.actor'))
-                """)
+                RETURNING id
+                """).first!.decode(UUID.self, at: 0)
             try await connection.query("""
                 UPDATE project p SET bid_deadline = \(target), version = version + 1,
                     questions_close_at = \(target)::timestamptz - (SELECT clarification_cutoff FROM authority WHERE id = p.authority_id)
@@ -395,6 +410,7 @@ public struct ProjectService: Sendable {
             let after = try await Self.fetch(connection, id: id)
             try await AuditLog.record(connection, action: "project.amend", entityType: "project", entityID: id.lowercased,
                                       before: before, after: after)
+            try await OCDSReleaseKind.publish(connection, projectID: id, .tenderAmendment, ref: amendmentID)
             return after
         }
     }
@@ -435,6 +451,7 @@ public struct ProjectService: Sendable {
         validator.text(fields.description, "description", required: false, max: 20_000)
         validator.text(fields.outcomesSought, "outcomes_sought", required: false, max: 10_000)
         validator.text(fields.contractManager, "contract_manager", required: false, max: 200)
+        if let method = fields.procurementMethod { validator.check(["open", "direct"].contains(method), "procurement_method", "must be open or direct") }
         if let year = fields.financialYear { validator.check(FinancialYear(year) != nil, "financial_year", "must be like 2025-26") }
         if let urns = fields.schoolURNs {
             validator.check(urns.count <= 500, "school_urns", "at most 500 schools")
@@ -529,7 +546,8 @@ public struct ProjectService: Sendable {
             statusReason: try row.decode(String?.self, at: 18), version: try row.decode(Int.self, at: 19),
             publishedAt: try row.decode(Date?.self, at: 20), createdAt: try row.decode(Date.self, at: 21),
             updatedAt: try row.decode(Date.self, at: 22),
-            amendments: try decoder.decode([ProjectAmendment].self, from: Data(amendmentsText.utf8)))
+            amendments: try decoder.decode([ProjectAmendment].self, from: Data(amendmentsText.utf8)),
+            valueIncludesVAT: try row.decode(Bool.self, at: 24), procurementMethod: try row.decode(String.self, at: 25))
     }
 }
 
