@@ -56,7 +56,7 @@ INSERT INTO notice_threshold (kind, central_government, effective_from, amount_p
 -- The threshold of a kind for an authority type on a date (the latest row in effect).
 -- (PL/pgSQL here and below: PostgreSQL cannot inline a SQL function with a FROM, and would re-plan it per call.)
 CREATE FUNCTION notice_threshold_on(p_kind text, p_central boolean, p_on date) RETURNS bigint
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = public, pg_temp AS $$
 BEGIN
     RETURN (SELECT t.amount_pence FROM notice_threshold t
             WHERE t.kind = p_kind AND t.central_government = p_central AND t.effective_from <= p_on
@@ -67,8 +67,8 @@ $$;
 -- Releases -----------------------------------------------------------------------------------------------
 
 CREATE TABLE ocds_release (
-    seq           bigint GENERATED ALWAYS AS IDENTITY UNIQUE,   -- tie-break for the feed's order
-    id            text PRIMARY KEY,
+    seq           bigint GENERATED ALWAYS AS IDENTITY,   -- tie-break for the feed's order
+    id            text NOT NULL,
     ocid          text NOT NULL,
     authority_id  uuid NOT NULL REFERENCES authority (id),
     project_id    uuid NOT NULL,
@@ -76,8 +76,11 @@ CREATE TABLE ocds_release (
     notice_type   text,
     date          timestamptz NOT NULL,
     release       jsonb NOT NULL,
+    -- Keyed by authority like every tenant table (deploy/SCALING.md); ids embed the OCID, so they are unique anyway.
+    PRIMARY KEY (authority_id, id),
     FOREIGN KEY (authority_id, project_id) REFERENCES project (authority_id, id)
 );
+CREATE INDEX ocds_release_id ON ocds_release (id);
 CREATE INDEX ocds_release_feed ON ocds_release (date, seq);
 CREATE INDEX ocds_release_authority ON ocds_release (authority_id, date, seq);
 CREATE INDEX ocds_release_ocid ON ocds_release (ocid, date, seq);
@@ -118,7 +121,7 @@ CREATE POLICY notice_filing_record ON notice_filing FOR INSERT
 -- 'none', 'below_threshold' or 'regulated', from the estimated value including VAT (the project's maximum),
 -- the authority's type and the thresholds in effect when it was published (today for a draft).
 CREATE FUNCTION procurement_regime(p_authority uuid, p_project uuid) RETURNS text
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = public, pg_temp AS $$
 BEGIN
     RETURN (SELECT CASE
         WHEN v.value >= notice_threshold_on('regulated', a.central_government, v.on_date) THEN 'regulated'
@@ -137,7 +140,7 @@ $$;
 -- event_on is the date of the event that makes it due (NULL: not happened yet); due_on follows from it.
 CREATE FUNCTION procurement_notices(p_authority uuid, p_project uuid)
 RETURNS TABLE (notice_key text, notice_type text, event_on date, due_on date)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = public, pg_temp AS $$
 DECLARE
     v_regime text := procurement_regime(p_authority, p_project);
     p project;
@@ -214,7 +217,7 @@ $$;
 
 -- A project's agreed KPIs as metrics (targets and baselines), from the latest agreed revision of each.
 CREATE FUNCTION ocds_kpi_targets(p_authority uuid, p_contract uuid) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = public, pg_temp AS $$
 BEGIN
     RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
         'id', k.id, 'title', r.definition->>'title', 'description', r.definition->>'measure',
@@ -237,7 +240,7 @@ $$;
 
 -- KPI actuals per reporting period (the latest return of each, with its rating), for implementation.
 CREATE FUNCTION ocds_kpi_actuals(p_authority uuid, p_contract uuid) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = public, pg_temp AS $$
 BEGIN
     RETURN (SELECT coalesce(jsonb_agg(m ORDER BY m->>'id'), '[]') FROM (
         SELECT jsonb_build_object('id', k.id, 'title', max(d.definition->>'title'),
@@ -469,7 +472,7 @@ BEGIN
             'noticeType', v_notice));
         INSERT INTO ocds_release (id, ocid, authority_id, project_id, tags, notice_type, date, release)
         VALUES (v_id, v_ocid, v_authority, p.id, v_tags, v_notice, v_date, v_release)
-        ON CONFLICT (id) DO NOTHING;
+        ON CONFLICT (authority_id, id) DO NOTHING;
     END IF;
 
     PERFORM set_config('app.authority_id', coalesce(v_saved[1], ''), true);
@@ -483,7 +486,7 @@ $$;
 -- The OCDS merge for a compiled release: objects merge key by key, arrays of objects that all carry an id
 -- merge by id (in order of first appearance), anything else is replaced by the newer value; null removes.
 CREATE FUNCTION ocds_merge(p_old jsonb, p_new jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = public, pg_temp AS $$
 DECLARE
     v_key text;
     v_value jsonb;
@@ -528,7 +531,7 @@ $$;
 
 -- The compiled release of an OCID: its releases merged oldest first, with the compiled tag and the newest date.
 CREATE FUNCTION ocds_compiled_release(p_ocid text) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = public, pg_temp AS $$
 DECLARE
     v_release jsonb;
     v_result jsonb := NULL;
@@ -559,3 +562,9 @@ GRANT SELECT ON ocds_release, notice_threshold TO locality_app;
 GRANT SELECT, INSERT ON notice_filing TO locality_app;
 REVOKE ALL ON FUNCTION ocds_publish(uuid, text, uuid), ocds_publisher(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ocds_publish(uuid, text, uuid), ocds_publisher(text) TO locality_app;
+
+-- A backup taken as the owner reads these too (the policy of 0018, which predates the tables).
+CREATE POLICY owner_backup_read ON ocds_release FOR SELECT TO locality_owner
+    USING (session_user = 'locality_owner' AND current_setting('app.backup', true) = 'on');
+CREATE POLICY owner_backup_read ON notice_filing FOR SELECT TO locality_owner
+    USING (session_user = 'locality_owner' AND current_setting('app.backup', true) = 'on');

@@ -11,7 +11,7 @@ struct DistributionReadinessTests {
     /// coordinator. Suppliers and their users are global: one organisation works for several councils.
     static let referenceTables: Set<String> = [
         "authority", "supplier", "app_user", "api_token",
-        "idempotency_key", "registration_attempt", "schema_migrations",
+        "idempotency_key", "registration_attempt", "schema_migrations", "notice_threshold",
     ]
     /// Distributed by `chain_id`, which is the authority's id for an authority's chain (so co-located with its
     /// data) and the supplier's id for a supplier's chain.
