@@ -7,10 +7,11 @@ import Synchronization
 ///
 /// Obtain one from `PGPool.withConnection`; a connection must not be used by two tasks at once.
 ///
-/// The jobs are split by file: this one opens and closes the session and keeps its lifecycle state;
-/// `PGConnection+Queries` is the public statement API (queries, transactions); `PGStatementCache` names the
-/// prepared statements; `PGConnection+Wire` sends requests and reads replies (task and I/O loop side);
-/// `PGCancel` runs cancel requests; `PGConnection+Copy` is `COPY FROM STDIN`.
+/// The jobs are split by file: this one opens and closes the session; `PGConnection+Lifecycle` keeps its
+/// state and the pool's check of a returned connection; `PGConnection+Queries` is the statement API (queries,
+/// transactions); `PGStatementCache` names prepared statements; `PGConnection+Wire` sends requests (task
+/// side) and `PGConnection+Replies` reads replies (I/O loop side); `PGCancel` runs cancel requests;
+/// `PGConnection+Copy` is `COPY FROM STDIN`. New protocol features (LISTEN/NOTIFY, say) fit a file of their own.
 ///
 /// `@unchecked Sendable` because the `PGconn` and the owner-confined state below (statement cache, phase,
 /// tickets, loop bookkeeping) are used by one thread at a time: the borrowing task while no statement is in
