@@ -94,8 +94,10 @@ struct ConnectionLifecycleTests {
     // MARK: Waiters queued atomically
 
     /// The race: a borrower finds nothing free, and before it queues, the only connection comes back and
-    /// goes idle. It must take that connection, not wait out the acquire timeout beside it.
-    @Test func aConnectionReturnedJustBeforeABorrowerQueuesIsNotLeftIdle() async throws {
+    /// goes idle (or, closed on return, frees its slot). The borrower must take it, not wait out the acquire
+    /// timeout beside it.
+    @Test(arguments: [false, true])
+    func aConnectionReturnedJustBeforeABorrowerQueuesIsNotLeftIdle(closedOnReturn: Bool) async throws {
         let database = try await TestDatabase.migrated()
         let atQueue = Signal()
         let returned = Signal()
@@ -107,9 +109,11 @@ struct ConnectionLifecycleTests {
             let holding = Signal()
             let letGo = Signal()
             let holder = Task {
-                try await pool.withConnection { _ in
+                try await pool.withConnection { connection in
                     holding.fire()
                     await letGo.wait()
+                    // Returned inside a transaction, it is closed: what comes free is its slot.
+                    if closedOnReturn { try await connection.execute("BEGIN") }
                 }
             }
             await holding.wait()
@@ -117,7 +121,8 @@ struct ConnectionLifecycleTests {
             await atQueue.wait()
             letGo.fire()
             try await holder.value
-            #expect(pool.statistics.inUse == 0, "the connection is idle while the borrower is about to queue")
+            #expect(pool.statistics.inUse == 0, "the connection (or its slot) is free while the borrower is about to queue")
+            #expect(pool.statistics.open == (closedOnReturn ? 0 : 1))
             returned.fire()
             #expect(try await borrower.value == 42)
             #expect(pool.statistics.waiting == 0)
