@@ -49,7 +49,7 @@ public final class PGConnection: @unchecked Sendable {
     var lastReply = ContinuousClock.now
 
     /// What threads other than the owner touch: the broken flag and the cancel bookkeeping.
-    let control = Mutex(Control())
+    let control = PGLock(Control())
 
     // I/O loop bookkeeping (see `PGIOLoop`).
     /// The socket this connection registered with the loop's epoll (-1: none), and the events asked for.

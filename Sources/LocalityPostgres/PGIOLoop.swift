@@ -58,7 +58,7 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
         /// True while the thread is (about to be) asleep in `epoll_wait`: only then is a wake-up write needed.
         var sleeping = false
     }
-    private let submissions = Mutex(Submissions())
+    private let submissions = PGLock(Submissions())
 
     // Touched only on the loop thread.
     /// The request in flight on each socket, indexed by file descriptor.

@@ -53,7 +53,7 @@ public enum PGTransactionRetry: Sendable {
 public final class PGPool: Service, Sendable {
     public let configuration: PGPoolConfiguration
     private let logger: Logger
-    private let state = Mutex(State())
+    private let state = PGLock(State())
     private let metrics: PoolMetrics
     /// Points where tests force an interleaving (nil outside tests).
     let hooks: PGHooks?

@@ -323,11 +323,11 @@ struct WeakCancelHandle {
     weak var handle: PGCancelHandle?
 }
 
-/// A value shared between a test and the tasks it starts.
+/// A value shared between a test and the tasks it starts (on the client's lock, which the thread sanitizer sees).
 final class Locked<Value: Sendable>: Sendable {
-    private let mutex: Mutex<Value>
-    init(_ value: Value) { mutex = Mutex(value) }
-    func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
+    private let lock: PGLock<Value>
+    init(_ value: Value) { lock = PGLock(value) }
+    func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { lock.withLock { body(&$0) } }
 }
 
 /// A pool on `database` with test hooks and the lifetime given.
@@ -388,7 +388,7 @@ final class Signal: Sendable {
         var fired = false
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
-    private let state = Mutex(State())
+    private let state = PGLock(State())
 
     func fire() {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
