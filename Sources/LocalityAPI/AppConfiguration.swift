@@ -57,6 +57,8 @@ public struct AppConfiguration: Sendable {
     public var statementTimeoutMilliseconds = 15_000
     public var lockTimeoutMilliseconds = 3_000
     public var idleInTransactionTimeoutMilliseconds = 30_000
+    /// A pooled database connection older than this is closed when returned (never in use) and replaced (0: never).
+    public var dbMaxConnectionLifetimeSeconds = 30 * 60
 
     /// The pool's session settings for the limits above.
     var sessionSettings: [(name: String, value: String)] {

@@ -76,7 +76,8 @@ public func buildApplication(
             connection: .init(conninfo: endpoints.applicationConninfo, applicationName: "locality-server",
                               sessionSettings: configuration.sessionSettings),
             maxConnections: configuration.poolSize,
-            acquireTimeout: configuration.acquireTimeout
+            acquireTimeout: configuration.acquireTimeout,
+            maxConnectionLifetime: configuration.dbMaxConnectionLifetimeSeconds > 0 ? .seconds(configuration.dbMaxConnectionLifetimeSeconds) : nil
         ),
         logger: logger,
         metricsFactory: metricsFactory

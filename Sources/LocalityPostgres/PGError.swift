@@ -73,8 +73,14 @@ public struct PGError: Error, Sendable, CustomStringConvertible {
     public var isConnectionFailure: Bool {
         kind == .connection || (sqlState?.hasPrefix("08") ?? false)
     }
+    /// `42P05` a prepared statement of that name exists, `26000` none does: the session's prepared
+    /// statements are not what the client thinks (it never reuses a name), so it must not go on.
+    public var isPreparedStatementMismatch: Bool { sqlState == "42P05" || sqlState == "26000" }
     /// The connection that produced this error must not be reused.
-    public var breaksConnection: Bool { isConnectionFailure || isAdminShutdown }
+    public var breaksConnection: Bool { isConnectionFailure || isAdminShutdown || isPreparedStatementMismatch }
+    /// `0A000` "cached plan must not change result type": a schema change altered what a prepared statement
+    /// returns. The client prepares afresh; a transaction that hit it can simply run again.
+    var isCachedPlanInvalidated: Bool { sqlState == "0A000" && message.contains("cached plan") }
 
     static func decoding(column: String, type: Any.Type, reason: String) -> PGError {
         PGError(kind: .decoding, message: "cannot decode column \"\(column)\" as \(type): \(reason)", column: column)

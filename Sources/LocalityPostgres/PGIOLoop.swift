@@ -22,6 +22,9 @@ import Synchronization
 /// thread between statements, the way pgbench's client threads run: a reply resumes its task by
 /// appending a job to the loop's own list, with no wake-up of another thread, and the task sends its next
 /// statement before the loop waits again. Such tasks must never block, or every connection on the loop waits.
+///
+/// `@unchecked Sendable`: what other threads touch is atomic or under `submissions`' lock; the rest
+/// (`inFlight`, `registered`, `localJobs`, `inlineReads`) is touched on the loop thread only.
 final class PGIOLoop: TaskExecutor, @unchecked Sendable {
     /// Shared by every connection in the process, one loop per core: sending a statement wakes the
     /// server's backend, which costs the sending thread several microseconds, so one loop alone becomes
@@ -55,7 +58,7 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
         /// True while the thread is (about to be) asleep in `epoll_wait`: only then is a wake-up write needed.
         var sleeping = false
     }
-    private let submissions = Mutex(Submissions())
+    private let submissions = PGLock(Submissions())
 
     // Touched only on the loop thread.
     /// The request in flight on each socket, indexed by file descriptor.
@@ -323,8 +326,12 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
     }
 }
 
-/// One statement (or close) handed to the I/O loop, and its progress there; also its cancellation state.
-final class PGRequest: PGCancelState, @unchecked Sendable {
+/// One statement (or close) handed to the I/O loop, and its progress there.
+///
+/// `@unchecked Sendable`: its mutable fields belong to one thread at a time, like the connection's `PGconn`:
+/// the calling task until it hands the request to the loop (under the loop's lock), then the loop thread
+/// until it resumes the continuation.
+final class PGRequest: @unchecked Sendable {
     enum Work {
         /// A parameterised statement: run the cached prepared statement, prepare it first, or run it unnamed.
         case query(sql: String, statement: Statement, parameters: PGParameterArrays)
@@ -349,8 +356,6 @@ final class PGRequest: PGCancelState, @unchecked Sendable {
     enum Stage {
         case preparing(name: String)
         case executing
-        /// A schema change invalidated the cached plans: `DEALLOCATE ALL` runs, then `error` is reported.
-        case deallocating(PGError)
         /// Reading a pipeline's results until its sync point; `prepared` names the statement prepared in it.
         case pipelining(prepared: String?)
     }
@@ -365,6 +370,8 @@ final class PGRequest: PGCancelState, @unchecked Sendable {
     let work: Work
     /// False for statements that must not be cancelled (BEGIN/COMMIT/ROLLBACK, close).
     let cancellable: Bool
+    /// Names this request to the connection's cancel bookkeeping (see `PGCancel`).
+    let ticket: UInt64
     /// Set by the calling task before it hands the request over.
     var continuation: UnsafeContinuation<PGResult?, any Error>?
 
@@ -380,10 +387,11 @@ final class PGRequest: PGCancelState, @unchecked Sendable {
     var sentByCaller = false
     var started: ContinuousClock.Instant?
 
-    init(connection: PGConnection, work: Work, cancellable: Bool) {
+    init(connection: PGConnection, work: Work, cancellable: Bool, ticket: UInt64) {
         self.connection = connection
         self.work = work
         self.cancellable = cancellable
+        self.ticket = ticket
     }
 
     func finish(_ result: Result<PGResult?, any Error>) {
@@ -395,7 +403,7 @@ final class PGRequest: PGCancelState, @unchecked Sendable {
         case .query(_, _, let parameters), .pipeline(_, _, _, let parameters): parameters.deallocate()
         case .simple, .close, .detach: break
         }
-        if cancellable { end() }
+        if cancellable { connection.endStatement(ticket) }
         if sentByCaller {
             // The server answered (a lost connection is marked broken instead): the pool's alive-bypass
             // window starts here, with no clock read of its own when the connection is returned.
@@ -409,6 +417,9 @@ final class PGRequest: PGCancelState, @unchecked Sendable {
 
 /// The three parallel C arrays libpq wants for parameters, plus the bytes they point at, in one allocation
 /// made by the calling task (keeping that work off the loop thread) and freed when the request finishes.
+///
+/// `@unchecked Sendable`: the bytes are written once, before the request is handed over, then only read,
+/// and freed once (`PGRequest.finish`).
 struct PGParameterArrays: @unchecked Sendable {
     let count: Int32
     private let base: UnsafeMutableRawPointer?

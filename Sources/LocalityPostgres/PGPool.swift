@@ -9,12 +9,24 @@ public struct PGPoolConfiguration: Sendable {
     public var maxConnections: Int
     /// How long a caller waits for a free connection before `PGError.Kind.acquireTimeout`.
     public var acquireTimeout: Duration
+    /// How long a connection is kept open at most (nil: forever). One past it is closed when returned or
+    /// about to be lent, never in use, and replaced when needed. Why: server-side memory a long session
+    /// accumulates (plan and catalog caches) is returned, a failover or a changed setting reaches every
+    /// session in bounded time, and load spreads again after a replica joins. Each connection gets 95–100%
+    /// of it, so a burst of connections opened together does not close together.
+    public var maxConnectionLifetime: Duration?
 
-    public init(connection: PGConnectionConfiguration, maxConnections: Int = 8, acquireTimeout: Duration = .seconds(5)) {
+    public init(
+        connection: PGConnectionConfiguration,
+        maxConnections: Int = 8,
+        acquireTimeout: Duration = .seconds(5),
+        maxConnectionLifetime: Duration? = .seconds(30 * 60)
+    ) {
         precondition(maxConnections > 0, "a pool needs at least one connection")
         self.connection = connection
         self.maxConnections = maxConnections
         self.acquireTimeout = acquireTimeout
+        self.maxConnectionLifetime = maxConnectionLifetime
     }
 }
 
@@ -35,12 +47,16 @@ public enum PGTransactionRetry: Sendable {
 /// A bounded, fair pool of `PGConnection`s, run as a swift-service-lifecycle `Service`.
 ///
 /// Callers never hold a connection: they borrow one for the length of a closure. Waiters are served in
-/// arrival order. A broken connection is closed and its slot reopened for the next caller.
+/// arrival order. A returned connection is checked (`PGConnection.checkIn`): a broken one, one still inside
+/// a transaction or one past its lifetime is closed and its slot reopened for the next caller; one with a
+/// cancel request on its way comes back once that has landed.
 public final class PGPool: Service, Sendable {
     public let configuration: PGPoolConfiguration
     private let logger: Logger
-    private let state = Mutex(State())
+    private let state = PGLock(State())
     private let metrics: PoolMetrics
+    /// Points where tests force an interleaving (nil outside tests).
+    let hooks: PGHooks?
 
     private struct Waiter {
         let id: Int
@@ -48,7 +64,7 @@ public final class PGPool: Service, Sendable {
     }
 
     /// What a waiting caller is handed: a connection, or the right to open one.
-    private enum Grant: @unchecked Sendable {
+    private enum Grant: Sendable {
         case connection(PGConnection)
         case openSlot
     }
@@ -66,6 +82,14 @@ public final class PGPool: Service, Sendable {
         self.configuration = configuration
         self.logger = logger
         self.metrics = PoolMetrics(factory: metricsFactory ?? MetricsSystem.factory)
+        self.hooks = nil
+    }
+
+    init(configuration: PGPoolConfiguration, logger: Logger, hooks: PGHooks) {
+        self.configuration = configuration
+        self.logger = logger
+        self.metrics = PoolMetrics(factory: MetricsSystem.factory)
+        self.hooks = hooks
     }
 
     // MARK: Borrowing
@@ -100,7 +124,10 @@ public final class PGPool: Service, Sendable {
                 return try await withConnection { connection in
                     try await connection.withTransaction(isolation: isolation, readOnly: readOnly, prelude: prelude, body)
                 }
-            } catch let error as PGError where error.isRetryableTransactionFailure && attempt < retry.maxAttempts {
+            } catch let error as PGError
+                where (error.isRetryableTransactionFailure || error.isCachedPlanInvalidated) && attempt < retry.maxAttempts
+            {
+                // A cached plan a migration invalidated failed the transaction; its connection prepares afresh.
                 metrics.transactionRetries.increment()
                 logger.debug("retrying transaction", metadata: ["sqlstate": "\(error.sqlState ?? "")", "attempt": "\(attempt)"])
                 let ceiling = 5 * (1 << min(attempt, 6))
@@ -182,12 +209,22 @@ public final class PGPool: Service, Sendable {
             case .grant(let immediate):
                 grant = immediate
             case .wait(let id):
-                grant = try await waitForGrant(id: id)
+                #if DEBUG
+                await hooks?.beforeQueueing?()
+                #endif
+                grant = try await waitForGrant(id: id, home: home)
                 waited = true
             }
             switch grant {
             case .connection(let connection):
+                if let lifetime = configuration.maxConnectionLifetime, connection.hasOutlived(lifetime, now: start) {
+                    logger.debug("closing a connection past its maximum lifetime", metadata: ["pid": "\(connection.backendPID)"])
+                    discard(connection, reopenForWaiter: false)
+                    await connection.close()
+                    continue
+                }
                 if connection.looksHealthyWhileIdle(now: start) {
+                    connection.phase = .inUse
                     // A task on an I/O loop keeps its connections there: each reply then resumes it
                     // without waking another thread.
                     if let home, connection.loop !== home {
@@ -205,9 +242,9 @@ public final class PGPool: Service, Sendable {
                 continue
             case .openSlot:
                 do {
-                    let connection = try await PGConnection.connect(configuration.connection) { [metrics] duration in
+                    let connection = try await PGConnection.connect(configuration.connection, onQueryTime: { [metrics] duration in
                         metrics.queryTime.recordNanoseconds(durationNanoseconds(duration))
-                    }
+                    }, hooks: hooks)
                     metrics.acquireTime.recordNanoseconds(durationNanoseconds(ContinuousClock.now - start))
                     return connection
                 } catch {
@@ -220,52 +257,79 @@ public final class PGPool: Service, Sendable {
 
     private enum ImmediateGrant {
         case grant(Grant)
+        /// Nothing free: queue under this waiter id.
         case wait(Int)
         case closed
     }
 
-    /// Takes an idle connection or a free slot, or a place in the queue; never suspends.
+    /// Takes an idle connection or a free slot; never suspends. `.wait` when there is neither.
     private func nextGrant(home: PGIOLoop?) -> ImmediateGrant {
         state.withLock { state -> ImmediateGrant in
             if state.closed { return .closed }
-            // A task on an I/O loop gets a connection of that loop if one is idle.
-            if let home, let index = state.idle.lastIndex(where: { $0.loop === home }) {
-                state.inUse += 1
-                return .grant(.connection(state.idle.remove(at: index)))
-            }
-            if let connection = state.idle.popLast() {
-                state.inUse += 1
-                return .grant(.connection(connection))
-            }
-            if state.open < configuration.maxConnections {
-                state.open += 1
-                state.inUse += 1
-                return .grant(.openSlot)
-            }
+            if let grant = Self.take(&state, home: home, maxConnections: configuration.maxConnections) { return .grant(grant) }
             state.nextWaiterID += 1
             return .wait(state.nextWaiterID)
         }
     }
 
-    private func waitForGrant(id: Int) async throws -> Grant {
-        let timeout = configuration.acquireTimeout
-        let timer = Task { [weak self] in
-            try await Task.sleep(for: timeout)
-            self?.failWaiter(id, PGError(
-                kind: .acquireTimeout,
-                message: "no database connection became free within \(timeout) (pool of \(self?.configuration.maxConnections ?? 0))"
-            ))
+    /// An idle connection (one of `home`'s loop first) or a free slot, counted as in use; nil if neither.
+    private static func take(_ state: inout State, home: PGIOLoop?, maxConnections: Int) -> Grant? {
+        // A task on an I/O loop gets a connection of that loop if one is idle.
+        if let home, let index = state.idle.lastIndex(where: { $0.loop === home }) {
+            state.inUse += 1
+            return .connection(state.idle.remove(at: index))
         }
-        defer { timer.cancel() }
+        if let connection = state.idle.popLast() {
+            state.inUse += 1
+            return .connection(connection)
+        }
+        if state.open < maxConnections {
+            state.open += 1
+            state.inUse += 1
+            return .openSlot
+        }
+        return nil
+    }
+
+    /// Queues the caller until a connection or slot is handed over, the acquire timeout passes or its task
+    /// is cancelled.
+    ///
+    /// The pool is looked at again under the same lock that queues the caller: a connection returned (or a
+    /// slot freed) since `nextGrant` looked is taken here, never left idle while the caller waits.
+    private func waitForGrant(id: Int, home: PGIOLoop?) async throws -> Grant {
+        let timeout = configuration.acquireTimeout
+        var timer: Task<Void, any Error>? = nil
+        defer { timer?.cancel() }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                let enqueued = state.withLock { state -> Bool in
-                    if state.closed { return false }
-                    state.waiters.append(Waiter(id: id, continuation: continuation))
-                    return true
+                enum Outcome {
+                    case queued
+                    case granted(Grant)
+                    case failed(any Error)
                 }
-                if !enqueued {
-                    continuation.resume(throwing: PGError(kind: .poolClosed, message: "the connection pool is shut down"))
+                let outcome = state.withLock { state -> Outcome in
+                    if state.closed { return .failed(PGError(kind: .poolClosed, message: "the connection pool is shut down")) }
+                    if let grant = Self.take(&state, home: home, maxConnections: configuration.maxConnections) { return .granted(grant) }
+                    // Checked under the lock the cancellation handler takes: it either ran before (and the
+                    // flag is seen here) or runs after, and finds the waiter.
+                    if Task.isCancelled { return .failed(CancellationError()) }
+                    state.waiters.append(Waiter(id: id, continuation: continuation))
+                    return .queued
+                }
+                switch outcome {
+                case .granted(let grant):
+                    continuation.resume(returning: grant)
+                case .failed(let error):
+                    continuation.resume(throwing: error)
+                case .queued:
+                    // Started once queued, so it always finds the waiter (or nothing, once served).
+                    timer = Task { [weak self] in
+                        try await Task.sleep(for: timeout)
+                        self?.failWaiter(id, PGError(
+                            kind: .acquireTimeout,
+                            message: "no database connection became free within \(timeout) (pool of \(self?.configuration.maxConnections ?? 0))"
+                        ))
+                    }
                 }
             }
         } onCancel: {
@@ -281,9 +345,18 @@ public final class PGPool: Service, Sendable {
         waiter?.continuation.resume(throwing: error)
     }
 
-    private func release(_ connection: PGConnection) {
-        if connection.isBroken {
-            logger.debug("discarding a broken connection", metadata: ["pid": "\(connection.backendPID)"])
+    /// Takes a connection back from its borrower (or, for one with a cancel request on its way, from the
+    /// cancel thread once that has landed).
+    func release(_ connection: PGConnection) {
+        switch connection.checkIn(to: self, maxLifetime: configuration.maxConnectionLifetime) {
+        case .reuse:
+            break
+        case .afterCancel:
+            // Still in use: `PGConnection.cancel` calls this again once the cancel request has landed.
+            return
+        case .discard(let reason, let unexpected):
+            logger.log(level: unexpected ? .warning : .debug, "closing a returned connection: \(reason)",
+                       metadata: ["pid": "\(connection.backendPID)"])
             discard(connection, reopenForWaiter: true)
             Task { await connection.close() }
             return

@@ -3,7 +3,8 @@ import Foundation
 
 /// The rows of one statement's result. Owns its `PGresult` and frees it when the last reference goes.
 ///
-/// A `PGresult` is immutable once libpq hands it over, so reading it from any thread is safe.
+/// `@unchecked Sendable`: a `PGresult` is immutable once libpq hands it over, so reading it from any thread
+/// is safe; it is freed once, in `deinit`.
 public final class PGResult: @unchecked Sendable {
     private let handle: OpaquePointer
     public let rowCount: Int

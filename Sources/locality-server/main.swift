@@ -64,6 +64,9 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Longest a transaction may sit idle, in ms; 0 = no limit [LOCALITY_IDLE_IN_TRANSACTION_TIMEOUT_MS] (default 30000).")
     var idleInTransactionTimeoutMs: Int?
 
+    @Option(help: "Close a pooled database connection once it is this many seconds old, when it is next returned; 0 = never [LOCALITY_DB_MAX_CONNECTION_LIFETIME_SECONDS] (default 1800).")
+    var dbMaxConnectionLifetimeSeconds: Int?
+
     @Option(help: "Public supplier registrations allowed per client address per hour, across all instances [LOCALITY_REGISTRATIONS_PER_HOUR] (default 10).")
     var registrationsPerHour: Int?
 
@@ -121,6 +124,10 @@ struct LocalityServer: AsyncParsableCommand {
                               (configuration.idleInTransactionTimeoutMilliseconds, "--idle-in-transaction-timeout-ms")] where value < 0 {
             throw ValidationError("\(flag) must not be negative")
         }
+        configuration.dbMaxConnectionLifetimeSeconds = try dbMaxConnectionLifetimeSeconds
+            ?? environmentValue("DB_MAX_CONNECTION_LIFETIME_SECONDS").map { try parseInt($0, "LOCALITY_DB_MAX_CONNECTION_LIFETIME_SECONDS") }
+            ?? configuration.dbMaxConnectionLifetimeSeconds
+        guard configuration.dbMaxConnectionLifetimeSeconds >= 0 else { throw ValidationError("--db-max-connection-lifetime-seconds must not be negative") }
         configuration.registrationsPerHour = try registrationsPerHour
             ?? environmentValue("REGISTRATIONS_PER_HOUR").map { try parseInt($0, "LOCALITY_REGISTRATIONS_PER_HOUR") } ?? configuration.registrationsPerHour
         guard configuration.registrationsPerHour > 0 else { throw ValidationError("--registrations-per-hour must be at least 1") }

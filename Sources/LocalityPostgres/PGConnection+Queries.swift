@@ -1,0 +1,103 @@
+internal import CLibPQ
+
+/// The statement API: parameterised queries, trusted SQL text, transactions.
+extension PGConnection {
+    /// Runs one parameterised statement (prepared once per connection, then executed by name).
+    @discardableResult
+    public func query(_ query: PGQuery) async throws -> PGResult {
+        let statement = statement(for: query)
+        do {
+            let work = PGRequest.Work.query(sql: query.sql, statement: statement, parameters: PGParameterArrays(query.binds))
+            return try await perform(work, cancellable: true)!
+        } catch let error as PGError where error.isCachedPlanInvalidated {
+            // An online migration changed what a prepared statement returns. Outside a transaction the
+            // statement failed before it ran, so it runs once more, prepared afresh (the cache was emptied);
+            // inside one, the transaction has failed, and the caller (or the pool's retry) starts it again.
+            guard case .cached = statement, phase != .inTransaction, !isBroken, PQtransactionStatus(handle) == PQTRANS_IDLE else {
+                throw error
+            }
+            let work = PGRequest.Work.query(sql: query.sql, statement: self.statement(for: query), parameters: PGParameterArrays(query.binds))
+            return try await perform(work, cancellable: true)!
+        }
+    }
+
+    /// Chooses the statement here, on the borrowing task, so the I/O loop only sends and reads.
+    func statement(for query: PGQuery) -> PGRequest.Statement {
+        statements.statement(for: query.sql, oids: query.binds.lazy.map(\.oid))
+    }
+
+    /// Runs trusted SQL text with no parameters through the simple-query protocol (several statements
+    /// allowed). For migrations and fixed commands only; values always go through `query`.
+    public func execute(_ sql: String) async throws {
+        _ = try await perform(.simple(sql), cancellable: true)
+    }
+
+    /// Sets a transaction-local setting (`set_config(name, value, true)`), e.g. the tenant context.
+    public func setLocal(_ name: String, _ value: String) async throws {
+        try await query("SELECT set_config(\(name), \(value), true)")
+    }
+
+    // MARK: Transactions
+
+    /// Runs `body` in a transaction: COMMIT when it returns, ROLLBACK when it throws.
+    ///
+    /// `prelude`, when given, is sent together with `BEGIN` in one round trip (libpq pipeline mode) and runs
+    /// first inside the transaction: for the statement every transaction of a kind starts with (the tenant
+    /// context). It is not cancellable, like `BEGIN`.
+    public func withTransaction<R: Sendable>(
+        isolation: PGIsolationLevel = .readCommitted,
+        readOnly: Bool = false,
+        prelude: PGQuery? = nil,
+        _ body: (PGConnection) async throws -> R
+    ) async throws -> R {
+        let begin = "BEGIN ISOLATION LEVEL \(isolation.rawValue)\(readOnly ? " READ ONLY" : "")"
+        let outer = phase
+        // Until COMMIT or ROLLBACK has been answered, the session counts as inside a transaction: a
+        // connection returned in this phase is never lent again (see `checkIn`).
+        phase = .inTransaction
+        let result: R
+        do {
+            if let prelude {
+                let work = PGRequest.Work.pipeline(
+                    begin: begin, sql: prelude.sql, statement: statement(for: prelude), parameters: PGParameterArrays(prelude.binds))
+                _ = try await perform(work, cancellable: false)
+            } else {
+                try await runUncancellable(begin)
+            }
+            result = try await body(self)
+        } catch {
+            if !isBroken {
+                do {
+                    try await runUncancellable("ROLLBACK")
+                    phase = outer
+                } catch {
+                    markBroken()
+                }
+            }
+            throw error
+        }
+        let tag: String
+        do {
+            tag = try await runUncancellable("COMMIT")
+        } catch {
+            // A COMMIT the server refused (a deferred constraint, a serialization failure) ended the transaction.
+            if !isBroken, PQtransactionStatus(handle) == PQTRANS_IDLE { phase = outer }
+            throw error
+        }
+        phase = outer
+        if tag == "ROLLBACK" {
+            // The server ends a failed transaction with ROLLBACK even when asked to COMMIT.
+            throw PGError(kind: .server, sqlState: "25P02", message: "the transaction failed and was rolled back")
+        }
+        return result
+    }
+
+    @discardableResult
+    func runUncancellable(_ sql: String) async throws -> String {
+        try await perform(.simple(sql), cancellable: false)!.commandTag
+    }
+}
+
+extension PGResult {
+    var commandTag: String { String(cString: PQcmdStatus(handlePointer)) }
+}
