@@ -255,6 +255,29 @@ public final class PGConnection: @unchecked Sendable {
         return result
     }
 
+    /// Runs `prelude` then `query` in one transaction and one round trip, and returns `query`'s result: both
+    /// statements and a sync point go out together in pipeline mode, where statements up to the sync form one
+    /// implicit transaction (READ COMMITTED, committed at the sync, rolled back if either fails). For a read
+    /// that is one statement after the tenant context: BEGIN, context, query and COMMIT cost one round trip
+    /// instead of three. The first time a session sees either statement it runs them the ordinary way
+    /// (`withTransaction(prelude:)`), which prepares them.
+    public func readInOneRoundTrip(prelude: PGQuery, _ query: PGQuery) async throws -> PGResult {
+        guard case .cached(let first) = statement(for: prelude), case .cached(let second) = statement(for: query) else {
+            return try await withTransaction(readOnly: true, prelude: prelude) { try await $0.query(query) }
+        }
+        let work = PGRequest.Work.pipelinedPair(
+            first: first, firstParameters: PGParameterArrays(prelude.binds),
+            second: second, secondParameters: PGParameterArrays(query.binds))
+        do {
+            return try await perform(work, cancellable: true)!
+        } catch let error as PGError where error.sqlState == "0A000" && error.message.contains("cached plan") {
+            // A schema change invalidated the prepared statements: prepare afresh next time (as `query` does).
+            statementCache.removeAll()
+            _ = try? await runUncancellable("DEALLOCATE ALL")
+            throw error
+        }
+    }
+
     // MARK: State the pool needs
 
     /// True once an error showed the session unusable; the pool then discards it.
@@ -350,7 +373,7 @@ public final class PGConnection: @unchecked Sendable {
         case .close, .detach:
             loop.submit(request)
             return
-        case .query, .simple, .pipeline:
+        case .query, .simple, .pipeline, .pipelinedPair:
             break
         }
         var progress = send(request)
@@ -416,6 +439,11 @@ public final class PGConnection: @unchecked Sendable {
             sent = PQsendQuery(handle, sql) == 1
         case .pipeline(let begin, let sql, let statement, let parameters):
             sent = sendPipeline(request, begin: begin, sql: sql, statement: statement, parameters: parameters)
+        case .pipelinedPair(let first, let firstParameters, let second, let secondParameters):
+            request.stage = .pipelining(prepared: nil)
+            sent = PQenterPipelineMode(handle) == 1 && sendPrepared(first, firstParameters)
+                && sendPrepared(second, secondParameters) && PQpipelineSync(handle) == 1
+            if !sent { markBroken() }
         case .query(let sql, let statement, let parameters):
             switch statement {
             case .cached(let name):
