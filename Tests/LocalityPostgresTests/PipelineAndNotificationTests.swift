@@ -69,7 +69,7 @@ struct PipelineAndNotificationTests {
         let first = await iterator.next()
         #expect(first == .listening)
         let connection = try await PGConnection.connect(.init(conninfo: database.superuserConninfo, applicationName: "t"))
-        try await connection.withTransaction { try await $0.query("SELECT pg_notify('chan', 'one'), pg_notify('other', 'x')") }
+        _ = try await connection.withTransaction { try await $0.query("SELECT pg_notify('chan', 'one'), pg_notify('other', 'x')") }
         let one = await iterator.next()
         #expect(one == .notification(channel: "chan", payload: "one"))
         let pid = try #require(listener.backendPID)
