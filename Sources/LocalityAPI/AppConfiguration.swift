@@ -54,6 +54,14 @@ public struct AppConfiguration: Sendable {
     public var requestBodyTimeoutSeconds = 30
     /// Open client connections served at once; more wait in the listen backlog (0: no cap).
     public var maxConnections = 1_000
+    /// How long a token's principal may be answered from memory after it was read from the database
+    /// (`AuthenticationCache`): the most a revocation, a disabled user or a role change can take to reach this
+    /// instance if its notifications stop arriving unnoticed. Usually they arrive within milliseconds of the
+    /// commit. Zero turns the cache (and its listener session) off.
+    public var authenticationCacheLifetime: Duration = .seconds(10)
+    /// How long the notification listener waits before reconnecting after its session is lost (the cache is
+    /// bypassed meanwhile).
+    public var authenticationListenerReconnectDelay: Duration = .seconds(1)
     public var statementTimeoutMilliseconds = 15_000
     public var lockTimeoutMilliseconds = 3_000
     public var idleInTransactionTimeoutMilliseconds = 30_000

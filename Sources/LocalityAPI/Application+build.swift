@@ -31,7 +31,8 @@ public func buildApplication(
     logger: Logger? = nil,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
     onMetricsServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
-    onDemoSeeded: @Sendable (DemoSeed.Result?) -> Void = { _ in }
+    onDemoSeeded: @Sendable (DemoSeed.Result?) -> Void = { _ in },
+    authenticationCache: AuthenticationCache? = nil
 ) async throws -> some ApplicationProtocol {
     var logger = logger ?? Logger(label: "locality-server")
     logger.logLevel = configuration.logLevel
@@ -97,7 +98,11 @@ public func buildApplication(
     // One tenant's transactions may hold at most this share of the pool; the rest is left for the others (and
     // for readiness, which does not go through it).
     let bulkhead = TenantBulkhead(limit: configuration.perTenantConnections, timeout: configuration.acquireTimeout)
-    let domain = DomainServices(database: ScopedDatabase(pool: pool, bulkhead: bulkhead))
+    // Authentication mostly from memory, kept right by notifications (see AuthenticationCache); a test may pass
+    // its own cache to watch it.
+    let cache = authenticationCache ?? (configuration.authenticationCacheLifetime > .zero
+        ? AuthenticationCache(lifetime: configuration.authenticationCacheLifetime) : nil)
+    let domain = DomainServices(database: ScopedDatabase(pool: pool, bulkhead: bulkhead), authenticationCache: cache)
     router.add(middleware: RegistrationRateLimitMiddleware(
         pool: pool, perHour: configuration.registrationsPerHour, trustedProxies: Set(configuration.trustedProxies)))
     router.add(middleware: PublicFeedMiddleware(
@@ -129,6 +134,14 @@ public func buildApplication(
     var services: [any Service] = []
     if let embedded = endpoints.embedded { services.append(embedded) }
     services.append(pool)
+    if let cache {
+        services.append(AuthenticationListener(
+            cache: cache, logger: logger,
+            listener: PGNotificationListener(
+                configuration: .init(conninfo: endpoints.applicationConninfo, applicationName: "locality-server"),
+                channels: [AuthenticationCache.channel], reconnectDelay: configuration.authenticationListenerReconnectDelay,
+                handler: { [logger] event in AuthenticationListener.apply(event, to: cache, logger: logger) })))
+    }
     if let metricsPort = configuration.metricsPort {
         services.append(MetricsServer.application(
             registry: registry, host: configuration.metricsHost, port: metricsPort, logger: logger, onServerRunning: onMetricsServerRunning))
@@ -148,6 +161,35 @@ public func buildApplication(
         onServerRunning: onServerRunning,
         logger: logger
     )
+}
+
+/// Runs the session that keeps every instance's authentication cache right: `LISTEN locality_auth`, applied
+/// to the cache; while the session is down the cache is empty and bypassed.
+struct AuthenticationListener: Service {
+    let cache: AuthenticationCache
+    let logger: Logger
+    let listener: PGNotificationListener
+
+    func run() async throws {
+        listener.start()
+        try? await gracefulShutdown()
+        listener.stop()
+        cache.listenerDown()
+    }
+
+    static func apply(_ event: PGNotificationListener.Event, to cache: AuthenticationCache, logger: Logger) {
+        switch event {
+        case .listening:
+            cache.listenerUp()
+        case .notification(_, let payload):
+            cache.apply(notificationPayload: payload)
+        case .lost(let reason):
+            if cache.isEnabled {
+                logger.warning("authentication cache off: its notification session was lost", metadata: ["reason": "\(reason)"])
+            }
+            cache.listenerDown()
+        }
+    }
 }
 
 /// Seeds the demo as the operator (owner role) when no authority exists yet; nil when there was one.

@@ -25,13 +25,13 @@ struct DomainServices: Sendable {
     let schoolMapping: SchoolImportService
     let openContracting: OpenContractingService
 
-    init(database: ScopedDatabase) {
+    init(database: ScopedDatabase, authenticationCache: AuthenticationCache? = nil) {
         authorities = AuthorityService(database: database)
         fundingStreams = FundingStreamService(database: database)
         boards = BoardService(database: database)
         budgets = BudgetService(database: database)
-        users = UserService(database: database)
-        tokens = TokenService(database: database)
+        users = UserService(database: database, authenticationCache: authenticationCache)
+        tokens = TokenService(database: database, cache: authenticationCache)
         audit = AuditService(database: database)
         suppliers = SupplierService(database: database)
         admissions = AdmissionService(database: database)

@@ -21,6 +21,23 @@ extension PGConnection {
         }
     }
 
+    /// Runs `prelude` then `query` in one transaction and one round trip, and returns `query`'s result: both
+    /// statements and a sync point go out together in pipeline mode, where statements up to the sync form one
+    /// implicit transaction (READ COMMITTED, committed at the sync, rolled back if either fails). For a read
+    /// that is one statement after the tenant context: BEGIN, context, query and COMMIT cost one round trip
+    /// instead of three. The first time a session sees either statement it runs them the ordinary way
+    /// (`withTransaction(prelude:)`), which prepares them. A schema change that invalidates them (0A000) is
+    /// recovered like any query's: the statements are prepared afresh next time.
+    public func readInOneRoundTrip(prelude: PGQuery, _ query: PGQuery) async throws -> PGResult {
+        guard case .cached(let first) = statement(for: prelude), case .cached(let second) = statement(for: query) else {
+            return try await withTransaction(readOnly: true, prelude: prelude) { try await $0.query(query) }
+        }
+        let work = PGRequest.Work.pipelinedPair(
+            first: first, firstParameters: PGParameterArrays(prelude.binds),
+            second: second, secondParameters: PGParameterArrays(query.binds))
+        return try await perform(work, cancellable: true)!
+    }
+
     /// Chooses the statement here, on the borrowing task, so the I/O loop only sends and reads.
     func statement(for query: PGQuery) -> PGRequest.Statement {
         statements.statement(for: query.sql, oids: query.binds.lazy.map(\.oid))

@@ -8,7 +8,7 @@ extension PGConnection {
     /// calling task sends the server a cancel request (`PQcancel`), or drops the statement unsent.
     func perform(_ work: PGRequest.Work, cancellable: Bool) async throws -> PGResult? {
         switch work {
-        case .query, .simple, .pipeline:
+        case .query, .simple, .pipeline, .pipelinedPair:
             // A cancel request still on its way would land on this statement instead of its own.
             await waitForCancels()
             // Statements a schema change made stale go once the session is outside a transaction.
@@ -60,7 +60,7 @@ extension PGConnection {
         case .close, .detach:
             loop.submit(request)
             return
-        case .query, .simple, .pipeline:
+        case .query, .simple, .pipeline, .pipelinedPair:
             break
         }
         var progress = send(request)
@@ -99,6 +99,12 @@ extension PGConnection {
             sent = PQsendQuery(handle, sql) == 1
         case .pipeline(let begin, let sql, let statement, let parameters):
             sent = sendPipeline(request, begin: begin, sql: sql, statement: statement, parameters: parameters)
+        case .pipelinedPair(let first, let firstParameters, let second, let secondParameters):
+            request.stage = .pipelining(prepared: nil)
+            sent = PQenterPipelineMode(handle) == 1 && sendPrepared(first, firstParameters)
+                && sendPrepared(second, secondParameters) && PQpipelineSync(handle) == 1
+            // A half-queued pipeline leaves the session in an unknown state.
+            if !sent { markBroken() }
         case .query(let sql, let statement, let parameters):
             switch statement {
             case .cached(let name):

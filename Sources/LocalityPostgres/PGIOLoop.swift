@@ -238,7 +238,7 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
         let leaving: Bool
         switch request.work {
         case .close, .detach: leaving = true
-        case .query, .simple, .pipeline: leaving = false
+        case .query, .simple, .pipeline, .pipelinedPair: leaving = false
         }
         if leaving, fd >= 0, connection.loopSocket == fd {
             // Forget the socket before libpq closes it (or another loop takes it), so a later socket with
@@ -256,7 +256,7 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
             progress = .finished(.success(nil))
         case .detach:
             progress = .finished(.success(nil))
-        case .query, .simple, .pipeline:
+        case .query, .simple, .pipeline, .pipelinedPair:
             progress = .waiting(flushPending: request.flushPending)
         }
         if case .waiting = progress, fd >= 0 {
@@ -340,6 +340,9 @@ final class PGRequest: @unchecked Sendable {
         /// `BEGIN …` (text, no parameters) and one parameterised statement, sent together in libpq's
         /// pipeline mode: one round trip for both. The statement's result is the request's result.
         case pipeline(begin: String, sql: String, statement: Statement, parameters: PGParameterArrays)
+        /// Two prepared statements and a sync point in pipeline mode: one implicit transaction, one round trip
+        /// (`PGConnection.readInOneRoundTrip`). The second statement's result is the request's result.
+        case pipelinedPair(first: String, firstParameters: PGParameterArrays, second: String, secondParameters: PGParameterArrays)
         /// `PQfinish`.
         case close
         /// Stop watching the idle connection's socket: it moves to another loop.
@@ -401,6 +404,9 @@ final class PGRequest: @unchecked Sendable {
         }
         switch work {
         case .query(_, _, let parameters), .pipeline(_, _, _, let parameters): parameters.deallocate()
+        case .pipelinedPair(_, let first, _, let second):
+            first.deallocate()
+            second.deallocate()
         case .simple, .close, .detach: break
         }
         if cancellable { connection.endStatement(ticket) }

@@ -40,6 +40,9 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Port of the separate /metrics listener; 0 turns metrics off [LOCALITY_METRICS_PORT] (default 9464).")
     var metricsPort: Int?
 
+    @Option(help: "Seconds a token's principal may be answered from memory: the longest a revocation can go unnoticed; 0 = no cache [LOCALITY_AUTH_CACHE_SECONDS] (default 10).")
+    var authCacheSeconds: Int?
+
     @Option(help: "After SIGTERM, seconds in-flight requests get to finish before the process exits anyway [LOCALITY_SHUTDOWN_DEADLINE_SECONDS] (default 10).")
     var shutdownDeadlineSeconds: Int?
 
@@ -97,6 +100,9 @@ struct LocalityServer: AsyncParsableCommand {
         configuration.shutdownDeadlineSeconds = try shutdownDeadlineSeconds
             ?? environmentValue("SHUTDOWN_DEADLINE_SECONDS").map { try parseInt($0, "LOCALITY_SHUTDOWN_DEADLINE_SECONDS") } ?? configuration.shutdownDeadlineSeconds
         guard configuration.shutdownDeadlineSeconds > 0 else { throw ValidationError("--shutdown-deadline-seconds must be at least 1") }
+        let authCacheSeconds = try authCacheSeconds ?? environmentValue("AUTH_CACHE_SECONDS").map { try parseInt($0, "LOCALITY_AUTH_CACHE_SECONDS") } ?? 10
+        guard (0...300).contains(authCacheSeconds) else { throw ValidationError("--auth-cache-seconds must be between 0 and 300") }
+        configuration.authenticationCacheLifetime = .seconds(authCacheSeconds)
         configuration.idleTimeoutSeconds = try idleTimeoutSeconds
             ?? environmentValue("IDLE_TIMEOUT_SECONDS").map { try parseInt($0, "LOCALITY_IDLE_TIMEOUT_SECONDS") } ?? configuration.idleTimeoutSeconds
         configuration.maxConnections = try maxConnections

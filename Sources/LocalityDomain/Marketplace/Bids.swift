@@ -197,7 +197,8 @@ public struct BidService: Sendable {
     public func submit(_ scope: AccessScope, id: UUID) async throws -> (Bid, BidReceipt) {
         try scope.require(scope.has(.supplierUser) && scope.supplierID != nil, "submit bids")
         return try await database.transaction(scope) { connection in
-            let (before, project) = try await Self.lockOwnBid(connection, id: id, scope: scope)
+            // The database clock's time of the check that the project still accepts bids is the submission time.
+            let (before, project, checkedAt) = try await Self.lockOwnBidTimed(connection, id: id, scope: scope)
             guard before.status == .draft || before.status == .withdrawn else {
                 throw DomainError.conflict("The bid is already \(before.status.rawValue).")
             }
@@ -206,19 +207,25 @@ public struct BidService: Sendable {
                 socialValue: before.socialValue.map { .init(measureCode: $0.measureCode, quantity: $0.quantity) },
                 declarations: before.declarations)
             _ = try await Self.resolve(connection, content, project: project, submitting: true)
-            let submittedAt = try await connection.query("SELECT statement_timestamp()").first!.decode(Date.self, at: 0)
+            let submittedAt = checkedAt
             var submitted = before
             submitted.submittedAt = submittedAt
             let canonical = Self.receiptCanonical(submitted)
             let digest = Self.sha256Hex(canonical)
+            // The changed columns come back with the update: the rest of the row is `before`'s (locked).
             let changed = try await connection.query("""
                 UPDATE bid SET status = 'submitted', submitted_at = \(submittedAt), receipt_sha256 = decode(\(digest), 'hex'),
                     version = version + 1
-                WHERE id = \(id)
-                """).affectedRows
+                WHERE id = \(id) RETURNING status::text, submitted_at, encode(receipt_sha256, 'hex'), version, updated_at
+                """)
             // Row-level security refuses the write too if the deadline passed meanwhile.
-            guard changed == 1 else { throw DomainError.conflict("The bid deadline has passed; nothing was changed.") }
-            let after = try await Self.fetch(connection, id: id)
+            guard let row = changed.first else { throw DomainError.conflict("The bid deadline has passed; nothing was changed.") }
+            var after = before
+            after.status = try storedEnum(try row.decode(String.self, at: 0), column: "bid.status")
+            after.submittedAt = try row.decode(Date?.self, at: 1)
+            after.receiptSHA256 = try row.decode(String?.self, at: 2)
+            after.version = try row.decode(Int.self, at: 3)
+            after.updatedAt = try row.decode(Date.self, at: 4)
             try await AuditLog.record(connection, action: before.status == .withdrawn ? "bid.resubmit" : "bid.submit",
                                       entityType: "bid", entityID: id.lowercased, before: AuditedBid(before), after: AuditedBid(after))
             return (after, BidReceipt(bidID: id, submittedAt: submittedAt, sha256: digest, canonical: canonical))
@@ -280,14 +287,34 @@ public struct BidService: Sendable {
         return (locked, project)
     }
 
-    static func requireAcceptingBids(_ connection: PGConnection, _ project: Project) async throws {
-        let accepting = try await connection.query("""
-            SELECT project_accepting_bids(\(project.authorityID), \(project.id))
-            """).first!.decode(Bool.self, at: 0)
+    /// `lockOwnBid`, also returning the database clock's time of the check that the project accepts bids.
+    /// Locks the bid first (one round trip fewer): when row-level security hides it from `FOR UPDATE` (its
+    /// deadline passed), or it is not the caller's, `lockOwnBid` finds out why.
+    static func lockOwnBidTimed(_ connection: PGConnection, id: UUID, scope: AccessScope) async throws -> (Bid, Project, Date) {
+        let visible = try await connection.query("""
+            \(unsafeSQL: selectSQL) WHERE b.id = \(id) FOR UPDATE OF b
+            """).first.map(decode)
+        if let locked = visible, locked.supplierID == scope.supplierID {
+            let project = try await ProjectService.fetch(connection, id: locked.projectID)
+            let checkedAt = try await requireAcceptingBids(connection, project)
+            return (locked, project, checkedAt)
+        }
+        let (locked, project) = try await lockOwnBid(connection, id: id, scope: scope)
+        let now = try await connection.query("SELECT statement_timestamp()").first!.decode(Date.self, at: 0)
+        return (locked, project, now)
+    }
+
+    /// Returns the statement time of the check (the database clock).
+    @discardableResult
+    static func requireAcceptingBids(_ connection: PGConnection, _ project: Project) async throws -> Date {
+        let (accepting, checkedAt) = try await connection.query("""
+            SELECT project_accepting_bids(\(project.authorityID), \(project.id)), statement_timestamp()
+            """).first!.decode(Bool.self, Date.self)
         guard accepting else {
             throw DomainError.conflict(project.status == .open || project.status == .closed
                 ? "The bid deadline has passed; nothing was changed." : "The project is \(project.status.rawValue) and not accepting bids.")
         }
+        return checkedAt
     }
 
     struct ResolvedFields {

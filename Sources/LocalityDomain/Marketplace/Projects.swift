@@ -182,9 +182,9 @@ public struct ProjectService: Sendable {
 
     public func get(_ scope: AccessScope, id: UUID) async throws -> Project {
         try scope.require(scope.isStaff || scope.has(.supplierUser), "see projects")
-        return try await database.transaction(scope, readOnly: true) { connection in
-            try await Self.fetch(connection, id: id)
-        }
+        // One round trip: context and row together.
+        guard let row = try await database.read(scope, Self.fetchQuery(id: id)).first else { throw DomainError.notFound("project") }
+        return try Self.decode(row)
     }
 
     /// Board staff: their boards' projects in every state, newest first. The authority is stated in the query as
@@ -502,10 +502,14 @@ public struct ProjectService: Sendable {
         try validator.throwIfInvalid()
     }
 
+    static func fetchQuery(id: UUID, forUpdate: Bool = false) -> PGQuery {
+        """
+        \(unsafeSQL: selectSQL) WHERE p.id = \(id) \(unsafeSQL: forUpdate ? "FOR UPDATE OF p" : "")
+        """
+    }
+
     static func fetch(_ connection: PGConnection, id: UUID, forUpdate: Bool = false) async throws -> Project {
-        let rows = try await connection.query("""
-            \(unsafeSQL: selectSQL) WHERE p.id = \(id) \(unsafeSQL: forUpdate ? "FOR UPDATE OF p" : "")
-            """)
+        let rows = try await connection.query(fetchQuery(id: id, forUpdate: forUpdate))
         guard let row = rows.first else { throw DomainError.notFound("project") }
         return try decode(row)
     }

@@ -67,9 +67,9 @@ public struct BoardService: Sendable {
     public func get(_ scope: AccessScope, id: UUID) async throws -> Board {
         try scope.require(scope.isStaff, "see boards")
         guard scope.canSee(board: id) else { throw DomainError.notFound("board") }
-        return try await database.transaction(scope, readOnly: true) { connection in
-            try await Self.fetch(connection, id: id)
-        }
+        // One round trip: context and row together.
+        guard let row = try await database.read(scope, Self.fetchQuery(id: id)).first else { throw DomainError.notFound("board") }
+        return try Self.decode(row)
     }
 
     public func create(_ scope: AccessScope, _ draft: BoardDraft) async throws -> Board {
@@ -103,10 +103,14 @@ public struct BoardService: Sendable {
         }
     }
 
+    static func fetchQuery(id: UUID, forUpdate: Bool = false) -> PGQuery {
+        """
+        SELECT \(unsafeSQL: columns) FROM board WHERE id = \(id) \(unsafeSQL: forUpdate ? "FOR UPDATE" : "")
+        """
+    }
+
     static func fetch(_ connection: PGConnection, id: UUID, forUpdate: Bool = false) async throws -> Board {
-        let rows = try await connection.query("""
-            SELECT \(unsafeSQL: columns) FROM board WHERE id = \(id) \(unsafeSQL: forUpdate ? "FOR UPDATE" : "")
-            """)
+        let rows = try await connection.query(fetchQuery(id: id, forUpdate: forUpdate))
         guard let row = rows.first else { throw DomainError.notFound("board") }
         return try decode(row)
     }

@@ -90,16 +90,19 @@ public struct Principal: Sendable {
 
 public struct TokenService: Sendable {
     public let database: ScopedDatabase
+    /// Principals of recent tokens (nil: every request asks the database).
+    public let cache: AuthenticationCache?
     public static let defaultLifetime: TimeInterval = 90 * 24 * 3600
     public static let maxLifetime: TimeInterval = 366 * 24 * 3600
 
-    public init(database: ScopedDatabase) {
+    public init(database: ScopedDatabase, cache: AuthenticationCache? = nil) {
         self.database = database
+        self.cache = cache
     }
 
     static let findSQL = """
         SELECT token_id, token_hash, authority_id, supplier_id, user_id, display_name, email, roles, board_ids,
-               last_used_at FROM find_api_token($1)
+               last_used_at, expires_at FROM find_api_token($1)
         """
     static let touchSQL = "SELECT touch_api_token($1)"
     static let columns = "id, user_id, prefix, label, created_at, expires_at, revoked_at, last_used_at"
@@ -109,19 +112,31 @@ public struct TokenService: Sendable {
     public func authenticate(_ token: String) async throws -> Principal? {
         guard let prefix = TokenFormat.prefix(of: token) else { return nil }
         let presented = TokenFormat.hash(token)
-        return try await database.pool.withConnection { connection -> Principal? in
+        // The key is the hash of the whole presented token, so a hit is already an exact match.
+        if let cache, let principal = cache.principal(forTokenHash: presented) { return principal }
+        // Taken before the read: a change committed meanwhile keeps this answer out of the cache.
+        let ticket = cache?.ticket()
+        let found = try await database.pool.withConnection { connection -> (Principal, Date)? in
             guard let row = try await connection.query(PGQuery(Self.findSQL, [prefix.pg])).first else { return nil }
             let (tokenID, storedHash, authorityID, supplierID, userID, displayName, email, roles, boardIDs, lastUsed) =
                 try row.decode(UUID.self, Data.self, UUID?.self, UUID?.self, UUID.self, String.self, String.self,
                                [String].self, [UUID].self, Date?.self)
+            let expiresAt = try row.decode(Date.self, at: 10)
             guard TokenFormat.constantTimeEquals(presented, storedHash) else { return nil }
+            // Last use is recorded at most once a minute; with the cache, when the entry is next read from the
+            // database (so within a minute plus the cache lifetime).
             if lastUsed.map({ Date().timeIntervalSince($0) > 60 }) ?? true {
                 try await connection.query(PGQuery(Self.touchSQL, [tokenID.pg]))
             }
-            return Principal(
+            let principal = Principal(
                 userID: userID, tokenID: tokenID, displayName: displayName, email: email, authorityID: authorityID,
                 supplierID: supplierID, roles: Set(try roles.map { try storedEnum($0, column: "role_assignment.role", as: Role.self) }), boardIDs: boardIDs)
+            return (principal, expiresAt)
         }
+        guard let found else { return nil }
+        let (principal, expiresAt) = found
+        if let cache, let ticket { cache.insert(principal, tokenHash: presented, expiresAt: expiresAt, ticket: ticket) }
+        return principal
     }
 
     public func list(_ scope: AccessScope, userID: UUID) async throws -> [APIToken] {
@@ -164,7 +179,7 @@ public struct TokenService: Sendable {
 
     public func revoke(_ scope: AccessScope, userID: UUID, tokenID: UUID) async throws -> APIToken {
         try scope.require(scope.has(.authorityAdmin) || (scope.supplierID != nil && scope.userID == nil), "revoke tokens")
-        return try await database.transaction(scope) { connection in
+        let revoked = try await database.transaction(scope) { connection in
             guard let row = try await connection.query("""
                 SELECT \(unsafeSQL: Self.columns) FROM api_token WHERE id = \(tokenID) AND user_id = \(userID) FOR UPDATE
                 """).first
@@ -178,6 +193,9 @@ public struct TokenService: Sendable {
                                       before: before, after: after)
             return after
         }
+        // This instance refuses the token from the next request on (the others when notified, migration 0019).
+        cache?.invalidate(userID: userID)
+        return revoked
     }
 
     static func decode(_ row: PGRow) throws -> APIToken {

@@ -51,9 +51,12 @@ public struct UserChanges: Sendable {
 /// Staff of an authority: authority admins manage them; auditors read them; everyone reads themself.
 public struct UserService: Sendable {
     public let database: ScopedDatabase
+    /// Dropped entries of a changed user, so this instance sees the change on the next request.
+    public let authenticationCache: AuthenticationCache?
 
-    public init(database: ScopedDatabase) {
+    public init(database: ScopedDatabase, authenticationCache: AuthenticationCache? = nil) {
         self.database = database
+        self.authenticationCache = authenticationCache
     }
 
     static let selectSQL = """
@@ -109,7 +112,7 @@ public struct UserService: Sendable {
         if changes.disabled == true && id == scope.userID {
             throw DomainError.invalid("disabled", "you cannot disable yourself")
         }
-        return try await database.transaction(scope) { connection in
+        let updated = try await database.transaction(scope) { connection in
             let before = try await Self.fetch(connection, id: id, forUpdate: true)
             try await connection.query("""
                 UPDATE app_user SET display_name = coalesce(\(changes.displayName), display_name),
@@ -126,6 +129,10 @@ public struct UserService: Sendable {
                                       entityType: "user", entityID: id.lowercased, before: before, after: after)
             return after
         }
+        // Disabled, renamed or given other roles: this instance's cached principal is stale (the others hear
+        // it from the notification, migration 0019).
+        authenticationCache?.invalidate(userID: id)
+        return updated
     }
 
     static func replaceRoles(_ connection: PGConnection, userID: UUID, roles: [RoleGrant]) async throws {

@@ -49,6 +49,21 @@ public struct ScopedDatabase: Sendable {
         }
     }
 
+    /// A read that is one statement: the context and the statement run in one transaction and one round trip
+    /// (`PGConnection.readInOneRoundTrip`), within the tenant's share of the pool like `transaction`.
+    public func read(_ scope: AccessScope, _ query: PGQuery) async throws -> PGResult {
+        do {
+            guard let bulkhead, let tenant = Self.tenantKey(scope) else {
+                return try await pool.withConnection { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope), query) }
+            }
+            return try await bulkhead.run(tenant) {
+                try await pool.withConnection { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope), query) }
+            }
+        } catch let error as PGError {
+            throw ConstraintTranslation.domainError(for: error) ?? error
+        }
+    }
+
     /// Whose share of the pool a transaction uses: the authority's, or a supplier organisation's (nil: no tenant,
     /// as for a public registration).
     static func tenantKey(_ scope: AccessScope) -> String? {
