@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# A whole multi-instance topology on one machine, on real parts, for tests, fault drills and trying it out:
+#
+#   nginx :NGINX_PORT ──► locality-server #1 ──► PgBouncer (transaction pooling) ──► PostgreSQL primary
+#                    └──► locality-server #2 ──┘         reads that may lag ──────────► streaming replica
+#
+#   deploy/topology.sh up   DIR [--bin BINDIR]   start everything under DIR (prints the endpoints as KEY=VALUE)
+#   deploy/topology.sh down DIR                  stop everything started under DIR
+#   deploy/topology.sh stop|start|kill DIR PART  one part: primary, replica, pgbouncer, server1, server2, nginx
+#
+# Status (issue 16, in progress): primary, replica, PgBouncer and nginx come up; the servers do not yet answer
+# through PgBouncer in transaction mode, because the client names its prepared statements and sends its pinned
+# settings as the `options` startup parameter. A pooler mode in the client (unnamed statements, settings kept on
+# the role) is the next step, then a lifecycle test and the fault figures.
+#
+# BINDIR holds locality-server and locality-admin (default: the release build, else the debug build).
+# Ports come from BASE_PORT (default 25400): primary +0, replica +1, PgBouncer +2, servers +3/+4, nginx +5,
+# servers' metrics +6/+7. Everything listens on 127.0.0.1 or a socket under DIR; nothing is left running
+# after `down`. As root, PostgreSQL and PgBouncer run as the `postgres` user and nginx's workers as `nobody`.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+command=${1:?usage: topology.sh up|down|stop|start|kill DIR [PART] [--bin BINDIR]}
+dir=${2:?usage: topology.sh up|down|stop|start|kill DIR [PART] [--bin BINDIR]}
+shift 2
+part=""
+[[ $# -gt 0 && "$1" != --* ]] && { part=$1; shift; }
+bin=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --bin) bin=$2; shift 2 ;;
+        *) echo "topology: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+if [[ -z "$bin" ]]; then
+    for candidate in "$repo/.build/release" "$repo/.build/debug"; do
+        [[ -x "$candidate/locality-server" ]] && { bin=$candidate; break; }
+    done
+fi
+
+base=${BASE_PORT:-25400}
+primary_port=$base replica_port=$((base + 1)) bouncer_port=$((base + 2))
+server1_port=$((base + 3)) server2_port=$((base + 4)) nginx_port=$((base + 5))
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+root=$([[ $(id -u) == 0 ]] && echo 1 || echo 0)
+as_postgres() { if (( root )); then runuser -u postgres -- "$@"; else "$@"; fi; }
+sock=$dir/run
+log() { echo "topology: $*" >&2; }
+
+owner_url="postgresql://locality_owner@127.0.0.1:$primary_port/locality"
+app_direct_url="postgresql://locality_app@127.0.0.1:$primary_port/locality"
+app_bouncer_url="postgresql://locality_app@127.0.0.1:$bouncer_port/locality"
+replica_url="postgresql://locality_app@127.0.0.1:$replica_port/locality"
+
+wait_for() {   # wait_for DESCRIPTION COMMAND...: polls for up to 30 s
+    local what=$1; shift
+    for _ in $(seq 1 150); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+    log "$what did not come up (logs in $dir/log)"; return 1
+}
+
+start_postgres() {   # start_postgres NAME PORT
+    as_postgres "$pgbin/pg_ctl" -D "$dir/$1" -l "$dir/log/$1.log" -w -t 30 \
+        -o "-p $2 -k $sock -c listen_addresses=127.0.0.1" start >/dev/null
+}
+stop_postgres() { as_postgres "$pgbin/pg_ctl" -D "$dir/$1" -m "${2:-fast}" -w stop >/dev/null 2>&1 || true; }
+
+start_bouncer() {
+    as_postgres pgbouncer -d "$dir/pgbouncer.ini" >/dev/null
+    wait_for PgBouncer "$pgbin/psql" "$app_bouncer_url" -Atc "SELECT 1"
+}
+stop_bouncer() {
+    [[ -f "$dir/run/pgbouncer.pid" ]] && kill "$(cat "$dir/run/pgbouncer.pid")" 2>/dev/null || true
+    for _ in $(seq 1 50); do [[ -f "$dir/run/pgbouncer.pid" ]] && kill -0 "$(cat "$dir/run/pgbouncer.pid")" 2>/dev/null || return 0; sleep 0.1; done
+}
+
+start_server() {   # start_server N
+    local port=$((base + 2 + $1)) metrics=$((base + 5 + $1))
+    LOCALITY_DATABASE_URL=$app_bouncer_url LOCALITY_OWNER_DATABASE_URL=$owner_url \
+    LOCALITY_REPLICA_DATABASE_URL=$replica_url LOCALITY_TRUSTED_PROXIES=127.0.0.1 \
+        setsid "$bin/locality-server" --no-migrate --host 127.0.0.1 --port "$port" --metrics-port "$metrics" \
+        >>"$dir/log/server$1.log" 2>&1 < /dev/null &
+    echo $! > "$dir/run/server$1.pid"
+    wait_for "locality-server #$1" curl -fsS "http://127.0.0.1:$port/readyz"
+}
+signal_server() {   # signal_server N SIGNAL: sends it and waits for the process to end
+    local pidfile="$dir/run/server$1.pid"
+    [[ -f "$pidfile" ]] || return 0
+    local pid; pid=$(cat "$pidfile")
+    kill "-$2" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$pidfile"
+}
+
+start_nginx() {
+    nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/log/nginx-error.log"
+    wait_for nginx curl -fsS "http://127.0.0.1:$nginx_port/readyz"
+}
+stop_nginx() {
+    [[ -f "$dir/nginx/nginx.pid" ]] && nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/log/nginx-error.log" -s quit 2>/dev/null || true
+    for _ in $(seq 1 50); do [[ -f "$dir/nginx/nginx.pid" ]] || return 0; sleep 0.1; done
+}
+
+write_configs() {
+    cat > "$dir/pgbouncer.ini" <<EOF
+[databases]
+locality = host=127.0.0.1 port=$primary_port dbname=locality
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir = $sock
+pidfile = $dir/run/pgbouncer.pid
+logfile = $dir/log/pgbouncer.log
+auth_type = trust
+auth_file = $dir/pgbouncer.users
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 400
+; the client sets its session settings (timeouts, application_name) at connect: let them through
+ignore_startup_parameters = extra_float_digits,options,statement_timeout,lock_timeout,idle_in_transaction_session_timeout
+server_reset_query =
+EOF
+    printf '"locality_app" ""\n"locality_owner" ""\n' > "$dir/pgbouncer.users"
+    mkdir -p "$dir/nginx/logs" "$dir/nginx/tmp"
+    cat > "$dir/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $dir/nginx/nginx.pid;
+$( (( root )) && echo "user nobody nogroup;" )
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $dir/nginx/tmp/body;
+    proxy_temp_path $dir/nginx/tmp/proxy;
+    fastcgi_temp_path $dir/nginx/tmp/fastcgi;
+    uwsgi_temp_path $dir/nginx/tmp/uwsgi;
+    scgi_temp_path $dir/nginx/tmp/scgi;
+    upstream locality {
+        # Open-source nginx checks health passively: an instance that refuses connections or answers 502/503
+        # (not ready) is taken out for fail_timeout and the request is retried on the other one when that is
+        # safe (idempotent methods; a POST only if it never reached the instance).
+        server 127.0.0.1:$server1_port max_fails=1 fail_timeout=2s;
+        server 127.0.0.1:$server2_port max_fails=1 fail_timeout=2s;
+        keepalive 32;
+    }
+    server {
+        listen 127.0.0.1:$nginx_port;
+        client_max_body_size 2m;
+        location / {
+            proxy_pass http://locality;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_next_upstream error timeout http_502 http_503;
+            proxy_next_upstream_tries 2;
+            proxy_connect_timeout 2s;
+        }
+    }
+}
+EOF
+}
+
+up() {
+    [[ -n "$bin" && -x "$bin/locality-server" ]] || { log "no locality-server found; build first or pass --bin"; exit 1; }
+    for tool in pgbouncer nginx curl; do command -v "$tool" >/dev/null || { log "$tool is not installed"; exit 1; }; done
+    mkdir -p "$dir/run" "$dir/log"
+    dir=$(cd "$dir" && pwd); sock=$dir/run
+    (( root )) && chown postgres "$dir" "$dir/run" "$dir/log" && chmod 0755 "$dir"
+    log "primary on $primary_port"
+    as_postgres "$pgbin/initdb" -D "$dir/primary" -A trust -U postgres >/dev/null
+    cat >> "$dir/primary/postgresql.conf" <<EOF
+wal_level = replica
+max_wal_senders = 5
+hot_standby = on
+max_connections = 200
+EOF
+    echo "host replication postgres 127.0.0.1/32 trust" >> "$dir/primary/pg_hba.conf"
+    start_postgres primary "$primary_port"
+    "$pgbin/psql" -h 127.0.0.1 -p "$primary_port" -U postgres -q -v ON_ERROR_STOP=1 \
+        -c "CREATE ROLE locality_owner LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB" \
+        -c "CREATE ROLE locality_app LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOBYPASSRLS" \
+        -c "CREATE DATABASE locality OWNER locality_owner"
+    LOCALITY_OWNER_DATABASE_URL=$owner_url LOCALITY_DATABASE_URL=$app_direct_url \
+        LOCALITY_MIGRATIONS_DIR="${LOCALITY_MIGRATIONS_DIR:-$repo/SQL/migrations}" "$bin/locality-admin" migrate >/dev/null
+    log "streaming replica on $replica_port"
+    as_postgres "$pgbin/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$dir/replica" -R -X stream -c fast
+    start_postgres replica "$replica_port"
+    log "PgBouncer (transaction pooling) on $bouncer_port"
+    write_configs
+    (( root )) && chown postgres "$dir/pgbouncer.ini" "$dir/pgbouncer.users"
+    start_bouncer
+    log "two locality-server instances on $server1_port and $server2_port"
+    start_server 1
+    start_server 2
+    log "nginx on $nginx_port"
+    start_nginx
+    cat <<EOF
+TOPOLOGY_URL=http://127.0.0.1:$nginx_port
+SERVER1_URL=http://127.0.0.1:$server1_port
+SERVER2_URL=http://127.0.0.1:$server2_port
+PRIMARY_URL=postgresql://postgres@127.0.0.1:$primary_port/locality
+REPLICA_URL=postgresql://postgres@127.0.0.1:$replica_port/locality
+OWNER_URL=$owner_url
+APP_URL=$app_bouncer_url
+EOF
+}
+
+down() {
+    stop_nginx
+    signal_server 1 TERM
+    signal_server 2 TERM
+    stop_bouncer
+    stop_postgres replica fast
+    stop_postgres primary fast
+}
+
+one() {   # one ACTION PART
+    case "$1:$2" in
+        stop:primary) stop_postgres primary fast ;;
+        kill:primary) stop_postgres primary immediate ;;
+        start:primary) start_postgres primary "$primary_port" ;;
+        stop:replica) stop_postgres replica fast ;;
+        kill:replica) stop_postgres replica immediate ;;
+        start:replica) start_postgres replica "$replica_port" ;;
+        stop:pgbouncer|kill:pgbouncer) stop_bouncer ;;
+        start:pgbouncer) start_bouncer ;;
+        stop:server1|stop:server2) signal_server "${2#server}" TERM ;;
+        kill:server1|kill:server2) signal_server "${2#server}" KILL ;;
+        start:server1|start:server2) start_server "${2#server}" ;;
+        stop:nginx|kill:nginx) stop_nginx ;;
+        start:nginx) start_nginx ;;
+        *) log "unknown part or action: $1 $2"; exit 2 ;;
+    esac
+}
+
+case "$command" in
+    up) up ;;
+    down) down ;;
+    stop|start|kill) dir=$(cd "$dir" && pwd); sock=$dir/run; one "$command" "${part:?which part?}" ;;
+    *) echo "usage: topology.sh up|down|stop|start|kill DIR [PART] [--bin BINDIR]" >&2; exit 2 ;;
+esac
