@@ -10,13 +10,15 @@
 # Environment: D (seconds per operation, 10), C (connections, 8), T (wrk threads, 2), AS_OF (the generator's
 # --as-of, default today).
 set -euo pipefail
-: "${OWNER_URL:?the owner role's database URL}"
+: "${OWNER_URL:?set OWNER_URL to the owner role database URL}"
 BASE=${BASE:-http://127.0.0.1:8080}; SEED=${SEED:-42}; D=${D:-10}; C=${C:-8}; T=${T:-2}
 ADMIN=${ADMIN:-.build/release/locality-admin}
 AS_OF=${AS_OF:-$(date -u +%F)}
 SLUG=scale-$SEED-1
 DOMAIN=a1.scale$SEED.example.test
 psql_q() { psql "$OWNER_URL" -Atq -v ON_ERROR_STOP=1 "$@"; }
+# The owner reads across tenants only with the backup opt-in (policy owner_backup_read, migration 0018).
+psql_all() { psql_q -c "SET app.backup = on" "$@"; }
 
 token() {   # a staff user's token, issued (and audited) by the operator's CLI
   "$ADMIN" token issue --authority "$SLUG" --user "$1@$DOMAIN" --label national-scale-bench --expires-in-days 1 \
@@ -26,9 +28,9 @@ ADMIN_T=$(token admin); AUDITOR_T=$(token auditor); HOSI_T=$(token hosi); LIM_T=
 # A supplier token: the CLI issues staff tokens only, so the operator writes one row as the owner (the policy
 # api_token_operator_supplier allows it); only the token's SHA-256 is stored, as the service does.
 SUPPLIER_T=lcm_$(openssl rand -hex 6)_$(openssl rand -base64 32 | tr '+/' '-_' | tr -d '=\n' | cut -c1-43)
-AUTHORITY=$(psql_q -c "SELECT id FROM authority WHERE slug = '$SLUG'")
-SUPPLIER=$(psql_q -c "SELECT supplier_id FROM supplier_admission WHERE authority_id = '$AUTHORITY' ORDER BY supplier_id LIMIT 1")
-psql_q -c "INSERT INTO api_token (supplier_id, user_id, prefix, token_hash, label, expires_at)
+AUTHORITY=$(psql_all -c "SELECT id FROM authority WHERE slug = '$SLUG'")
+SUPPLIER=$(psql_all -c "SELECT supplier_id FROM supplier_admission WHERE authority_id = '$AUTHORITY' AND status = 'approved' ORDER BY supplier_id LIMIT 1")
+psql_all -c "INSERT INTO api_token (supplier_id, user_id, prefix, token_hash, label, expires_at)
            SELECT u.supplier_id, u.id, left('$SUPPLIER_T', 16), sha256(convert_to('$SUPPLIER_T', 'UTF8')), 'national-scale-bench', now() + interval '1 day'
            FROM app_user u WHERE u.supplier_id = '$SUPPLIER' LIMIT 1" >/dev/null
 
