@@ -19,7 +19,10 @@
 -- Sequential writes are sealed by their own append, as before; concurrent ones by whichever writer, list or
 -- verify comes next. The chain stays one line per authority (or supplier) with seq 1, 2, 3…, and verification
 -- is unchanged: an edited, deleted or reordered sealed event still breaks it. What changes is the window in
--- which an event is not yet chained: until the next audited write, list or verify of its chain.
+-- which an event is not yet chained: until the next audited write, list or verify of its chain. (The owner,
+-- who alone could touch an unsealed event, could as well recompute a whole chain; the chain detects partial
+-- tampering, now as before.) One wait remains: while a chain's first event is uncommitted, a second appender
+-- creating the same head row waits for it (once per authority or supplier, ever).
 --
 -- Written to work under an empty search_path (names of ours schema-qualified), like 0019.
 
