@@ -198,7 +198,7 @@ public struct BidService: Sendable {
         try scope.require(scope.has(.supplierUser) && scope.supplierID != nil, "submit bids")
         return try await database.transaction(scope) { connection in
             // The database clock's time of the check that the project still accepts bids is the submission time.
-            let (before, project, checkedAt) = try await Self.lockOwnBidTimed(connection, id: id, scope: scope)
+            let (before, project, checkedAt, measures) = try await Self.lockOwnBidTimed(connection, id: id, scope: scope)
             guard before.status == .draft || before.status == .withdrawn else {
                 throw DomainError.conflict("The bid is already \(before.status.rawValue).")
             }
@@ -206,19 +206,28 @@ public struct BidService: Sendable {
                 pricePence: before.pricePence, approach: before.approach, outputs: before.outputs, kpis: before.kpis,
                 socialValue: before.socialValue.map { .init(measureCode: $0.measureCode, quantity: $0.quantity) },
                 declarations: before.declarations)
-            _ = try await Self.resolve(connection, content, project: project, submitting: true)
+            _ = try await Self.resolve(connection, content, project: project, submitting: true, measures: measures)
             let submittedAt = checkedAt
             var submitted = before
             submitted.submittedAt = submittedAt
             let canonical = Self.receiptCanonical(submitted)
             let digest = Self.sha256Hex(canonical)
-            // The changed columns come back with the update: the rest of the row is `before`'s (locked).
-            let changed = try await connection.query("""
-                UPDATE bid SET status = 'submitted', submitted_at = \(submittedAt), receipt_sha256 = decode(\(digest), 'hex'),
-                    version = version + 1
-                WHERE id = \(id) RETURNING status::text, submitted_at, encode(receipt_sha256, 'hex'), version, updated_at
-                """)
-            // Row-level security refuses the write too if the deadline passed meanwhile.
+            // What the update makes of the locked row, for the audit record: the update and the audit append are
+            // one statement (one round trip), the append running only if the update changed the row.
+            var expected = submitted
+            expected.status = .submitted
+            expected.receiptSHA256 = digest
+            expected.version = before.version + 1
+            let changed = try await connection.query(PGQuery("""
+                WITH changed AS (
+                    UPDATE bid SET status = 'submitted', submitted_at = $1, receipt_sha256 = decode($2, 'hex'), version = version + 1
+                    WHERE id = $3 RETURNING status::text, submitted_at, encode(receipt_sha256, 'hex'), version, updated_at)
+                SELECT changed.*, append_audit_event($4, 'bid', $5, $6, $7) FROM changed
+                """, [
+                    submittedAt.pg, digest.pg, id.pg, (before.status == .withdrawn ? "bid.resubmit" : "bid.submit").pg, id.lowercased.pg,
+                    try AuditLog.jsonBind(AuditedBid(before)), try AuditLog.jsonBind(AuditedBid(expected)),
+                ]))
+            // Row-level security refuses the write too if the deadline passed meanwhile (and nothing is audited).
             guard let row = changed.first else { throw DomainError.conflict("The bid deadline has passed; nothing was changed.") }
             var after = before
             after.status = try storedEnum(try row.decode(String.self, at: 0), column: "bid.status")
@@ -226,8 +235,6 @@ public struct BidService: Sendable {
             after.receiptSHA256 = try row.decode(String?.self, at: 2)
             after.version = try row.decode(Int.self, at: 3)
             after.updatedAt = try row.decode(Date.self, at: 4)
-            try await AuditLog.record(connection, action: before.status == .withdrawn ? "bid.resubmit" : "bid.submit",
-                                      entityType: "bid", entityID: id.lowercased, before: AuditedBid(before), after: AuditedBid(after))
             return (after, BidReceipt(bidID: id, submittedAt: submittedAt, sha256: digest, canonical: canonical))
         }
     }
@@ -290,18 +297,32 @@ public struct BidService: Sendable {
     /// `lockOwnBid`, also returning the database clock's time of the check that the project accepts bids.
     /// Locks the bid first (one round trip fewer): when row-level security hides it from `FOR UPDATE` (its
     /// deadline passed), or it is not the caller's, `lockOwnBid` finds out why.
-    static func lockOwnBidTimed(_ connection: PGConnection, id: UUID, scope: AccessScope) async throws -> (Bid, Project, Date) {
+    static func lockOwnBidTimed(_ connection: PGConnection, id: UUID, scope: AccessScope) async throws -> (Bid, Project, Date, Measures?) {
         let visible = try await connection.query("""
             \(unsafeSQL: selectSQL) WHERE b.id = \(id) FOR UPDATE OF b
             """).first.map(decode)
         if let locked = visible, locked.supplierID == scope.supplierID {
-            let project = try await ProjectService.fetch(connection, id: locked.projectID)
-            let checkedAt = try await requireAcceptingBids(connection, project)
-            return (locked, project, checkedAt)
+            // The project and the check that it accepts bids in one statement (one round trip).
+            // The project, the check that it accepts bids and the catalogue entries the bid's social value names, in
+            // one statement (one round trip).
+            let codes = locked.socialValue.map(\.measureCode)
+            let result = try await connection.query("""
+                SELECT x.*, project_accepting_bids(x.authority_id, x.id) AS accepting_now, statement_timestamp() AS checked_at,
+                       (SELECT coalesce(jsonb_object_agg(m.code, jsonb_build_array(m.name, m.unit, m.proxy_value_pence)), '{}')::text
+                        FROM social_value_measure m
+                        WHERE m.authority_id = x.authority_id AND m.code = ANY (\(codes)) AND m.retired_at IS NULL) AS measures
+                FROM (\(unsafeSQL: ProjectService.selectSQL) WHERE p.id = \(locked.projectID)) x
+                """)
+            guard let row = result.first, let accepting = result.columnIndex("accepting_now"),
+                  let checked = result.columnIndex("checked_at"), let measures = result.columnIndex("measures")
+            else { throw DomainError.notFound("project") }
+            let project = try ProjectService.decode(row)
+            guard try row.decode(Bool.self, at: accepting) else { throw notAcceptingBids(project) }
+            return (locked, project, try row.decode(Date.self, at: checked), try Measures(json: row.decode(String.self, at: measures)))
         }
         let (locked, project) = try await lockOwnBid(connection, id: id, scope: scope)
         let now = try await connection.query("SELECT statement_timestamp()").first!.decode(Date.self, at: 0)
-        return (locked, project, now)
+        return (locked, project, now, nil)
     }
 
     /// Returns the statement time of the check (the database clock).
@@ -310,11 +331,13 @@ public struct BidService: Sendable {
         let (accepting, checkedAt) = try await connection.query("""
             SELECT project_accepting_bids(\(project.authorityID), \(project.id)), statement_timestamp()
             """).first!.decode(Bool.self, Date.self)
-        guard accepting else {
-            throw DomainError.conflict(project.status == .open || project.status == .closed
-                ? "The bid deadline has passed; nothing was changed." : "The project is \(project.status.rawValue) and not accepting bids.")
-        }
+        guard accepting else { throw notAcceptingBids(project) }
         return checkedAt
+    }
+
+    static func notAcceptingBids(_ project: Project) -> DomainError {
+        .conflict(project.status == .open || project.status == .closed
+            ? "The bid deadline has passed; nothing was changed." : "The project is \(project.status.rawValue) and not accepting bids.")
     }
 
     struct ResolvedFields {
@@ -326,8 +349,24 @@ public struct BidService: Sendable {
         var declarations: String
     }
 
-    /// Validates content (field-level errors) and prices social value from the authority's catalogue.
-    static func resolve(_ connection: PGConnection, _ content: BidContent, project: Project, submitting: Bool) async throws -> ResolvedFields {
+    /// Social-value measures of the project's authority by code (name, unit, proxy value), read ahead of `resolve`.
+    struct Measures {
+        var byCode: [String: (name: String, unit: String, proxyValuePence: Int)] = [:]
+
+        init(json: String) throws {
+            guard let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: [Any]] else { return }
+            for (code, entry) in object {
+                guard entry.count == 3, let name = entry[0] as? String, let unit = entry[1] as? String,
+                      let proxy = (entry[2] as? NSNumber)?.intValue else { continue }
+                byCode[code] = (name, unit, proxy)
+            }
+        }
+    }
+
+    /// Validates content (field-level errors) and prices social value from the authority's catalogue (`measures`
+    /// when the caller read them already, else one query per commitment).
+    static func resolve(_ connection: PGConnection, _ content: BidContent, project: Project, submitting: Bool,
+                        measures: Measures? = nil) async throws -> ResolvedFields {
         var validator = Validator()
         if let price = content.pricePence {
             validator.check(price > 0, "price_pence", "must be a positive number of pence")
@@ -360,10 +399,14 @@ public struct BidService: Sendable {
             let field = "social_value[\(index)]"
             validator.check(commitment.quantity.isFinite && commitment.quantity > 0 && commitment.quantity <= 1_000_000_000,
                             "\(field).quantity", "must be a positive number")
-            let measure = try await connection.query("""
-                SELECT name, unit, proxy_value_pence FROM social_value_measure
-                WHERE authority_id = \(project.authorityID) AND code = \(commitment.measureCode) AND retired_at IS NULL
-                """).first.map { try $0.decode(String.self, String.self, Int.self) }
+            let measure: (String, String, Int)? = if let measures {
+                measures.byCode[commitment.measureCode].map { ($0.name, $0.unit, $0.proxyValuePence) }
+            } else {
+                try await connection.query("""
+                    SELECT name, unit, proxy_value_pence FROM social_value_measure
+                    WHERE authority_id = \(project.authorityID) AND code = \(commitment.measureCode) AND retired_at IS NULL
+                    """).first.map { try $0.decode(String.self, String.self, Int.self) }
+            }
             guard let measure else {
                 validator.check(false, "\(field).measure_code", "is not a social-value measure of this authority")
                 continue

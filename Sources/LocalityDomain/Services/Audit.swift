@@ -53,11 +53,14 @@ public struct AuditService: Sendable {
     public func list(_ scope: AccessScope, filter: AuditFilter, page: PageRequest) async throws -> Page<AuditEvent> {
         try scope.require(scope.isStaff && scope.hasAny(.authorityAdmin, .auditor), "read the audit log")
         let beforeSeq = page.after?.first.flatMap { Int($0) } ?? Int(Int64.max)
-        let events = try await database.transaction(scope, readOnly: true) { connection in
-            try await connection.query("""
+        // Read-write: the chain is sealed first (migration 0028), in the same transaction, so that every event
+        // committed so far has its place (seq) in the chain; one not yet sealed (seq < 0) is never listed.
+        let events = try await database.transaction(scope) { connection in
+            _ = try await connection.query("SELECT audit_seal_own()")
+            return try await connection.query("""
                 SELECT id, seq, occurred_at, actor, action, entity_type, entity_id, before::text, after::text, request_id
                 FROM audit_event
-                WHERE chain_id = app_authority_id() AND seq < \(beforeSeq)
+                WHERE chain_id = app_authority_id() AND seq > 0 AND seq < \(beforeSeq)
                   AND (\(filter.entityType)::text IS NULL OR entity_type = \(filter.entityType))
                   AND (\(filter.entityID)::text IS NULL OR entity_id = \(filter.entityID))
                   AND (\(filter.actor)::text IS NULL OR actor = \(filter.actor))
@@ -78,14 +81,24 @@ public struct AuditService: Sendable {
     static let verifySQL = """
         SELECT e.seq, e.prev_hash, e.hash,
                sha256(e.prev_hash || convert_to(audit_canonical(e), 'UTF8')) AS recomputed
-        FROM audit_event e WHERE e.chain_id = $1 ORDER BY e.seq
+        FROM audit_event e WHERE e.chain_id = $1 AND e.seq > 0 ORDER BY e.seq
+        """
+
+    /// Seals every chain's unsealed events (migration 0028), waiting for any sealer at work, so that the check
+    /// covers everything committed before it began.
+    static let sealAllSQL = """
+        SELECT count(audit_seal(c.chain_id, true, NULL))
+        FROM (SELECT DISTINCT chain_id FROM audit_event WHERE hash IS NULL ORDER BY 1) c
         """
 
     /// Recomputes every hash of a chain (or every chain) and reports the first event that does not fit:
     /// an edited event no longer matches its hash, a deleted one leaves a gap or breaks the next link, and a
     /// reordering breaks the links. Runs as the owner (the operator's CLI).
     public func verify(chainIDs: [UUID]? = nil) async throws -> [AuditChainReport] {
-        try await database.pool.withTransaction(isolation: .repeatableRead, readOnly: true) { connection in
+        try await database.pool.withTransaction { connection in
+            _ = try await connection.query(PGQuery(Self.sealAllSQL))
+        }
+        return try await database.pool.withTransaction(isolation: .repeatableRead, readOnly: true) { connection in
             var chains = chainIDs ?? []
             if chainIDs == nil {
                 chains = try await connection.query("""

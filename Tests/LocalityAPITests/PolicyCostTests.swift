@@ -1,0 +1,111 @@
+import Foundation
+import LocalityDomain
+import LocalityPostgres
+import PostgresTestSupport
+import Testing
+
+/// What a row-level policy costs per row (issue 14, migration 0026). The tenant context does not change within a
+/// statement, so a policy reads it through a scalar sub-select, `(SELECT app_authority_id())`, which PostgreSQL
+/// runs once per statement (an InitPlan); per row it only compares a column with that value. A policy that calls
+/// a context accessor, `current_setting` or `string_to_array` directly does that work for every row the scan
+/// looks at (a dozen terms per row in the token lookup before 0026), and these tests fail on it.
+@Suite("Policy cost")
+struct PolicyCostTests {
+    /// Helpers that do depend on the row (a lookup by the row's key). Each is allowed per row, and only on the
+    /// policies that have always used it: they guard writes of one row or a contract's few rows, or (app_sees_school,
+    /// app_oversees_bid) run only after the once-per-statement authority and role tests let the row through.
+    static let rowLookups: [String: Set<String>] = [
+        "app_contract_party": ["complaint_board", "contract_kpi_party", "contract_variation_party", "corrective_action_plan_parties",
+                               "kpi_acceptance_party", "kpi_return_supplier", "kpi_revision_initial", "kpi_revision_party",
+                               "monitoring_visit_board", "rating_override_board", "reporting_period_board"],
+        "app_may_evaluate": ["bid_panel_after_deadline", "scorecard_own"],
+        "app_oversees_bid": ["individual_score_peers", "moderated_score_lim", "scorecard_oversight"],
+        "app_submitted_scorecard": ["individual_score_peers"],
+        "app_sees_school": ["school_concern_read", "school_contract_read", "spip_priority_read"],
+        "app_supplier_admitted_to": ["school_contract_hosi"],
+        "project_accepting_bids": ["bid_supplier_insert", "bid_supplier_update"],
+    ]
+
+    /// The catalog: outside its once-per-statement sub-selects, no policy calls a function of ours (other than the
+    /// row lookups above, where they always were), `current_setting` or `string_to_array`. The owner's backup policy
+    /// (0018) is the one exception: its `session_user` test comes first and is false for every other session.
+    @Test func policiesReadTheContextOncePerStatement() async throws {
+        let database = try await TestDatabase.migrated()
+        try await PGConnection.withConnection(.init(conninfo: database.superuserConninfo, applicationName: "t")) { connection in
+            let calls = try await connection.query("""
+                WITH expression AS (
+                    SELECT pol.polname::text AS policy, pol.polrelid::regclass::text AS relation, x.expr
+                    FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid,
+                         LATERAL (VALUES (pg_get_expr(pol.polqual, pol.polrelid)), (pg_get_expr(pol.polwithcheck, pol.polrelid))) x (expr)
+                    WHERE c.relnamespace = 'public'::regnamespace AND pol.polname <> 'owner_backup_read' AND x.expr IS NOT NULL
+                ), per_row AS (
+                    -- What is left once each `( SELECT f(…) AS f)` whose arguments are constants (an InitPlan: once per
+                    -- statement) is taken out. A sub-select over the row's columns would run per row, so it stays.
+                    SELECT policy, relation,
+                           regexp_replace(expr, '\\( SELECT [a-z_]+\\((''[a-z_.]+''::text(, true)?)?\\) AS [a-z_]+\\)', '$', 'g') AS rest
+                    FROM expression
+                )
+                SELECT DISTINCT relation, policy, m[1]
+                FROM per_row, regexp_matches(rest, '(?<![.\\w"])([a-z_]+)\\(', 'g') m
+                WHERE m[1] IN (SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace)
+                   OR m[1] IN ('current_setting', 'string_to_array')
+                ORDER BY 1, 2, 3
+                """).map { try $0.decode(String.self, String.self, String.self) }
+            #expect(!calls.isEmpty, "the row lookups are found")
+            let unexpected = calls.filter { _, policy, function in !(Self.rowLookups[function]?.contains(policy) ?? false) }
+                .map { "\($0.0).\($0.1) calls \($0.2) per row" }
+            #expect(unexpected.isEmpty, """
+                wrap the context in a sub-select, e.g. (SELECT app_authority_id()), so it is read once per statement: \(unexpected)
+                """)
+            // The check itself: a direct call is found, a wrapped one is not.
+            let probe = try await connection.query("""
+                SELECT regexp_replace(
+                    '((authority_id = ( SELECT app_authority_id() AS app_authority_id)) AND app_has_role(''lim''::text) AND '
+                    || '( SELECT app_has_role(''hosi''::text) AS app_has_role) AND ( SELECT app_sees_school(authority_id, urn) AS app_sees_school))',
+                    '\\( SELECT [a-z_]+\\((''[a-z_.]+''::text(, true)?)?\\) AS [a-z_]+\\)', '$', 'g')
+                """).first!.decode(String.self, at: 0)
+            #expect(probe == "((authority_id = $) AND app_has_role('lim'::text) AND $ AND ( SELECT app_sees_school(authority_id, urn) AS app_sees_school))")
+        }
+    }
+
+    /// The plans: as each kind of caller, reading every row-level-secured table, no scan's filter evaluates a setting
+    /// per row. This also catches a new helper written in SQL, which the planner inlines into the filter, so that
+    /// the catalog test above sees only its name.
+    @Test func noScanEvaluatesTheContextPerRow() async throws {
+        let world = try await World.make()
+        let a = world.a
+        let scopes: [(String, AccessScope)] = [
+            ("LIM", AccessScope(authorityID: a.authority.id, userID: a.users[.lim]!.id, roles: [.lim], boardIDs: [a.boards[0].id], actor: "user:test")),
+            ("authority admin", AccessScope(authorityID: a.authority.id, userID: a.users[.authorityAdmin]!.id, roles: [.authorityAdmin],
+                                            boardIDs: [], actor: "user:test")),
+            ("supplier", AccessScope(authorityID: nil, supplierID: world.supplierID, userID: world.supplierUserID, roles: [.supplierUser],
+                                     boardIDs: [], actor: "user:test")),
+        ]
+        let tables = try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+            try await connection.query("""
+                SELECT c.relname::text FROM pg_class c
+                WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') AND c.relrowsecurity
+                  AND has_table_privilege(\(DatabaseRoles.application), c.oid, 'SELECT') ORDER BY 1
+                """).map { try $0.decode(String.self, at: 0) }
+        }
+        #expect(tables.count > 30)
+        var offending: [String] = []
+        try await PGConnection.withConnection(.init(conninfo: world.database.applicationConninfo, applicationName: "t")) { connection in
+            for (name, scope) in scopes {
+                try await connection.withTransaction { connection in
+                    try await ScopedDatabase.setContext(scope, on: connection)
+                    for table in tables {
+                        let plan = try await connection.query("EXPLAIN (COSTS OFF) SELECT * FROM public.\(unsafeSQL: quoteIdentifier(table))")
+                            .map { try $0.decode(String.self, at: 0) }
+                        for line in plan where line.contains("Filter:") || line.contains("Cond:") {
+                            if line.contains("current_setting(") || line.contains("string_to_array(") || line.contains("app_supplier_admitted(") {
+                                offending.append("\(name): \(table): \(line.trimmingCharacters(in: .whitespaces))")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        #expect(offending.isEmpty, "per-row context evaluation: \(offending)")
+    }
+}

@@ -1,0 +1,38 @@
+import Foundation
+import LocalityDomain
+@testable import LocalityPostgres
+import PostgresTestSupport
+import Testing
+
+/// Bid submission's conversation with PostgreSQL (issue 14): BEGIN with the tenant context, the bid locked, the
+/// project with its deadline check and the social-value catalogue, the update with its audit append, COMMIT —
+/// five round trips (eight before: the project, the check, each measure and the audit append went on their own).
+@Suite("Bid submission round trips")
+struct SubmissionRoundTripTests {
+    @Test func aSubmissionTakesFiveRoundTrips() async throws {
+        let world = try await World.make()
+        let supplier = AccessScope(authorityID: nil, supplierID: world.supplierID, userID: world.supplierUserID, roles: [.supplierUser],
+                                   boardIDs: [], actor: "user:\(lower(world.supplierUserID))")
+        try await world.database.withPool(maxConnections: 1) { pool in
+            let bids = BidService(database: ScopedDatabase(pool: pool))
+            let second = try await bids.create(supplier, projectID: world.market.openEmpty, MarketFixture.completeContent)
+            #expect(!MarketFixture.completeContent.socialValue!.isEmpty, "the bid prices social value")
+            // The first submission on the connection prepares its statements; the second is measured.
+            _ = try await bids.submit(supplier, id: world.market.completeBid)
+            let before = try await pool.withConnection { $0.requestCount }
+            let (submitted, receipt) = try await bids.submit(supplier, id: second.id)
+            let after = try await pool.withConnection { $0.requestCount }
+            #expect(submitted.status == .submitted && receipt.bidID == second.id)
+            #expect(after - before == 5)
+        }
+        // The audit record of the submission is the one the service describes.
+        try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+            let (action, status, version) = try await connection.query("""
+                SELECT action, after->>'status', (after->>'version')::int FROM audit_event
+                WHERE entity_type = 'bid' AND entity_id = \(lower(world.market.completeBid)) ORDER BY occurred_at DESC LIMIT 1
+                """).first!.decode(String.self, String.self, Int.self)
+            let stored = try await connection.query("SELECT version FROM bid WHERE id = \(world.market.completeBid)").first!.decode(Int.self, at: 0)
+            #expect(action == "bid.submit" && status == "submitted" && version == stored)
+        }
+    }
+}
