@@ -18,15 +18,16 @@ extension APIHandlers {
 
     func listAuthorities(_ input: Operations.ListAuthorities.Input) async throws -> Operations.ListAuthorities.Output {
         let scope = try Authenticated.scope()
-        let authorities = try await services.authorities.directory(scope)
-        return .ok(.init(body: .json(.init(items: authorities.map { .init(id: $0.id.lowercased, slug: $0.slug, name: $0.name) }))))
+        let page = try await services.authorities.directory(scope, page: PageRequest(limit: input.query.limit, cursor: input.query.cursor))
+        return .ok(.init(body: .json(.init(items: page.items.map { .init(id: $0.id.lowercased, slug: $0.slug, name: $0.name) },
+                                           nextCursor: page.nextCursor))))
     }
 
     func listMyAdmissions(_ input: Operations.ListMyAdmissions.Input) async throws -> Operations.ListMyAdmissions.Output {
         let scope = try Authenticated.scope()
         try scope.require(scope.supplierID != nil, "see a supplier's admissions")
-        let admissions = try await services.admissions.list(scope)
-        return .ok(.init(body: .json(.init(items: admissions.map(Components.Schemas.Admission.init)))))
+        let page = try await services.admissions.list(scope, page: PageRequest(limit: input.query.limit, cursor: input.query.cursor))
+        return .ok(.init(body: .json(.init(items: page.items.map(Components.Schemas.Admission.init), nextCursor: page.nextCursor))))
     }
 
     func applyForAdmission(_ input: Operations.ApplyForAdmission.Input) async throws -> Operations.ApplyForAdmission.Output {
@@ -49,8 +50,9 @@ extension APIHandlers {
             guard let parsed = AdmissionStatus(rawValue: text) else { throw DomainError.invalid("status", "is not an admission status") }
             status = parsed
         }
-        let admissions = try await services.admissions.list(scope, status: status)
-        return .ok(.init(body: .json(.init(items: admissions.map(Components.Schemas.Admission.init)))))
+        let page = try await services.admissions.list(scope, status: status,
+                                                      page: PageRequest(limit: input.query.limit, cursor: input.query.cursor))
+        return .ok(.init(body: .json(.init(items: page.items.map(Components.Schemas.Admission.init), nextCursor: page.nextCursor))))
     }
 
     func decideAdmission(_ input: Operations.DecideAdmission.Input) async throws -> Operations.DecideAdmission.Output {
@@ -110,8 +112,7 @@ extension APIHandlers {
     /// `?authority=` (slug or id) as an id; unknown authorities match nothing.
     func authorityFilter(_ scope: AccessScope, _ text: String?) async throws -> UUID? {
         guard let text else { return nil }
-        let match = try await services.authorities.directory(scope).first { $0.slug == text.lowercased() || $0.id.lowercased == text.lowercased() }
-        return match?.id ?? .zero
+        return try await services.authorities.directoryEntry(scope, slugOrID: text)?.id ?? .zero
     }
 }
 

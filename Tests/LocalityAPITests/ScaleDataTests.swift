@@ -291,4 +291,68 @@ struct ScaleDataTests {
             }
         }
     }
+
+    /// Admissions and the authority directory page too (on main they answered every row at once): each row once,
+    /// in the documented order, across pages of a size that does not divide the total.
+    @Test func admissionsAndAuthoritiesArePaginated() async throws {
+        let (database, seed) = try await Fixture.shared.get()
+        let s = Self.options.seed
+        let authority = ScaleSeed.authorityID(seed: s, authority: 0)
+        let supplier = ScaleSeed.supplier(seed: s, seed.admittedSuppliers(authority: 0)[0])
+        let (admin, supplierToken) = try await database.withPool(conninfo: database.ownerConninfo, maxConnections: 1) { pool in
+            let tokens = TokenService(database: ScopedDatabase(pool: pool))
+            let admin = try await tokens.issue(.operatorScope(authorityID: authority, osUser: "test"),
+                                               userID: ScaleSeed.id(seed: s, authority: 0, "user", "admin"),
+                                               label: "scale test", expiresAt: nil).secret
+            let supplierToken = try await tokens.issue(.operatorScope(supplierID: supplier.supplierID, osUser: "test"),
+                                                       userID: supplier.userID, label: "scale test", expiresAt: nil).secret
+            return (admin, supplierToken)
+        }
+        let (admissions, mine, authorities) = try await database.withPool(conninfo: database.superuserConninfo, maxConnections: 1) { pool in
+            try await pool.withConnection { connection in
+                let admissions = try await connection.query("""
+                    SELECT supplier_id::text FROM supplier_admission WHERE authority_id = \(authority)
+                    ORDER BY updated_at DESC, authority_id, supplier_id
+                    """).map { try $0.decode(String.self, at: 0) }
+                let mine = try await connection.query("""
+                    SELECT authority_id::text FROM supplier_admission WHERE supplier_id = \(supplier.supplierID)
+                    ORDER BY updated_at DESC, authority_id, supplier_id
+                    """).map { try $0.decode(String.self, at: 0) }
+                let authorities = try await connection.query("SELECT id::text FROM authority ORDER BY name, id")
+                    .map { try $0.decode(String.self, at: 0) }
+                return (admissions, mine, authorities)
+            }
+        }
+        #expect(admissions.count > 7)
+        #expect(authorities.count == Self.options.authorities)
+        let app = try await buildApplication(testConfiguration(database))
+        try await app.test(.live) { client in
+            func walk(_ path: String, token: String, key: String, limit: Int) async throws -> [String] {
+                var seen: [String] = []
+                var cursor: String?
+                var pages = 0
+                repeat {
+                    let page = try await client.call(.get, path + "?limit=\(limit)" + (cursor.map { "&cursor=\($0)" } ?? ""), token: token)
+                    #expect(page.status == .ok, "\(path): \(String(buffer: page.body).prefix(300))")
+                    #expect(page.items.count <= limit)
+                    seen += page.items.compactMap { $0[key] as? String }
+                    cursor = page.jsonObject["next_cursor"] as? String
+                    pages += 1
+                } while cursor != nil && pages < 100
+                return seen
+            }
+            #expect(try await walk("/v1/admissions", token: admin, key: "supplier_id", limit: 3) == admissions)
+            #expect(try await walk("/v1/supplier/admissions", token: supplierToken, key: "authority_id", limit: 1) == mine)
+            #expect(try await walk("/v1/authorities", token: supplierToken, key: "id", limit: 5) == authorities)
+            // Staff see their own authority only, on one page.
+            #expect(try await walk("/v1/authorities", token: admin, key: "id", limit: 5) == [authority.uuidString.lowercased()])
+            for path in ["/v1/admissions", "/v1/supplier/admissions", "/v1/authorities"] {
+                for bad in ["limit=0", "limit=201", "cursor=not-a-cursor"] {
+                    let token = path == "/v1/admissions" ? admin : supplierToken
+                    let refused = try await client.call(.get, "\(path)?\(bad)", token: token)
+                    #expect([400, 422].contains(refused.status.code), "\(path)?\(bad): \(refused.status)")
+                }
+            }
+        }
+    }
 }

@@ -97,17 +97,25 @@ public struct AdmissionService: Sendable {
         }
     }
 
-    /// A supplier's own admissions, or an authority's applications (staff), newest first.
-    public func list(_ scope: AccessScope, status: AdmissionStatus? = nil) async throws -> [Admission] {
+    /// A supplier's own admissions, or an authority's applications (staff), most recently changed first, a page at
+    /// a time. The key is (updated_at, supplier_id) rather than the authority: a supplier's page spans authorities, a
+    /// staff member's spans suppliers, and (authority, supplier) is unique, so within either view the key is unique.
+    public func list(_ scope: AccessScope, status: AdmissionStatus? = nil, page: PageRequest) async throws -> Page<Admission> {
         try scope.require(scope.supplierID != nil || (scope.isStaff && scope.hasAny(.authorityAdmin, .auditor, .lim, .hosi)),
                           "see admissions")
-        return try await database.transaction(scope, readOnly: true) { connection in
+        let afterUpdated = page.after?.first.flatMap(PGDateFormat.date) ?? Date.distantFuture
+        let afterAuthority = page.after?.dropFirst().first.flatMap(UUID.init(uuidString:)) ?? UUID.zero
+        let afterSupplier = page.after?.dropFirst(2).first.flatMap(UUID.init(uuidString:)) ?? UUID.zero
+        let rows = try await database.transaction(scope, readOnly: true) { connection in
             try await connection.query("""
                 \(unsafeSQL: Self.selectSQL)
                 WHERE (\(status?.rawValue)::text IS NULL OR a.status::text = \(status?.rawValue))
-                ORDER BY a.updated_at DESC, a.supplier_id
+                  AND (a.updated_at < \(afterUpdated)
+                       OR (a.updated_at = \(afterUpdated) AND (a.authority_id, a.supplier_id) > (\(afterAuthority), \(afterSupplier))))
+                ORDER BY a.updated_at DESC, a.authority_id, a.supplier_id LIMIT \(page.limit + 1)
                 """).map(Self.decode)
         }
+        return page.page(rows) { [PGDateFormat.string($0.updatedAt), $0.authorityID.uuidString, $0.supplierID.uuidString] }
     }
 
     /// The authority admin's decision: approve, reject or suspend, with a reason (required except to approve).

@@ -104,11 +104,30 @@ public struct AuthorityService: Sendable {
         return match
     }
 
-    /// The authorities a caller may name: every one for a supplier (to seek admission), their own for staff.
-    public func directory(_ scope: AccessScope) async throws -> [Authority] {
+    /// The authorities a caller may name: every one for a supplier (to seek admission), their own for staff; by name,
+    /// a page at a time (a shared deployment may hold every council in England).
+    public func directory(_ scope: AccessScope, page: PageRequest) async throws -> Page<Authority> {
         try scope.require(scope.isStaff || scope.supplierID != nil, "list authorities")
+        let afterName = page.after?.first ?? ""
+        let afterID = page.after?.dropFirst().first.flatMap(UUID.init(uuidString:)) ?? UUID.zero
+        let rows = try await database.transaction(scope, readOnly: true) { connection in
+            try await connection.query("""
+                SELECT id, slug, name, created_at FROM authority
+                WHERE (name, id) > (\(afterName), \(afterID))
+                ORDER BY name, id LIMIT \(page.limit + 1)
+                """).map(Self.decode)
+        }
+        return page.page(rows) { [$0.name, $0.id.uuidString] }
+    }
+
+    /// One authority the caller may name, by slug or id (for `?authority=` filters), or nil.
+    public func directoryEntry(_ scope: AccessScope, slugOrID: String) async throws -> Authority? {
+        try scope.require(scope.isStaff || scope.supplierID != nil, "list authorities")
+        let wanted = slugOrID.lowercased()
         return try await database.transaction(scope, readOnly: true) { connection in
-            try await connection.query("SELECT id, slug, name, created_at FROM authority ORDER BY name").map(Self.decode)
+            try await connection.query("""
+                SELECT id, slug, name, created_at FROM authority WHERE slug = \(wanted) OR id::text = \(wanted)
+                """).map(Self.decode).first
         }
     }
 
