@@ -8,10 +8,11 @@
 #   deploy/topology.sh down DIR                  stop everything started under DIR
 #   deploy/topology.sh stop|start|kill DIR PART  one part: primary, replica, pgbouncer, server1, server2, nginx
 #
-# Status (issue 16, in progress): primary, replica, PgBouncer and nginx come up; the servers do not yet answer
-# through PgBouncer in transaction mode, because the client names its prepared statements and sends its pinned
-# settings as the `options` startup parameter. A pooler mode in the client (unnamed statements, settings kept on
-# the role) is the next step, then a lifecycle test and the fault figures.
+# The servers reach the primary through PgBouncer with `--db-pooler transaction` (no startup options, unnamed
+# statements; the session settings are pinned on the role here, as deploy/README.md tells an operator to), and
+# connect straight to the primary for what a transaction pooler cannot carry: the authentication cache's LISTEN
+# session (`--db-listen-url`) and, through locality-admin, migrations (a session advisory lock).
+# deploy/topology-test.sh runs a lifecycle through it; deploy/topology-drill.sh measures its faults.
 #
 # BINDIR holds locality-server and locality-admin (default: the release build, else the debug build).
 # Ports come from BASE_PORT (default 25400): primary +0, replica +1, PgBouncer +2, servers +3/+4, nginx +5,
@@ -71,12 +72,13 @@ start_bouncer() {
 }
 stop_bouncer() {
     [[ -f "$dir/run/pgbouncer.pid" ]] && kill "$(cat "$dir/run/pgbouncer.pid")" 2>/dev/null || true
-    for _ in $(seq 1 50); do [[ -f "$dir/run/pgbouncer.pid" ]] && kill -0 "$(cat "$dir/run/pgbouncer.pid")" 2>/dev/null || return 0; sleep 0.1; done
+    for _ in $(seq 1 50); do kill -0 "$(cat "$dir/run/pgbouncer.pid" 2>/dev/null)" 2>/dev/null || return 0; sleep 0.1; done
 }
 
 start_server() {   # start_server N
     local port=$((base + 2 + $1)) metrics=$((base + 5 + $1))
     LOCALITY_DATABASE_URL=$app_bouncer_url LOCALITY_OWNER_DATABASE_URL=$owner_url \
+    LOCALITY_DB_POOLER=transaction LOCALITY_DB_LISTEN_URL=$app_direct_url \
     LOCALITY_REPLICA_DATABASE_URL=$replica_url LOCALITY_TRUSTED_PROXIES=127.0.0.1 \
         setsid "$bin/locality-server" --no-migrate --host 127.0.0.1 --port "$port" --metrics-port "$metrics" \
         >>"$dir/log/server$1.log" 2>&1 < /dev/null &
@@ -101,6 +103,18 @@ stop_nginx() {
     for _ in $(seq 1 50); do [[ -f "$dir/nginx/nginx.pid" ]] || return 0; sleep 0.1; done
 }
 
+# What every session of the service must start with, pinned on its role: through a transaction pooler the
+# client cannot send them at connect (and checks at connect that they are there). The values are the server's
+# defaults (--statement-timeout-ms and friends); written as pg_settings shows them.
+role_settings() {
+    local setting sql=""
+    for setting in "DateStyle = 'ISO, YMD'" "TimeZone = 'UTC'" "IntervalStyle = 'iso_8601'" "extra_float_digits = 1" \
+        "statement_timeout = '15000ms'" "lock_timeout = '3000ms'" "idle_in_transaction_session_timeout = '30000ms'"; do
+        sql+="ALTER ROLE locality_app IN DATABASE locality SET $setting; "
+    done
+    echo "$sql"
+}
+
 write_configs() {
     cat > "$dir/pgbouncer.ini" <<EOF
 [databases]
@@ -117,11 +131,13 @@ auth_file = $dir/pgbouncer.users
 pool_mode = transaction
 default_pool_size = 20
 max_client_conn = 400
-; the client sets its session settings (timeouts, application_name) at connect: let them through
-ignore_startup_parameters = extra_float_digits,options,statement_timeout,lock_timeout,idle_in_transaction_session_timeout
+; No ignore_startup_parameters: a client that sends options (not in pooler mode) is refused at once rather
+; than silently run without its settings. The settings live on the role (ALTER ROLE … SET, below).
 server_reset_query =
+admin_users = postgres
+stats_users = postgres
 EOF
-    printf '"locality_app" ""\n"locality_owner" ""\n' > "$dir/pgbouncer.users"
+    printf '"locality_app" ""\n"locality_owner" ""\n"postgres" ""\n' > "$dir/pgbouncer.users"
     mkdir -p "$dir/nginx/logs" "$dir/nginx/tmp"
     cat > "$dir/nginx/nginx.conf" <<EOF
 worker_processes 1;
@@ -180,7 +196,8 @@ EOF
     "$pgbin/psql" -h 127.0.0.1 -p "$primary_port" -U postgres -q -v ON_ERROR_STOP=1 \
         -c "CREATE ROLE locality_owner LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB" \
         -c "CREATE ROLE locality_app LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOBYPASSRLS" \
-        -c "CREATE DATABASE locality OWNER locality_owner"
+        -c "CREATE DATABASE locality OWNER locality_owner" \
+        -c "$(role_settings)"
     LOCALITY_OWNER_DATABASE_URL=$owner_url LOCALITY_DATABASE_URL=$app_direct_url \
         LOCALITY_MIGRATIONS_DIR="${LOCALITY_MIGRATIONS_DIR:-$repo/SQL/migrations}" "$bin/locality-admin" migrate >/dev/null
     log "streaming replica on $replica_port"
@@ -203,6 +220,10 @@ PRIMARY_URL=postgresql://postgres@127.0.0.1:$primary_port/locality
 REPLICA_URL=postgresql://postgres@127.0.0.1:$replica_port/locality
 OWNER_URL=$owner_url
 APP_URL=$app_bouncer_url
+APP_DIRECT_URL=$app_direct_url
+BOUNCER_ADMIN_URL=postgresql://postgres@127.0.0.1:$bouncer_port/pgbouncer
+SERVER1_METRICS_URL=http://127.0.0.1:$((base + 6))
+SERVER2_METRICS_URL=http://127.0.0.1:$((base + 7))
 EOF
 }
 
