@@ -14,7 +14,8 @@ dir=$(mktemp -d /tmp/locality-topology-drill.XXXXXX)
 chmod 755 "$dir"
 cleanup() { status=$?; "$here/topology.sh" down "$dir" || true; [[ -n ${KEEP_WORK:-} ]] || rm -rf "$dir"; exit "$status"; }
 trap cleanup EXIT
-eval "$("$here/topology.sh" up "$dir" "$@")"
+endpoints=$("$here/topology.sh" up "$dir" "$@")
+eval "$endpoints"
 bin=$(dirname "$(readlink -f /proc/"$(cat "$dir/run/server1.pid")"/exe)")
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 "$bin/locality-admin" seed demo --database-url "$APP_DIRECT_URL" --owner-database-url "$OWNER_URL" --log-level warning >"$dir/demo.txt"

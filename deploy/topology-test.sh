@@ -27,7 +27,8 @@ cleanup() {
 }
 trap cleanup EXIT
 start=$SECONDS
-eval "$("$here/topology.sh" up "$dir" "${bin_args[@]}")"
+endpoints=$("$here/topology.sh" up "$dir" "${bin_args[@]}")   # fails the script when a part does not come up
+eval "$endpoints"
 bin=$(dirname "$(readlink -f /proc/"$(cat "$dir/run/server1.pid")"/exe)")
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 psql_primary="$pgbin/psql $PRIMARY_URL"

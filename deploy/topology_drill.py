@@ -90,10 +90,17 @@ class Client:
         """A step of the lifecycle: retried (same Idempotency-Key for a write) until it gets an answer that is
         not a 5xx or a lost connection, or attempts run out; then the status must be one of `expect`."""
         key = str(uuid.uuid4()) if method in ("POST", "PUT", "PATCH", "DELETE") else None
+        in_progress = 0
         for attempt in range(attempts):
             status, parsed = self.once(method, path, role, body, key)
-            if status is not None and status < 500 and status != 409 or (status == 409 and not _in_progress(parsed)):
+            if status is not None and status < 500 and not (status == 409 and _in_progress(parsed)):
                 break
+            if status == 409:
+                # The first attempt's claim on the key outlived it (its instance died, or it could not release
+                # the key): it is freed only after IdempotencyKeys.abandonedAfterSeconds. Give up on this one.
+                in_progress += 1
+                if in_progress >= 10:
+                    break
             time.sleep(min(0.05 * (attempt + 1), 0.5))
         if status not in expect:
             raise Failure(f"{method} {path} as {role}: {status} {json.dumps(parsed)[:400]}")
@@ -275,6 +282,7 @@ def run_drill():
             except Exception as error:   # a bug in the drill itself: report, keep going
                 failures.append(f"{type(error).__name__}: {error}")
 
+    drill_start = time.monotonic()
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(workers)]
     for thread in threads:
         thread.start()
@@ -301,9 +309,11 @@ def run_drill():
     def errors_between(start, end):
         with stats.lock:
             window = [e for e in stats.events if start <= e[0] <= end]
-        fives = sum(1 for e in window if e[1] is not None and e[1] >= 500)
+        fives = [e for e in window if e[1] is not None and e[1] >= 500]
         lost = sum(1 for e in window if e[1] is None)
-        return len(window), fives, lost
+        for event in fives:
+            print(f"    5xx at +{event[0] - drill_start:.2f} s: {event[1]} {event[2]} {event[3]}")
+        return len(window), len(fives), lost
 
     report = []
     settle = float(os.environ.get("DRILL_SETTLE_SECONDS", "8"))
@@ -313,6 +323,7 @@ def run_drill():
 
     def fault(name, action):
         begin = time.monotonic()
+        print(f"    {name} at +{begin - drill_start:.2f} s")
         detail = action()
         healed = wait_all_healthy(begin)
         time.sleep(settle)
