@@ -152,9 +152,13 @@ http {
     uwsgi_temp_path $dir/nginx/tmp/uwsgi;
     scgi_temp_path $dir/nginx/tmp/scgi;
     upstream locality {
-        # Open-source nginx checks health passively: an instance that refuses connections or answers 502/503
-        # (not ready) is taken out for fail_timeout and the request is retried on the other one when that is
-        # safe (idempotent methods; a POST only if it never reached the instance).
+        # Open-source nginx checks health passively: an instance that refuses connections or times out (stopped,
+        # killed, draining after SIGTERM) is taken out for fail_timeout and the request is retried on the other
+        # one when that is safe (idempotent methods; a POST only if it never reached the instance). /readyz is
+        # polled by this script before nginx starts; nginx Plus (health_check uri=/readyz) or HAProxy
+        # (option httpchk GET /readyz) can poll it continuously. A 503 from the service is not counted as a
+        # failure: it answers 503 for a lock timeout or a database hiccup that the other instance shares, and
+        # counting it took both instances out at once in the drill (a PgBouncer restart: 5 × 503 became 61 × 502).
         server 127.0.0.1:$server1_port max_fails=1 fail_timeout=2s;
         server 127.0.0.1:$server2_port max_fails=1 fail_timeout=2s;
         keepalive 32;
@@ -168,7 +172,7 @@ http {
             proxy_set_header Connection "";
             proxy_set_header Host \$host;
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_next_upstream error timeout http_502 http_503;
+            proxy_next_upstream error timeout;
             proxy_next_upstream_tries 2;
             proxy_connect_timeout 2s;
         }
