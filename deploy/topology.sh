@@ -7,6 +7,7 @@
 #   deploy/topology.sh up   DIR [--bin BINDIR]   start everything under DIR (prints the endpoints as KEY=VALUE)
 #   deploy/topology.sh down DIR                  stop everything started under DIR
 #   deploy/topology.sh stop|start|kill DIR PART  one part: primary, replica, pgbouncer, server1, server2, nginx
+#   deploy/topology.sh restart DIR pgbouncer     PgBouncer's online restart (-R): no connection dropped
 #
 # The servers reach the primary through PgBouncer with `--db-pooler transaction` (no startup options, unnamed
 # statements; the session settings are pinned on the role here, as deploy/README.md tells an operator to), and
@@ -22,8 +23,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
-command=${1:?usage: topology.sh up|down|stop|start|kill DIR [PART] [--bin BINDIR]}
-dir=${2:?usage: topology.sh up|down|stop|start|kill DIR [PART] [--bin BINDIR]}
+command=${1:?usage: topology.sh up|down|stop|start|kill|restart DIR [PART] [--bin BINDIR]}
+dir=${2:?usage: topology.sh up|down|stop|start|kill|restart DIR [PART] [--bin BINDIR]}
 shift 2
 part=""
 [[ $# -gt 0 && "$1" != --* ]] && { part=$1; shift; }
@@ -250,6 +251,13 @@ one() {   # one ACTION PART
         start:replica) start_postgres replica "$replica_port" ;;
         stop:pgbouncer|kill:pgbouncer) stop_bouncer ;;
         start:pgbouncer) start_bouncer ;;
+        # Online restart: the new process takes over the listening socket and every client and server
+        # connection from the old one (PgBouncer's -R; needs unix_socket_dir), so nothing is dropped.
+        restart:pgbouncer)
+            local old; old=$(cat "$dir/run/pgbouncer.pid")
+            as_postgres pgbouncer -d -R "$dir/pgbouncer.ini" >/dev/null
+            for _ in $(seq 1 100); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+            wait_for PgBouncer "$pgbin/psql" "$app_bouncer_url" -Atc "SELECT 1" ;;
         stop:server1|stop:server2) signal_server "${2#server}" TERM ;;
         kill:server1|kill:server2) signal_server "${2#server}" KILL ;;
         start:server1|start:server2) start_server "${2#server}" ;;
@@ -262,6 +270,6 @@ one() {   # one ACTION PART
 case "$command" in
     up) up ;;
     down) down ;;
-    stop|start|kill) dir=$(cd "$dir" && pwd); sock=$dir/run; one "$command" "${part:?which part?}" ;;
-    *) echo "usage: topology.sh up|down|stop|start|kill DIR [PART] [--bin BINDIR]" >&2; exit 2 ;;
+    stop|start|kill|restart) dir=$(cd "$dir" && pwd); sock=$dir/run; one "$command" "${part:?which part?}" ;;
+    *) echo "usage: topology.sh up|down|stop|start|kill|restart DIR [PART] [--bin BINDIR]" >&2; exit 2 ;;
 esac

@@ -345,6 +345,10 @@ def run_drill():
         topology("start", "pgbouncer")
         return f"stopped in {took:.2f} s, started again"
 
+    def bouncer_online():
+        took = topology("restart", "pgbouncer")
+        return f"online restart (-R) took {took:.2f} s"
+
     def replica():
         topology("stop", "replica")
         time.sleep(2)
@@ -355,6 +359,7 @@ def run_drill():
     fault("SIGTERM server1, restart", sigterm)
     fault("kill -9 server2, restart", kill9)
     fault("PgBouncer restart", bouncer)
+    fault("PgBouncer online restart", bouncer_online)
     fault("replica restart", replica)
     stop.set()
     for thread in threads:
