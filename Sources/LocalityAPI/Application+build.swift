@@ -53,7 +53,8 @@ public func buildApplication(
 
     do {
         try await DatabaseRoles.checkApplicationRole(
-            conninfo: endpoints.applicationConninfo, ownerConninfo: endpoints.ownerConninfo, pooler: configuration.database.pooler)
+            conninfo: endpoints.applicationConninfo, ownerConninfo: endpoints.ownerConninfo, pooler: configuration.database.pooler,
+            sessionSettings: configuration.sessionSettings)
     } catch let error as PGError where error.kind == .connection {
         // The database is not up yet: start anyway (readiness says 503 until it is), as before.
         logger.warning("cannot check the service role yet: the database is unreachable", metadata: ["error": "\(error.message)"])

@@ -70,8 +70,15 @@ public enum DatabaseRoles {
     /// that owns the tables (its policies differ), or one that owns anything in the database. Run at start,
     /// before the service accepts traffic, so a mistaken `--database-url` stops the service instead of
     /// letting every tenant see every other.
-    public static func checkApplicationRole(conninfo: String, ownerConninfo: String, pooler: PGPoolerMode = .none) async throws {
-        let facts = try await PGConnection.withConnection(.init(conninfo: conninfo, applicationName: "locality-role-check", pooler: pooler)) { connection in
+    ///
+    /// Behind a transaction pooler (`pooler`) the connection also checks that the role carries `sessionSettings`
+    /// (see `PGPoolerMode`), so a missing `ALTER ROLE … SET` stops the service here too, naming the fix.
+    public static func checkApplicationRole(
+        conninfo: String, ownerConninfo: String, pooler: PGPoolerMode = .none, sessionSettings: [(name: String, value: String)] = []
+    ) async throws {
+        let configuration = PGConnectionConfiguration(
+            conninfo: conninfo, applicationName: "locality-role-check", sessionSettings: sessionSettings, pooler: pooler)
+        let facts = try await PGConnection.withConnection(configuration) { connection in
             try await connection.query("""
                 SELECT r.rolname, r.rolsuper, r.rolbypassrls,
                        (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
