@@ -9,6 +9,7 @@
 #     prepared straight to the primary, unnamed (--db-pooler transaction) straight to the primary, and unnamed
 #     through PgBouncer.
 #   deploy/pooler-cost.sh [--bin BINDIR]    (DURATION seconds per run, default 10; ROUNDS, default 2; CLIENTS, default 8)
+# The extra instances listen on BASE_PORT+10…+12 (topology.sh's ports plus these); needs wrk and pgbench.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 duration=${DURATION:-10} rounds=${ROUNDS:-2} clients=${CLIENTS:-8}
