@@ -7,11 +7,13 @@
 #   deploy/topology.sh up   DIR [--bin BINDIR]   start everything under DIR (prints the endpoints as KEY=VALUE)
 #   deploy/topology.sh down DIR                  stop everything started under DIR
 #   deploy/topology.sh stop|start|kill DIR PART  one part: primary, replica, pgbouncer, server1, server2, nginx
+#   deploy/topology.sh restart DIR pgbouncer     PgBouncer's online restart (-R): no connection dropped
 #
-# Status (issue 16, in progress): primary, replica, PgBouncer and nginx come up; the servers do not yet answer
-# through PgBouncer in transaction mode, because the client names its prepared statements and sends its pinned
-# settings as the `options` startup parameter. A pooler mode in the client (unnamed statements, settings kept on
-# the role) is the next step, then a lifecycle test and the fault figures.
+# The servers reach the primary through PgBouncer with `--db-pooler transaction` (no startup options, unnamed
+# statements; the session settings are pinned on the role here, as deploy/README.md tells an operator to), and
+# connect straight to the primary for what a transaction pooler cannot carry: the authentication cache's LISTEN
+# session (`--db-listen-url`) and, through locality-admin, migrations (a session advisory lock).
+# deploy/topology-test.sh runs a lifecycle through it; deploy/topology-drill.sh measures its faults.
 #
 # BINDIR holds locality-server and locality-admin (default: the release build, else the debug build).
 # Ports come from BASE_PORT (default 25400): primary +0, replica +1, PgBouncer +2, servers +3/+4, nginx +5,
@@ -21,8 +23,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
-command=${1:?usage: topology.sh up|down|stop|start|kill DIR [PART] [--bin BINDIR]}
-dir=${2:?usage: topology.sh up|down|stop|start|kill DIR [PART] [--bin BINDIR]}
+command=${1:?usage: topology.sh up|down|stop|start|kill|restart DIR [PART] [--bin BINDIR]}
+dir=${2:?usage: topology.sh up|down|stop|start|kill|restart DIR [PART] [--bin BINDIR]}
 shift 2
 part=""
 [[ $# -gt 0 && "$1" != --* ]] && { part=$1; shift; }
@@ -71,12 +73,13 @@ start_bouncer() {
 }
 stop_bouncer() {
     [[ -f "$dir/run/pgbouncer.pid" ]] && kill "$(cat "$dir/run/pgbouncer.pid")" 2>/dev/null || true
-    for _ in $(seq 1 50); do [[ -f "$dir/run/pgbouncer.pid" ]] && kill -0 "$(cat "$dir/run/pgbouncer.pid")" 2>/dev/null || return 0; sleep 0.1; done
+    for _ in $(seq 1 50); do kill -0 "$(cat "$dir/run/pgbouncer.pid" 2>/dev/null)" 2>/dev/null || return 0; sleep 0.1; done
 }
 
 start_server() {   # start_server N
     local port=$((base + 2 + $1)) metrics=$((base + 5 + $1))
     LOCALITY_DATABASE_URL=$app_bouncer_url LOCALITY_OWNER_DATABASE_URL=$owner_url \
+    LOCALITY_DB_POOLER=transaction LOCALITY_DB_LISTEN_URL=$app_direct_url \
     LOCALITY_REPLICA_DATABASE_URL=$replica_url LOCALITY_TRUSTED_PROXIES=127.0.0.1 \
         setsid "$bin/locality-server" --no-migrate --host 127.0.0.1 --port "$port" --metrics-port "$metrics" \
         >>"$dir/log/server$1.log" 2>&1 < /dev/null &
@@ -101,6 +104,18 @@ stop_nginx() {
     for _ in $(seq 1 50); do [[ -f "$dir/nginx/nginx.pid" ]] || return 0; sleep 0.1; done
 }
 
+# What every session of the service must start with, pinned on its role: through a transaction pooler the
+# client cannot send them at connect (and checks at connect that they are there). The values are the server's
+# defaults (--statement-timeout-ms and friends); written as pg_settings shows them.
+role_settings() {
+    local setting sql=""
+    for setting in "DateStyle = 'ISO, YMD'" "TimeZone = 'UTC'" "IntervalStyle = 'iso_8601'" "extra_float_digits = 1" \
+        "statement_timeout = '15000ms'" "lock_timeout = '3000ms'" "idle_in_transaction_session_timeout = '30000ms'"; do
+        sql+="ALTER ROLE locality_app IN DATABASE locality SET $setting; "
+    done
+    echo "$sql"
+}
+
 write_configs() {
     cat > "$dir/pgbouncer.ini" <<EOF
 [databases]
@@ -117,11 +132,13 @@ auth_file = $dir/pgbouncer.users
 pool_mode = transaction
 default_pool_size = 20
 max_client_conn = 400
-; the client sets its session settings (timeouts, application_name) at connect: let them through
-ignore_startup_parameters = extra_float_digits,options,statement_timeout,lock_timeout,idle_in_transaction_session_timeout
+; No ignore_startup_parameters: a client that sends options (not in pooler mode) is refused at once rather
+; than silently run without its settings. The settings live on the role (ALTER ROLE … SET, below).
 server_reset_query =
+admin_users = postgres
+stats_users = postgres
 EOF
-    printf '"locality_app" ""\n"locality_owner" ""\n' > "$dir/pgbouncer.users"
+    printf '"locality_app" ""\n"locality_owner" ""\n"postgres" ""\n' > "$dir/pgbouncer.users"
     mkdir -p "$dir/nginx/logs" "$dir/nginx/tmp"
     cat > "$dir/nginx/nginx.conf" <<EOF
 worker_processes 1;
@@ -136,9 +153,13 @@ http {
     uwsgi_temp_path $dir/nginx/tmp/uwsgi;
     scgi_temp_path $dir/nginx/tmp/scgi;
     upstream locality {
-        # Open-source nginx checks health passively: an instance that refuses connections or answers 502/503
-        # (not ready) is taken out for fail_timeout and the request is retried on the other one when that is
-        # safe (idempotent methods; a POST only if it never reached the instance).
+        # Open-source nginx checks health passively: an instance that refuses connections or times out (stopped,
+        # killed, draining after SIGTERM) is taken out for fail_timeout and the request is retried on the other
+        # one when that is safe (idempotent methods; a POST only if it never reached the instance). /readyz is
+        # polled by this script before nginx starts; nginx Plus (health_check uri=/readyz) or HAProxy
+        # (option httpchk GET /readyz) can poll it continuously. A 503 from the service is not counted as a
+        # failure: it answers 503 for a lock timeout or a database hiccup that the other instance shares, and
+        # counting it took both instances out at once in the drill (a PgBouncer restart: 5 × 503 became 61 × 502).
         server 127.0.0.1:$server1_port max_fails=1 fail_timeout=2s;
         server 127.0.0.1:$server2_port max_fails=1 fail_timeout=2s;
         keepalive 32;
@@ -152,7 +173,7 @@ http {
             proxy_set_header Connection "";
             proxy_set_header Host \$host;
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_next_upstream error timeout http_502 http_503;
+            proxy_next_upstream error timeout;
             proxy_next_upstream_tries 2;
             proxy_connect_timeout 2s;
         }
@@ -180,7 +201,8 @@ EOF
     "$pgbin/psql" -h 127.0.0.1 -p "$primary_port" -U postgres -q -v ON_ERROR_STOP=1 \
         -c "CREATE ROLE locality_owner LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB" \
         -c "CREATE ROLE locality_app LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOBYPASSRLS" \
-        -c "CREATE DATABASE locality OWNER locality_owner"
+        -c "CREATE DATABASE locality OWNER locality_owner" \
+        -c "$(role_settings)"
     LOCALITY_OWNER_DATABASE_URL=$owner_url LOCALITY_DATABASE_URL=$app_direct_url \
         LOCALITY_MIGRATIONS_DIR="${LOCALITY_MIGRATIONS_DIR:-$repo/SQL/migrations}" "$bin/locality-admin" migrate >/dev/null
     log "streaming replica on $replica_port"
@@ -203,6 +225,10 @@ PRIMARY_URL=postgresql://postgres@127.0.0.1:$primary_port/locality
 REPLICA_URL=postgresql://postgres@127.0.0.1:$replica_port/locality
 OWNER_URL=$owner_url
 APP_URL=$app_bouncer_url
+APP_DIRECT_URL=$app_direct_url
+BOUNCER_ADMIN_URL=postgresql://postgres@127.0.0.1:$bouncer_port/pgbouncer
+SERVER1_METRICS_URL=http://127.0.0.1:$((base + 6))
+SERVER2_METRICS_URL=http://127.0.0.1:$((base + 7))
 EOF
 }
 
@@ -225,6 +251,13 @@ one() {   # one ACTION PART
         start:replica) start_postgres replica "$replica_port" ;;
         stop:pgbouncer|kill:pgbouncer) stop_bouncer ;;
         start:pgbouncer) start_bouncer ;;
+        # Online restart: the new process takes over the listening socket and every client and server
+        # connection from the old one (PgBouncer's -R; needs unix_socket_dir), so nothing is dropped.
+        restart:pgbouncer)
+            local old; old=$(cat "$dir/run/pgbouncer.pid")
+            as_postgres pgbouncer -d -R "$dir/pgbouncer.ini" >/dev/null
+            for _ in $(seq 1 100); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+            wait_for PgBouncer "$pgbin/psql" "$app_bouncer_url" -Atc "SELECT 1" ;;
         stop:server1|stop:server2) signal_server "${2#server}" TERM ;;
         kill:server1|kill:server2) signal_server "${2#server}" KILL ;;
         start:server1|start:server2) start_server "${2#server}" ;;
@@ -237,6 +270,6 @@ one() {   # one ACTION PART
 case "$command" in
     up) up ;;
     down) down ;;
-    stop|start|kill) dir=$(cd "$dir" && pwd); sock=$dir/run; one "$command" "${part:?which part?}" ;;
-    *) echo "usage: topology.sh up|down|stop|start|kill DIR [PART] [--bin BINDIR]" >&2; exit 2 ;;
+    stop|start|kill|restart) dir=$(cd "$dir" && pwd); sock=$dir/run; one "$command" "${part:?which part?}" ;;
+    *) echo "usage: topology.sh up|down|stop|start|kill|restart DIR [PART] [--bin BINDIR]" >&2; exit 2 ;;
 esac

@@ -52,7 +52,9 @@ public func buildApplication(
     }
 
     do {
-        try await DatabaseRoles.checkApplicationRole(conninfo: endpoints.applicationConninfo, ownerConninfo: endpoints.ownerConninfo)
+        try await DatabaseRoles.checkApplicationRole(
+            conninfo: endpoints.applicationConninfo, ownerConninfo: endpoints.ownerConninfo, pooler: configuration.database.pooler,
+            sessionSettings: configuration.sessionSettings)
     } catch let error as PGError where error.kind == .connection {
         // The database is not up yet: start anyway (readiness says 503 until it is), as before.
         logger.warning("cannot check the service role yet: the database is unreachable", metadata: ["error": "\(error.message)"])
@@ -75,7 +77,7 @@ public func buildApplication(
     let pool = PGPool(
         configuration: .init(
             connection: .init(conninfo: endpoints.applicationConninfo, applicationName: "locality-server",
-                              sessionSettings: configuration.sessionSettings),
+                              sessionSettings: configuration.sessionSettings, pooler: configuration.database.pooler),
             maxConnections: configuration.poolSize,
             acquireTimeout: configuration.acquireTimeout,
             maxConnectionLifetime: configuration.dbMaxConnectionLifetimeSeconds > 0 ? .seconds(configuration.dbMaxConnectionLifetimeSeconds) : nil
@@ -138,7 +140,9 @@ public func buildApplication(
         services.append(AuthenticationListener(
             cache: cache, logger: logger,
             listener: PGNotificationListener(
-                configuration: .init(conninfo: endpoints.applicationConninfo, applicationName: "locality-server"),
+                // LISTEN is session state: straight to PostgreSQL, past any transaction pooler.
+                configuration: .init(conninfo: configuration.database.listenDatabaseURL ?? endpoints.applicationConninfo,
+                                     applicationName: "locality-server"),
                 channels: [AuthenticationCache.channel], reconnectDelay: configuration.authenticationListenerReconnectDelay,
                 handler: { [logger] event in AuthenticationListener.apply(event, to: cache, logger: logger) })))
     }

@@ -27,15 +27,26 @@ extension PGConnection {
     /// that is one statement after the tenant context: BEGIN, context, query and COMMIT cost one round trip
     /// instead of three. The first time a session sees either statement it runs them the ordinary way
     /// (`withTransaction(prelude:)`), which prepares them. A schema change that invalidates them (0A000) is
-    /// recovered like any query's: the statements are prepared afresh next time.
+    /// recovered like any query's: the statements are prepared afresh next time. Statements that are never
+    /// prepared (behind a transaction pooler, or past the cache's capacity) go unnamed in the same pipeline:
+    /// one sync point, so one transaction, which a transaction pooler keeps on one server session.
     public func readInOneRoundTrip(prelude: PGQuery, _ query: PGQuery) async throws -> PGResult {
-        guard case .cached(let first) = statement(for: prelude), case .cached(let second) = statement(for: query) else {
+        guard let first = paired(statement(for: prelude), prelude), let second = paired(statement(for: query), query) else {
             return try await withTransaction(readOnly: true, prelude: prelude) { try await $0.query(query) }
         }
         let work = PGRequest.Work.pipelinedPair(
             first: first, firstParameters: PGParameterArrays(prelude.binds),
             second: second, secondParameters: PGParameterArrays(query.binds))
         return try await perform(work, cancellable: true)!
+    }
+
+    /// How `query` goes into a pipelined pair; nil when it is yet to be prepared.
+    private func paired(_ statement: PGRequest.Statement, _ query: PGQuery) -> PGRequest.PairedStatement? {
+        switch statement {
+        case .cached(let name): .cached(name: name)
+        case .unnamed(let oids): .unnamed(sql: query.sql, oids: oids)
+        case .prepare: nil
+        }
     }
 
     /// Chooses the statement here, on the borrowing task, so the I/O loop only sends and reads.

@@ -101,8 +101,8 @@ extension PGConnection {
             sent = sendPipeline(request, begin: begin, sql: sql, statement: statement, parameters: parameters)
         case .pipelinedPair(let first, let firstParameters, let second, let secondParameters):
             request.stage = .pipelining(prepared: nil)
-            sent = PQenterPipelineMode(handle) == 1 && sendPrepared(first, firstParameters)
-                && sendPrepared(second, secondParameters) && PQpipelineSync(handle) == 1
+            sent = PQenterPipelineMode(handle) == 1 && sendPaired(first, firstParameters)
+                && sendPaired(second, secondParameters) && PQpipelineSync(handle) == 1
             // A half-queued pipeline leaves the session in an unknown state.
             if !sent { markBroken() }
         case .query(let sql, let statement, let parameters):
@@ -156,6 +156,21 @@ extension PGConnection {
         if !sent { markBroken() }
         request.stage = .pipelining(prepared: prepared)
         return sent
+    }
+
+    private func sendPaired(_ statement: PGRequest.PairedStatement, _ parameters: PGParameterArrays) -> Bool {
+        switch statement {
+        case .cached(let name):
+            return sendPrepared(name, parameters)
+        case .unnamed(let sql, let oids):
+            // Two unnamed statements in one pipeline are fine: the server parses, binds and runs each before
+            // it reads the next Parse, which replaces it.
+            return oids.withUnsafeBufferPointer { types in
+                PQsendQueryParams(
+                    handle, sql, parameters.count, types.baseAddress, parameters.values, parameters.lengths, parameters.formats, 0
+                ) == 1
+            }
+        }
     }
 
     func sendPrepared(_ name: String, _ parameters: PGParameterArrays) -> Bool {

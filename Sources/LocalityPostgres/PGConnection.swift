@@ -92,7 +92,8 @@ public final class PGConnection: @unchecked Sendable {
             PGConnection(
                 handle: try openHandle(configuration),
                 loop: loop,
-                cacheCapacity: configuration.statementCacheCapacity,
+                // Behind a transaction pooler nothing is prepared by name: every statement runs unnamed.
+                cacheCapacity: configuration.pooler == .transaction ? 0 : configuration.statementCacheCapacity,
                 onQueryTime: onQueryTime,
                 hooks: hooks
             )
@@ -100,15 +101,14 @@ public final class PGConnection: @unchecked Sendable {
     }
 
     private static func openHandle(_ configuration: PGConnectionConfiguration) throws -> OpaquePointer {
-        // Pin the session settings every decoder relies on; later keywords override the URL's.
-        let keywords = ["dbname", "application_name", "client_encoding", "connect_timeout", "options"]
-        let values = [
-            configuration.conninfo,
-            configuration.applicationName,
-            "UTF8",
-            String(configuration.connectTimeoutSeconds),
-            configuration.optionsParameter,
-        ]
+        // Pin the session settings every decoder relies on; later keywords override the URL's. Through a
+        // transaction pooler they are pinned on the role instead, and checked below.
+        var keywords = ["dbname", "application_name", "client_encoding", "connect_timeout"]
+        var values = [configuration.conninfo, configuration.applicationName, "UTF8", String(configuration.connectTimeoutSeconds)]
+        if configuration.pooler == .none {
+            keywords.append("options")
+            values.append(configuration.optionsParameter)
+        }
         let handle = withCStringArray(keywords) { keywordPointers in
             withCStringArray(values) { valuePointers in
                 PQconnectdbParams(keywordPointers, valuePointers, 1)
@@ -124,6 +124,10 @@ public final class PGConnection: @unchecked Sendable {
         }
         // Notices ("relation already exists, skipping") are chatter, not errors: keep them off stderr.
         PQsetNoticeProcessor(handle, { _, _ in }, nil)
+        if configuration.pooler == .transaction, let mismatch = unpinnedSettings(handle, configuration) {
+            PQfinish(handle)
+            throw mismatch
+        }
         // The I/O loop sends with PQsendQuery… and flushes as the socket allows, never blocking on it.
         guard PQsetnonblocking(handle, 1) == 0 else {
             let message = String(cString: PQerrorMessage(handle)).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -131,6 +135,37 @@ public final class PGConnection: @unchecked Sendable {
             throw PGError(kind: .connection, sqlState: "08001", message: message)
         }
         return handle
+    }
+
+    /// Behind a transaction pooler: the settings the session must start with that it does not have (they are
+    /// pinned on the role, not sent at connect), as an error naming the fix; nil when all are in place. One
+    /// round trip per new connection, while it is still blocking, on the connecting thread.
+    private static func unpinnedSettings(_ handle: OpaquePointer, _ configuration: PGConnectionConfiguration) -> PGError? {
+        let required = configuration.requiredSettings
+        let names = required.map { $0.name.lowercased() }.joined(separator: ",")
+        let sql = "SELECT lower(name), setting || coalesce(unit, '') FROM pg_settings WHERE lower(name) = ANY (string_to_array($1, ','))"
+        let result = names.withCString { name in
+            withUnsafePointer(to: Optional(name)) { PQexecParams(handle, sql, 1, nil, $0, nil, nil, 0) }
+        }
+        defer { PQclear(result) }
+        guard let result, PQresultStatus(result) == PGRES_TUPLES_OK else {
+            let message = String(cString: PQerrorMessage(handle)).trimmingCharacters(in: .whitespacesAndNewlines)
+            return PGError(kind: .connection, sqlState: "08001", message: "cannot read the session's settings: \(message)")
+        }
+        var found: [String: String] = [:]
+        for row in 0..<PQntuples(result) {
+            found[String(cString: PQgetvalue(result, row, 0))] = String(cString: PQgetvalue(result, row, 1))
+        }
+        let wrong = required.filter { found[$0.name.lowercased()]?.lowercased() != $0.value.lowercased() }
+        guard !wrong.isEmpty else { return nil }
+        let role = PQuser(handle).map { String(cString: $0) } ?? "the service role"
+        let database = PQdb(handle).map { String(cString: $0) } ?? "the database"
+        let fix = wrong.map { "\($0.name) = '\($0.value)'" }
+        let have = wrong.map { "\($0.name) is \(found[$0.name.lowercased()].map { "'\($0)'" } ?? "unknown")" }
+        return PGError(
+            kind: .client, sqlState: "F0000",
+            message: "through a transaction pooler the session settings must be pinned on the role, but \(have.joined(separator: ", ")); "
+                + "as a superuser run: " + fix.map { "ALTER ROLE \(role) IN DATABASE \(database) SET \($0);" }.joined(separator: " "))
     }
 
     /// Connects, runs `body`, and closes the connection whether `body` returns or throws.

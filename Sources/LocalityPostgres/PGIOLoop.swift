@@ -340,9 +340,10 @@ final class PGRequest: @unchecked Sendable {
         /// `BEGIN …` (text, no parameters) and one parameterised statement, sent together in libpq's
         /// pipeline mode: one round trip for both. The statement's result is the request's result.
         case pipeline(begin: String, sql: String, statement: Statement, parameters: PGParameterArrays)
-        /// Two prepared statements and a sync point in pipeline mode: one implicit transaction, one round trip
-        /// (`PGConnection.readInOneRoundTrip`). The second statement's result is the request's result.
-        case pipelinedPair(first: String, firstParameters: PGParameterArrays, second: String, secondParameters: PGParameterArrays)
+        /// Two statements (each prepared, or unnamed behind a transaction pooler) and a sync point in pipeline
+        /// mode: one implicit transaction, one round trip (`PGConnection.readInOneRoundTrip`). The second
+        /// statement's result is the request's result.
+        case pipelinedPair(first: PairedStatement, firstParameters: PGParameterArrays, second: PairedStatement, secondParameters: PGParameterArrays)
         /// `PQfinish`.
         case close
         /// Stop watching the idle connection's socket: it moves to another loop.
@@ -353,6 +354,12 @@ final class PGRequest: @unchecked Sendable {
         case cached(name: String)
         case prepare(name: String, oids: [UInt32])
         case unnamed(oids: [UInt32])
+    }
+
+    /// A statement of a pipelined pair: one prepared before, or one sent unnamed with its text.
+    enum PairedStatement {
+        case cached(name: String)
+        case unnamed(sql: String, oids: [UInt32])
     }
 
     /// Where a statement stands on the loop thread.

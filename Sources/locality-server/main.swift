@@ -4,6 +4,7 @@ import Hummingbird
 import LocalityAPI
 import LocalityCommandLine
 import LocalityDomain
+import LocalityPostgres
 import Logging
 import ServiceLifecycle
 
@@ -75,6 +76,12 @@ struct LocalityServer: AsyncParsableCommand {
 
     @Option(help: "Comma-separated addresses of trusted proxies (load balancers) whose X-Forwarded-For names the client [LOCALITY_TRUSTED_PROXIES] (default none).")
     var trustedProxies: String?
+
+    @Option(help: "A pooler between the server and PostgreSQL: none, or transaction for PgBouncer's pool_mode = transaction (no startup options, no named prepared statements; the role must carry the session settings, see deploy/README.md) [LOCALITY_DB_POOLER] (default none).")
+    var dbPooler: String?
+
+    @Option(help: "URL for the authentication cache's LISTEN session: PostgreSQL itself, never a transaction pooler [LOCALITY_DB_LISTEN_URL] (default --database-url; required with --db-pooler transaction unless --auth-cache-seconds 0).")
+    var dbListenURL: String?
 
     @Flag(inversion: .prefixedNo, help: "A log line per request at info: method, route template, status, duration, request id [LOCALITY_ACCESS_LOG=true|false] (default on).")
     var accessLog: Bool?
@@ -148,6 +155,17 @@ struct LocalityServer: AsyncParsableCommand {
         configuration.accessLog = accessLog ?? environmentValue("ACCESS_LOG").map { $0 != "false" && $0 != "0" } ?? true
         configuration.applyMigrations = migrate ?? environmentValue("MIGRATE").map { $0 != "false" && $0 != "0" } ?? true
         configuration.database = database.settings
+        let pooler = dbPooler ?? environmentValue("DB_POOLER") ?? "none"
+        guard let poolerMode = PGPoolerMode(rawValue: pooler) else {
+            throw ValidationError("--db-pooler must be none or transaction, not \"\(pooler)\"")
+        }
+        configuration.database.pooler = poolerMode
+        configuration.database.listenDatabaseURL = dbListenURL ?? environmentValue("DB_LISTEN_URL")
+        if poolerMode == .transaction, configuration.database.listenDatabaseURL == nil, authCacheSeconds > 0 {
+            // LISTEN through a transaction pooler lands on whichever server session ran it: notifications
+            // would be lost silently and revoked tokens honoured for the cache's whole lifetime.
+            throw ValidationError("--db-pooler transaction needs --db-listen-url (LOCALITY_DB_LISTEN_URL) pointing at PostgreSQL itself, or --auth-cache-seconds 0")
+        }
         configuration.seedDemo = demo || environmentValue("DEMO").map { $0 == "true" || $0 == "1" } ?? false
         configuration.logLevel = try logging.level(default: .info)
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }

@@ -1,7 +1,7 @@
 public import EmbeddedPostgres
 import Foundation
 public import Logging
-import LocalityPostgres
+public import LocalityPostgres
 
 /// Where the database is, shared by the server and the admin CLI.
 public struct DatabaseSettings: Sendable {
@@ -17,6 +17,12 @@ public struct DatabaseSettings: Sendable {
     /// As root, the embedded PostgreSQL runs as this OS user.
     public var postgresOSUser: String
     public var postgresBinDirectory: String?
+    /// A pooler between the service and PostgreSQL (`--db-pooler`): `.transaction` for PgBouncer in transaction
+    /// mode, where the service's sessions send no startup options and prepare nothing by name (see `PGPoolerMode`).
+    public var pooler: PGPoolerMode = .none
+    /// Where the notification listener connects (`--db-listen-url`): PostgreSQL itself, never a transaction
+    /// pooler, because `LISTEN` belongs to a session. Defaults to `databaseURL`.
+    public var listenDatabaseURL: String?
 
     public init(
         databaseURL: String? = nil,
@@ -64,8 +70,15 @@ public enum DatabaseRoles {
     /// that owns the tables (its policies differ), or one that owns anything in the database. Run at start,
     /// before the service accepts traffic, so a mistaken `--database-url` stops the service instead of
     /// letting every tenant see every other.
-    public static func checkApplicationRole(conninfo: String, ownerConninfo: String) async throws {
-        let facts = try await PGConnection.withConnection(.init(conninfo: conninfo, applicationName: "locality-role-check")) { connection in
+    ///
+    /// Behind a transaction pooler (`pooler`) the connection also checks that the role carries `sessionSettings`
+    /// (see `PGPoolerMode`), so a missing `ALTER ROLE … SET` stops the service here too, naming the fix.
+    public static func checkApplicationRole(
+        conninfo: String, ownerConninfo: String, pooler: PGPoolerMode = .none, sessionSettings: [(name: String, value: String)] = []
+    ) async throws {
+        let configuration = PGConnectionConfiguration(
+            conninfo: conninfo, applicationName: "locality-role-check", sessionSettings: sessionSettings, pooler: pooler)
+        let facts = try await PGConnection.withConnection(configuration) { connection in
             try await connection.query("""
                 SELECT r.rolname, r.rolsuper, r.rolbypassrls,
                        (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

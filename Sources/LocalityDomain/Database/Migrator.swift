@@ -103,7 +103,9 @@ public struct Migrator: Sendable {
     @discardableResult
     public func apply(ownerConninfo: String) async throws -> [Migration] {
         try await PGConnection.withConnection(.init(conninfo: ownerConninfo, applicationName: "locality-migrate")) { connection in
-            // Session-level lock: released explicitly, or by the server when the connection closes.
+            // Session-level lock: released explicitly, or by the server when the connection closes. So the owner's
+            // URL must reach PostgreSQL itself, never a transaction pooler (which could run the unlock, or the
+            // migrations, on another server session).
             try await connection.query("SELECT pg_advisory_lock(\(Self.advisoryLockKey))")
             try await connection.execute(Self.createTable)
             let applied = try await appliedChecksums(connection)
