@@ -173,6 +173,12 @@ struct OpenContractingTests {
                                                           MarketFixture.fields(theme: world.market.theme, title: "Speech and language drop-ins"))
                 _ = try await projects.publish(lim, id: cancelled.id)
                 _ = try await projects.cancel(lim, id: cancelled.id, reason: "Budget withdrawn by the board")
+                // And an unsuccessful one: no suitable bid by the deadline.
+                let unsuccessful = try await projects.create(lim, boardID: world.a.boards[0].id,
+                                                             MarketFixture.fields(theme: world.market.theme, title: "Parent workshops"))
+                _ = try await projects.publish(lim, id: unsuccessful.id)
+                try await MarketFixture.setDeadline(world.database, projects: [unsuccessful.id], "now() - interval '1 hour'")
+                _ = try await projects.markUnsuccessful(lim, id: unsuccessful.id, reason: "No bid met the quality threshold")
 
                 // The feed, page by page (small pages, to follow the cursor).
                 let (pages, releases) = try await Self.feed(client, "authority=alpha&limit=3")
@@ -193,6 +199,11 @@ struct OpenContractingTests {
                 #expect(((observation?["dimensions"] as? [String: Any])?["rag"] as? String)?.isEmpty == false)
                 let other = releases.filter { $0["ocid"] as? String == "ocds-a1b2c3-\(lower(cancelled.id))" }
                 #expect(other.map { ($0["tag"] as? [String]) ?? [] } == [["tender"], ["tenderCancellation"]])
+                let failed = releases.filter { $0["ocid"] as? String == "ocds-a1b2c3-\(lower(unsuccessful.id))" }
+                #expect(failed.map { ($0["tag"] as? [String]) ?? [] } == [["tender"], ["tenderCancellation"]])
+                let failedTender = failed.last?["tender"] as? [String: Any]
+                #expect(failedTender?["status"] as? String == "unsuccessful")
+                #expect((failedTender?["amendments"] as? [[String: Any]])?.first?["rationale"] as? String == "No bid met the quality threshold")
 
                 // Filters: tag and time.
                 let awards = try await Self.feed(client, "tag=award").releases
@@ -220,6 +231,7 @@ struct OpenContractingTests {
                 #expect(recordResponse.status == .ok)
                 documents["record"] = bodyData(recordResponse)
                 documents["record-cancelled"] = bodyData(try await client.call(.get, "/ocds/records/ocds-a1b2c3-\(lower(cancelled.id))", token: nil))
+                documents["record-unsuccessful"] = bodyData(try await client.call(.get, "/ocds/records/ocds-a1b2c3-\(lower(unsuccessful.id))", token: nil))
                 let validation = try validateOCDS(documents)
                 #expect(validation.ok, "\(validation.output)")
                 #expect(validation.output.contains("0 errors"), "\(validation.output)")
