@@ -93,10 +93,18 @@ struct OpenContractingTests {
         return (pages, releases)
     }
 
+    /// The test client keeps one connection while the lifecycle runs through the services in between; on a busy
+    /// machine that can outlast the server's idle timeout, which would close it under the client.
+    static func patientConfiguration(_ database: TestDatabase) -> AppConfiguration {
+        var configuration = testConfiguration(database)
+        configuration.idleTimeoutSeconds = 0
+        return configuration
+    }
+
     @Test func aFullLifecycleIsPublishedValidCompleteAndWithoutWhatMustNeverBe() async throws {
         let world = try await World.make()
         let lim = Self.lim(world)
-        let app = try await buildApplication(testConfiguration(world.database))
+        let app = try await buildApplication(Self.patientConfiguration(world.database))
         try await world.database.withPool(conninfo: world.database.ownerConninfo, maxConnections: 2) { pool in
             let scoped = ScopedDatabase(pool: pool)
             let projects = ProjectService(database: scoped)
@@ -419,7 +427,7 @@ extension OpenContractingTests {
         let world = try await World.make()
         let lim = Self.lim(world)
         let supplier = Self.supplier(world.supplierID)
-        let app = try await buildApplication(testConfiguration(world.database))
+        let app = try await buildApplication(Self.patientConfiguration(world.database))
         try await world.database.withPool(conninfo: world.database.ownerConninfo, maxConnections: 2) { pool in
             let scoped = ScopedDatabase(pool: pool)
             let publication = OpenContractingService(database: scoped)
