@@ -290,6 +290,12 @@ struct OpenContractingTests {
                 // Until the authority marks the contract publishable. Its LIM may not; the HoSI and the admins may, once
                 // for good: its school causing concern is then published, in a release of its own, and merges into the record.
                 let path = "/v1/contracts/\(lower(contract.id))/concern-school-publication"
+                @Sendable func updatedAt() async throws -> String {
+                    try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+                        try await connection.query("SELECT updated_at::text FROM contract WHERE id = \(contract.id)").first!.decode(String.self, at: 0)
+                    }
+                }
+                let endedAt = try await updatedAt()
                 let byLIM = try await client.call(.put, path, token: world.token(.lim, of: world.a), body: ["publish_concern_schools": true])
                 #expect(byLIM.status == .forbidden)
                 let marked = try await client.call(.put, path, token: world.token(.hosi, of: world.a), body: ["publish_concern_schools": true])
@@ -302,6 +308,8 @@ struct OpenContractingTests {
                 let elsewhere = try await client.call(.put, "/v1/contracts/\(lower(UUID()))/concern-school-publication",
                                                       token: world.token(.hosi, of: world.a), body: ["publish_concern_schools": true])
                 #expect(elsewhere.status == .notFound)
+                // The mark is not a change of the contract: its end date (the termination notice's event) stays.
+                #expect(try await updatedAt() == endedAt)
                 let afterMark = try await Self.feed(client, "authority=alpha").releases.filter { $0["ocid"] as? String == ocid }
                 #expect(afterMark.count == 9 && afterMark.last?["tag"] as? [String] == ["tenderUpdate"], "\(afterMark.map { $0["tag"] ?? "" })")
                 let update = String(decoding: try JSONSerialization.data(withJSONObject: afterMark.last ?? [:]), as: UTF8.self)
@@ -313,6 +321,21 @@ struct OpenContractingTests {
                 let markedTender = ((object(bodyData(markedRecord))["records"] as? [[String: Any]])?.first?["compiledRelease"] as? [String: Any])?["tender"] as? [String: Any]
                 let markedItem = (markedTender?["items"] as? [[String: Any]])?.first
                 #expect((markedItem?["additionalClassifications"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == ["121001", "121003"])
+
+                // The contract details notice is due the authority's number of days after the contract started.
+                @Sendable func contractDetailsNotice() async throws -> (eventOn: Date?, dueOn: Date?) {
+                    let response = try await client.call(.get, "/v1/notices", token: world.token(.authorityAdmin, of: world.a))
+                    let procurement = response.items.first { $0["title"] as? String == "Autism-friendly classrooms" }
+                    let notice = (procurement?["notices"] as? [[String: Any]])?.first { $0["type"] as? String == "uk7_contract_details" }
+                    func day(_ key: String) -> Date? { (notice?[key] as? String).flatMap { try? Date($0 + "T00:00:00Z", strategy: .iso8601) } }
+                    return (day("event_on"), day("due_on"))
+                }
+                let thirty = try await contractDetailsNotice()
+                #expect(thirty.eventOn != nil && thirty.dueOn == thirty.eventOn.map { $0 + 30 * 86_400 }, "\(thirty)")
+                _ = try await publication.configure(world.a.authority, ocidPrefix: nil, centralGovernment: nil, contractDetailsNoticeDays: 20,
+                                                    publishKPIActuals: nil, osUser: "test")
+                let twenty = try await contractDetailsNotice()
+                #expect(twenty.eventOn == thirty.eventOn && twenty.dueOn == thirty.eventOn.map { $0 + 20 * 86_400 }, "\(twenty)")
             }
 
             // Releases are never edited: the trigger refuses even a superuser; the service's role has no such privilege.
@@ -517,7 +540,7 @@ extension OpenContractingTests {
                 try await connection.query("SELECT date_trunc('hour', now())::text").first!.decode(String.self, at: 0)
             }
         }
-        var configuration = testConfiguration(database)
+        var configuration = Self.patientConfiguration(database)   // the first instance's connection waits while the second works
         configuration.publicFeedRequestsPerHour = 100   // leased 10 at a time
         let first = try await buildApplication(configuration)
         let second = try await buildApplication(configuration)
