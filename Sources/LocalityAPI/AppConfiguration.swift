@@ -1,3 +1,4 @@
+import Foundation
 public import Logging
 public import LocalityDomain
 
@@ -21,6 +22,11 @@ public struct AppConfiguration: Sendable {
     public var registrationsPerHour = 10
     /// Requests per client address per hour to the public open contracting feed (`/ocds/…`).
     public var publicFeedRequestsPerHour = 3600
+    /// The scheme and authority of the public open contracting feed's URIs (each package's `uri`, `links.next`),
+    /// e.g. `https://data.council.example`. Unset, the request's Host is used when it is a plain host name
+    /// (and responses then vary by Host); set it in production, so that no Host a client sends ends up in a
+    /// cached public document.
+    public var publicBaseURL: String?
     /// Addresses of load balancers whose `X-Forwarded-For` names the client (for the registration limit).
     public var trustedProxies: [String] = []
     /// `/metrics` is served on its own listener, never on the API port (its counters are operational data,
@@ -67,6 +73,18 @@ public struct AppConfiguration: Sendable {
     public var idleInTransactionTimeoutMilliseconds = 30_000
     /// A pooled database connection older than this is closed when returned (never in use) and replaced (0: never).
     public var dbMaxConnectionLifetimeSeconds = 30 * 60
+
+    /// A public base URL as used: http or https, a host, no user info, query or fragment, no trailing slash;
+    /// nil when it is not one.
+    public static func normalisedPublicBaseURL(_ text: String) -> String? {
+        guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(), ["http", "https"].contains(scheme),
+              let host = components.host, !host.isEmpty, components.user == nil, components.password == nil,
+              components.query == nil, components.fragment == nil
+        else { return nil }
+        var base = text
+        while base.hasSuffix("/") { base.removeLast() }
+        return base
+    }
 
     /// The pool's session settings for the limits above.
     var sessionSettings: [(name: String, value: String)] {

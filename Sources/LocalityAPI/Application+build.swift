@@ -108,7 +108,11 @@ public func buildApplication(
     router.add(middleware: RegistrationRateLimitMiddleware(
         pool: pool, perHour: configuration.registrationsPerHour, trustedProxies: Set(configuration.trustedProxies)))
     router.add(middleware: PublicFeedMiddleware(
-        pool: pool, perHour: configuration.publicFeedRequestsPerHour, trustedProxies: Set(configuration.trustedProxies)))
+        pool: pool, perHour: configuration.publicFeedRequestsPerHour, trustedProxies: Set(configuration.trustedProxies),
+        publicBaseURL: try configuration.publicBaseURL.map { text in
+            guard let base = AppConfiguration.normalisedPublicBaseURL(text) else { throw InvalidPublicBaseURL(text: text) }
+            return base
+        }))
     router.add(middleware: AuthenticationMiddleware(tokens: domain.tokens, routes: routes))
     // After authentication (an anonymous export takes no place): exports hold at most their share of the pool.
     router.add(middleware: ExportBulkheadMiddleware(
@@ -223,4 +227,10 @@ public func serviceGroup(
     var configuration = ServiceGroupConfiguration(services: [app], gracefulShutdownSignals: signals, logger: logger)
     configuration.maximumGracefulShutdownDuration = shutdownDeadline
     return ServiceGroup(configuration: configuration)
+}
+
+/// `publicBaseURL` is not an http(s) URL with a host (and no user, query or fragment).
+struct InvalidPublicBaseURL: Error, CustomStringConvertible {
+    let text: String
+    var description: String { "the public base URL \"\(text)\" must be an http or https URL with a host and no user, query or fragment" }
 }

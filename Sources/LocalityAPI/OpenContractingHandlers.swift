@@ -4,6 +4,7 @@ import Hummingbird
 import LocalityDomain
 import LocalityPostgres
 import OpenAPIRuntime
+import Synchronization
 
 /// The public OCDS feed (no token: releases hold only public data) and the Act's notices (staff).
 extension APIHandlers {
@@ -85,6 +86,15 @@ extension APIHandlers {
         return .created(.init(headers: .init(location: "/v1/notices"), body: .json(try .init(filed))))
     }
 
+    func setConcernSchoolPublication(
+        _ input: Operations.SetConcernSchoolPublication.Input
+    ) async throws -> Operations.SetConcernSchoolPublication.Output {
+        guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
+        let marked = try await services.openContracting.setConcernSchoolsPublishable(
+            try Authenticated.scope(), contractID: try pathID(input.path.contractId, "contract"), publishable: body.publishConcernSchools)
+        return .ok(.init(body: .json(.init(publishConcernSchools: marked))))
+    }
+
     /// The publication date of a package: its newest release's, so that the same releases give the same bytes
     /// (and entity tag); an empty page is dated now.
     static func newestDate(_ releases: [String]) throws -> Date {
@@ -137,21 +147,42 @@ struct PublicFeedRequest: Sendable {
     let base: String
 }
 
-/// Rate limits the public feed per client address, in PostgreSQL like the public registration route (one limit
-/// shared by every instance), in a bucket of its own; and records the request's base URL for the handlers.
+/// Rate limits the public feed per client address and records the request's base URL for the handlers.
+///
+/// The limit is one for every instance, counted in PostgreSQL like the registration limit, but a read must not
+/// cost a write: the instance leases a client's slots in batches (`take_feed_slots`, migration 0023) and spends
+/// them from memory (`FeedSlotLeases`), and remembers a refusal until the window ends, so a client hammering
+/// past its limit costs no database work at all.
 struct PublicFeedMiddleware: RouterMiddleware {
     typealias Context = AppRequestContext
     let pool: PGPool
-    let perHour: Int
+    let leases: FeedSlotLeases
     let trustedProxies: Set<String>
+    /// `--public-base-url`: the scheme and authority every document's URIs start with. Without it, the
+    /// request's Host when it is a plain host name or address (see `reflectableHost`), else relative URIs.
+    let publicBaseURL: String?
+
+    init(pool: PGPool, perHour: Int, trustedProxies: Set<String>, publicBaseURL: String?) {
+        self.pool = pool
+        self.leases = FeedSlotLeases(perHour: perHour)
+        self.trustedProxies = trustedProxies
+        self.publicBaseURL = publicBaseURL
+    }
+
+    static let takeSlotsSQL = "SELECT granted, window_seconds FROM take_feed_slots($1, $2::integer, $3::integer)"
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard request.uri.path.hasPrefix("/ocds/") else { return try await next(request, context) }
-        let client = RegistrationRateLimitMiddleware.clientAddress(
-            peer: context.remoteAddress?.ipAddress, forwardedFor: request.headers[values: .xForwardedFor], trustedProxies: trustedProxies)
-        let wait = try await pool.query(PGQuery(RegistrationRateLimitMiddleware.takeSlotSQL, [("ocds:" + client.prefix(90)).pg, perHour.pg]))
-            .first?.decode(Int.self, at: 0) ?? 0
-        guard wait == 0 else {
+        let client = "ocds:" + RegistrationRateLimitMiddleware.clientAddress(
+            peer: context.remoteAddress?.ipAddress, forwardedFor: request.headers[values: .xForwardedFor], trustedProxies: trustedProxies
+        ).prefix(90)
+        var decision = leases.take(client)
+        if case .lease = decision {
+            let (granted, seconds) = try await pool.query(PGQuery(Self.takeSlotsSQL, [client.pg, leases.perHour.pg, leases.batch.pg]))
+                .first?.decode(Int.self, Int.self) ?? (0, 1)
+            decision = leases.store(client, granted: granted, windowSeconds: seconds)
+        }
+        if case .refused(let wait) = decision {
             var headers = HTTPFields()
             headers[.retryAfter] = String(wait)
             throw APIProblem(
@@ -159,10 +190,107 @@ struct PublicFeedMiddleware: RouterMiddleware {
                 detail: "Too many requests to the open contracting feed from your address; try again later, or use the bulk export.",
                 headers: headers)
         }
-        // Only a plain host[:port] is echoed into the documents; anything else gives relative URIs.
-        let host = request.head.authority.flatMap { $0.range(of: #"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$"#, options: .regularExpression) != nil ? $0 : nil }
-        return try await PublicFeedRequest.$current.withValue(PublicFeedRequest(base: host.map { "http://" + $0 } ?? "")) {
+        if let publicBaseURL {
+            return try await PublicFeedRequest.$current.withValue(PublicFeedRequest(base: publicBaseURL)) {
+                try await next(request, context)
+            }
+        }
+        guard let host = request.head.authority.flatMap(Self.reflectableHost) else {
+            return try await PublicFeedRequest.$current.withValue(PublicFeedRequest(base: "")) { try await next(request, context) }
+        }
+        var response = try await PublicFeedRequest.$current.withValue(PublicFeedRequest(base: "http://" + host)) {
             try await next(request, context)
         }
+        // The document names the Host it was asked under: a shared cache must not give it to a request for another.
+        response.headers[.vary] = "Host"
+        return response
     }
+
+    /// The Host header, when it is one a document may repeat: a DNS name (letters, digits, inner hyphens, dots)
+    /// or an IPv4 address, with an optional port 1–65535. Nothing else (user info, paths, quotes, brackets,
+    /// percent signs, spaces) ever reaches a document: a hostile Host gives relative URIs.
+    static func reflectableHost(_ authority: String) -> String? {
+        guard (1...260).contains(authority.utf8.count) else { return nil }
+        let parts = authority.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count <= 2 else { return nil }
+        if parts.count == 2 {
+            guard (1...5).contains(parts[1].count), parts[1].allSatisfy(\.isASCIIDigit), let port = Int(parts[1]), (1...65535).contains(port)
+            else { return nil }
+        }
+        var name = parts[0]
+        if name.hasSuffix(".") { name = name.dropLast() }
+        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard !name.isEmpty, name.utf8.count <= 253, labels.allSatisfy({ label in
+            (1...63).contains(label.utf8.count) && label.first != "-" && label.last != "-"
+                && label.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2D }
+        }) else { return nil }
+        return authority.lowercased()
+    }
+}
+
+/// One instance's leases of the public feed's per-client slots (see `PublicFeedMiddleware`): per client, the
+/// slots still to spend, or a refusal, each until the database's hourly window ends.
+final class FeedSlotLeases: Sendable {
+    enum Decision { case allowed, refused(retryAfter: Int), lease }
+
+    private struct Entry {
+        var remaining: Int
+        var refused: Bool
+        var expires: ContinuousClock.Instant
+    }
+
+    let perHour: Int
+    /// Slots taken per database write: a tenth of the hourly limit, at most 100. What an instance took and did not
+    /// spend is lost when the hour ends, so a client with several instances is stopped at most that early.
+    let batch: Int
+    /// Clients remembered at once; past it the memory is dropped, which only sends clients back to the database
+    /// (their unspent slots are lost: never more requests than the limit).
+    let maxClients: Int
+    private let state = Mutex<[String: Entry]>([:])
+
+    init(perHour: Int, maxClients: Int = 10_000) {
+        self.perHour = perHour
+        self.batch = max(1, min(100, perHour / 10))
+        self.maxClients = maxClients
+    }
+
+    /// Spends a slot held in memory, or says the client is refused, or that a lease is needed.
+    func take(_ client: String, now: ContinuousClock.Instant = .now) -> Decision {
+        state.withLock { entries in
+            guard var entry = entries[client], entry.expires > now else { return .lease }
+            if entry.refused { return .refused(retryAfter: Self.seconds(until: entry.expires, from: now)) }
+            guard entry.remaining > 0 else { return .lease }
+            entry.remaining -= 1
+            entries[client] = entry
+            return .allowed
+        }
+    }
+
+    /// Keeps what a lease granted and spends one slot of it; none granted is a refusal until the window ends.
+    func store(_ client: String, granted: Int, windowSeconds: Int, now: ContinuousClock.Instant = .now) -> Decision {
+        let expires = now + .seconds(max(1, windowSeconds))
+        return state.withLock { entries in
+            if entries[client] == nil, entries.count >= maxClients {
+                entries = entries.filter { $0.value.expires > now }
+                if entries.count >= maxClients { entries.removeAll() }
+            }
+            guard granted > 0 else {
+                entries[client] = Entry(remaining: 0, refused: true, expires: expires)
+                return .refused(retryAfter: max(1, windowSeconds))
+            }
+            // A concurrent request of the same client may have leased too: keep both leases' slots.
+            let held = entries[client].map { $0.expires > now && !$0.refused ? $0.remaining : 0 } ?? 0
+            entries[client] = Entry(remaining: held + granted - 1, refused: false, expires: expires)
+            return .allowed
+        }
+    }
+
+    private static func seconds(until deadline: ContinuousClock.Instant, from now: ContinuousClock.Instant) -> Int {
+        let (seconds, attoseconds) = (deadline - now).components
+        return max(1, Int(seconds) + (attoseconds > 0 ? 1 : 0))
+    }
+}
+
+extension Character {
+    fileprivate var isASCIIDigit: Bool { isASCII && isNumber }
 }

@@ -91,8 +91,8 @@ extension AuthorityCommand {
         @Option(help: "Days within which a contract details notice is due (\"as soon as reasonably practicable\"; default 30).")
         var contractDetailsNoticeDays: Int?
 
-        @Option(help: "Whether KPI actuals and ratings are published in the open contracting feed: true or false.")
-        var publishKpiActuals: Bool?
+        @Option(help: "Whether KPI actuals and ratings per reporting period are published in the open contracting feed, as each return is made: on or off.")
+        var publishKpiActuals: Switch?
 
         @Flag(help: "Print JSON instead of text.")
         var json = false
@@ -109,7 +109,7 @@ extension AuthorityCommand {
                         session.authority, clarificationCutoffHours: clarificationCutoffHours, standstillWorkingDays: standstillWorkingDays)
                     let publication = try await OpenContractingService(database: session.database).configure(
                         session.authority, ocidPrefix: ocidPrefix, centralGovernment: centralGovernment,
-                        contractDetailsNoticeDays: contractDetailsNoticeDays, publishKPIActuals: publishKpiActuals)
+                        contractDetailsNoticeDays: contractDetailsNoticeDays, publishKPIActuals: publishKpiActuals?.isOn)
                     return (settings, publication)
                 }
                 if json {
@@ -124,6 +124,22 @@ extension AuthorityCommand {
             }
         }
     }
+}
+
+/// A setting turned on or off (`true`/`false` are taken too).
+enum Switch: String, ExpressibleByArgument, CaseIterable {
+    case on, off
+
+    init?(argument: String) {
+        switch argument.lowercased() {
+        case "on", "true": self = .on
+        case "off", "false": self = .off
+        default: return nil
+        }
+    }
+
+    static var allValueStrings: [String] { ["on", "off"] }
+    var isOn: Bool { self == .on }
 }
 
 /// The settings, flat, as `authority configure --json` prints them.

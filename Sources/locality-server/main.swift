@@ -74,6 +74,12 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Public supplier registrations allowed per client address per hour, across all instances [LOCALITY_REGISTRATIONS_PER_HOUR] (default 10).")
     var registrationsPerHour: Int?
 
+    @Option(help: "Requests per client address per hour to the public open contracting feed (/ocds/…), across all instances [LOCALITY_PUBLIC_FEED_REQUESTS_PER_HOUR] (default 3600).")
+    var publicFeedRequestsPerHour: Int?
+
+    @Option(help: "Scheme and host the public open contracting feed's URIs start with, e.g. https://data.council.example; unset, a plain Host header is used [LOCALITY_PUBLIC_BASE_URL].")
+    var publicBaseUrl: String?
+
     @Option(help: "Comma-separated addresses of trusted proxies (load balancers) whose X-Forwarded-For names the client [LOCALITY_TRUSTED_PROXIES] (default none).")
     var trustedProxies: String?
 
@@ -144,6 +150,16 @@ struct LocalityServer: AsyncParsableCommand {
         configuration.registrationsPerHour = try registrationsPerHour
             ?? environmentValue("REGISTRATIONS_PER_HOUR").map { try parseInt($0, "LOCALITY_REGISTRATIONS_PER_HOUR") } ?? configuration.registrationsPerHour
         guard configuration.registrationsPerHour > 0 else { throw ValidationError("--registrations-per-hour must be at least 1") }
+        configuration.publicFeedRequestsPerHour = try publicFeedRequestsPerHour
+            ?? environmentValue("PUBLIC_FEED_REQUESTS_PER_HOUR").map { try parseInt($0, "LOCALITY_PUBLIC_FEED_REQUESTS_PER_HOUR") }
+            ?? configuration.publicFeedRequestsPerHour
+        guard configuration.publicFeedRequestsPerHour > 0 else { throw ValidationError("--public-feed-requests-per-hour must be at least 1") }
+        if let base = publicBaseUrl ?? environmentValue("PUBLIC_BASE_URL"), !base.isEmpty {
+            guard let normalised = AppConfiguration.normalisedPublicBaseURL(base) else {
+                throw ValidationError("--public-base-url must be an http or https URL with a host and no user, query or fragment, e.g. https://data.council.example")
+            }
+            configuration.publicBaseURL = normalised
+        }
         configuration.trustedProxies = (trustedProxies ?? environmentValue("TRUSTED_PROXIES") ?? "")
             .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         configuration.tenantConnectionLimit = try tenantConnectionLimit

@@ -92,6 +92,7 @@ let raceOutcomes: [String: RaceOutcome] = [
     "resolveComplaint": .oneWinsWith409,
     // Open contracting.
     "fileNotice": .oneWinsWith409,                  // a notice is filed once
+    "setConcernSchoolPublication": .allSucceed,     // marked once (one release at most), each call audited like a setting
 ]
 
 /// The ledger's invariants, checked as the superuser: every envelope's maintained balance equals its ledger,

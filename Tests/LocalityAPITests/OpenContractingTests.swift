@@ -93,10 +93,18 @@ struct OpenContractingTests {
         return (pages, releases)
     }
 
+    /// The test client keeps one connection while the lifecycle runs through the services in between; on a busy
+    /// machine that can outlast the server's idle timeout, which would close it under the client.
+    static func patientConfiguration(_ database: TestDatabase) -> AppConfiguration {
+        var configuration = testConfiguration(database)
+        configuration.idleTimeoutSeconds = 0
+        return configuration
+    }
+
     @Test func aFullLifecycleIsPublishedValidCompleteAndWithoutWhatMustNeverBe() async throws {
         let world = try await World.make()
         let lim = Self.lim(world)
-        let app = try await buildApplication(testConfiguration(world.database))
+        let app = try await buildApplication(Self.patientConfiguration(world.database))
         try await world.database.withPool(conninfo: world.database.ownerConninfo, maxConnections: 2) { pool in
             let scoped = ScopedDatabase(pool: pool)
             let projects = ProjectService(database: scoped)
@@ -173,18 +181,37 @@ struct OpenContractingTests {
                                                           MarketFixture.fields(theme: world.market.theme, title: "Speech and language drop-ins"))
                 _ = try await projects.publish(lim, id: cancelled.id)
                 _ = try await projects.cancel(lim, id: cancelled.id, reason: "Budget withdrawn by the board")
+                // And an unsuccessful one: no suitable bid by the deadline.
+                let unsuccessful = try await projects.create(lim, boardID: world.a.boards[0].id,
+                                                             MarketFixture.fields(theme: world.market.theme, title: "Parent workshops"))
+                _ = try await projects.publish(lim, id: unsuccessful.id)
+                try await MarketFixture.setDeadline(world.database, projects: [unsuccessful.id], "now() - interval '1 hour'")
+                _ = try await projects.markUnsuccessful(lim, id: unsuccessful.id, reason: "No bid met the quality threshold")
 
                 // The feed, page by page (small pages, to follow the cursor).
                 let (pages, releases) = try await Self.feed(client, "authority=alpha&limit=3")
                 let ocid = "ocds-a1b2c3-\(lower(project.id))"
                 let mine = releases.filter { $0["ocid"] as? String == ocid }
+                // The return's actual and rating are published as it is made (the authority publishes KPI actuals).
                 #expect(mine.map { ($0["tag"] as? [String]) ?? [] } == [
-                    ["tender"], ["tenderAmendment"], ["award"], ["contract"], ["contract"], ["contractAmendment"], ["implementation", "contractTermination"],
+                    ["tender"], ["tenderAmendment"], ["award"], ["contract"], ["contract"], ["implementation"], ["contractAmendment"],
+                    ["implementation", "contractTermination"],
                 ])
                 #expect(Set(releases.compactMap { $0["id"] as? String }).count == releases.count, "release ids are unique")
-                #expect(mine.map { $0["noticeType"] as? String } == ["below_threshold_tender", nil, nil, nil, "uk7_contract_details", nil, nil])
+                #expect(mine.map { $0["noticeType"] as? String } == ["below_threshold_tender", nil, nil, nil, "uk7_contract_details", nil, nil, nil])
+                let returned = try #require(((mine[5]["contracts"] as? [[String: Any]])?.first?["implementation"] as? [String: Any])?["metrics"] as? [[String: Any]])
+                #expect(returned.count == 1 && returned[0]["id"] as? String == lower(contract.kpis[0].id))
+                let observation = (returned[0]["observations"] as? [[String: Any]])?.first
+                #expect(observation?["id"] as? String == lower(period) && number(observation?["measure"]) == 60)
+                #expect((observation?["period"] as? [String: Any])?["startDate"] != nil)
+                #expect(((observation?["dimensions"] as? [String: Any])?["rag"] as? String)?.isEmpty == false)
                 let other = releases.filter { $0["ocid"] as? String == "ocds-a1b2c3-\(lower(cancelled.id))" }
                 #expect(other.map { ($0["tag"] as? [String]) ?? [] } == [["tender"], ["tenderCancellation"]])
+                let failed = releases.filter { $0["ocid"] as? String == "ocds-a1b2c3-\(lower(unsuccessful.id))" }
+                #expect(failed.map { ($0["tag"] as? [String]) ?? [] } == [["tender"], ["tenderCancellation"]])
+                let failedTender = failed.last?["tender"] as? [String: Any]
+                #expect(failedTender?["status"] as? String == "unsuccessful")
+                #expect((failedTender?["amendments"] as? [[String: Any]])?.first?["rationale"] as? String == "No bid met the quality threshold")
 
                 // Filters: tag and time.
                 let awards = try await Self.feed(client, "tag=award").releases
@@ -212,12 +239,13 @@ struct OpenContractingTests {
                 #expect(recordResponse.status == .ok)
                 documents["record"] = bodyData(recordResponse)
                 documents["record-cancelled"] = bodyData(try await client.call(.get, "/ocds/records/ocds-a1b2c3-\(lower(cancelled.id))", token: nil))
+                documents["record-unsuccessful"] = bodyData(try await client.call(.get, "/ocds/records/ocds-a1b2c3-\(lower(unsuccessful.id))", token: nil))
                 let validation = try validateOCDS(documents)
                 #expect(validation.ok, "\(validation.output)")
                 #expect(validation.output.contains("0 errors"), "\(validation.output)")
 
                 let record = try #require((object(bodyData(recordResponse))["records"] as? [[String: Any]])?.first)
-                #expect((record["releases"] as? [Any])?.count == 7)
+                #expect((record["releases"] as? [Any])?.count == 8)
                 let compiled = try #require(record["compiledRelease"] as? [String: Any])
                 #expect(compiled["tag"] as? [String] == ["compiled"])
                 let tender = try #require(compiled["tender"] as? [String: Any])
@@ -258,6 +286,56 @@ struct OpenContractingTests {
                                "governance", "outcome_note", "score"] {
                     #expect(!everything.contains(secret), "published: \(secret)")
                 }
+
+                // Until the authority marks the contract publishable. Its LIM may not; the HoSI and the admins may, once
+                // for good: its school causing concern is then published, in a release of its own, and merges into the record.
+                let path = "/v1/contracts/\(lower(contract.id))/concern-school-publication"
+                @Sendable func updatedAt() async throws -> String {
+                    try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+                        try await connection.query("SELECT updated_at::text FROM contract WHERE id = \(contract.id)").first!.decode(String.self, at: 0)
+                    }
+                }
+                let endedAt = try await updatedAt()
+                let byLIM = try await client.call(.put, path, token: world.token(.lim, of: world.a), body: ["publish_concern_schools": true])
+                #expect(byLIM.status == .forbidden)
+                let marked = try await client.call(.put, path, token: world.token(.hosi, of: world.a), body: ["publish_concern_schools": true])
+                #expect(marked.status == .ok && marked.jsonObject["publish_concern_schools"] as? Bool == true, "\(String(buffer: marked.body))")
+                let again = try await client.call(.put, path, token: world.token(.authorityAdmin, of: world.a), body: ["publish_concern_schools": true])
+                #expect(again.status == .ok)
+                let withdraw = try await client.call(.put, path, token: world.token(.authorityAdmin, of: world.a), body: ["publish_concern_schools": false])
+                #expect(withdraw.status == .conflict && (withdraw.jsonObject["type"] as? String)?.hasSuffix("concern-schools-published") == true,
+                        "\(String(buffer: withdraw.body))")
+                let elsewhere = try await client.call(.put, "/v1/contracts/\(lower(UUID()))/concern-school-publication",
+                                                      token: world.token(.hosi, of: world.a), body: ["publish_concern_schools": true])
+                #expect(elsewhere.status == .notFound)
+                // The mark is not a change of the contract: its end date (the termination notice's event) stays.
+                #expect(try await updatedAt() == endedAt)
+                let afterMark = try await Self.feed(client, "authority=alpha").releases.filter { $0["ocid"] as? String == ocid }
+                #expect(afterMark.count == 9 && afterMark.last?["tag"] as? [String] == ["tenderUpdate"], "\(afterMark.map { $0["tag"] ?? "" })")
+                let update = String(decoding: try JSONSerialization.data(withJSONObject: afterMark.last ?? [:]), as: UTF8.self)
+                #expect(update.contains("121003") && update.contains("Concerned Primary"))
+                #expect(!update.contains("Falling outcomes") && !update.contains("governance"), "the concern itself is not published: \(update)")
+                let markedRecord = try await client.call(.get, "/ocds/records/\(ocid)", token: nil)
+                let markedValidation = try validateOCDS(["record-marked": bodyData(markedRecord)])
+                #expect(markedValidation.ok, "\(markedValidation.output)")
+                let markedTender = ((object(bodyData(markedRecord))["records"] as? [[String: Any]])?.first?["compiledRelease"] as? [String: Any])?["tender"] as? [String: Any]
+                let markedItem = (markedTender?["items"] as? [[String: Any]])?.first
+                #expect((markedItem?["additionalClassifications"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == ["121001", "121003"])
+
+                // The contract details notice is due the authority's number of days after the contract started.
+                @Sendable func contractDetailsNotice() async throws -> (eventOn: Date?, dueOn: Date?) {
+                    let response = try await client.call(.get, "/v1/notices", token: world.token(.authorityAdmin, of: world.a))
+                    let procurement = response.items.first { $0["title"] as? String == "Autism-friendly classrooms" }
+                    let notice = (procurement?["notices"] as? [[String: Any]])?.first { $0["type"] as? String == "uk7_contract_details" }
+                    func day(_ key: String) -> Date? { (notice?[key] as? String).flatMap { try? Date($0 + "T00:00:00Z", strategy: .iso8601) } }
+                    return (day("event_on"), day("due_on"))
+                }
+                let thirty = try await contractDetailsNotice()
+                #expect(thirty.eventOn != nil && thirty.dueOn == thirty.eventOn.map { $0 + 30 * 86_400 }, "\(thirty)")
+                _ = try await publication.configure(world.a.authority, ocidPrefix: nil, centralGovernment: nil, contractDetailsNoticeDays: 20,
+                                                    publishKPIActuals: nil, osUser: "test")
+                let twenty = try await contractDetailsNotice()
+                #expect(twenty.eventOn == thirty.eventOn && twenty.dueOn == thirty.eventOn.map { $0 + 20 * 86_400 }, "\(twenty)")
             }
 
             // Releases are never edited: the trigger refuses even a superuser; the service's role has no such privilege.
@@ -362,5 +440,210 @@ struct OpenContractingTests {
             #expect(central.first { $0.title == "25k advertised" }?.notices.map(\.type) == ["below_threshold_tender", "uk7_contract_details"])
             #expect(central.first { $0.title == "300k advertised" }?.regime == "regulated")
         }
+    }
+}
+
+extension OpenContractingTests {
+    /// KPI actuals and ratings per reporting period are published as each return is made (and when a rating is
+    /// overridden), in the same transaction, only while the authority chooses to publish them; valid OCDS.
+    @Test func kpiActualsArePublishedPerReturnOnlyWhereTheAuthorityChoosesTo() async throws {
+        let world = try await World.make()
+        let lim = Self.lim(world)
+        let supplier = Self.supplier(world.supplierID)
+        let app = try await buildApplication(Self.patientConfiguration(world.database))
+        try await world.database.withPool(conninfo: world.database.ownerConninfo, maxConnections: 2) { pool in
+            let scoped = ScopedDatabase(pool: pool)
+            let publication = OpenContractingService(database: scoped)
+            let monitoring = MonitoringService(database: scoped)
+            let contract = world.market.active
+            let period = world.market.activePeriod
+            @Sendable func returned(_ value: Decimal) async throws {
+                _ = try await monitoring.submit(supplier, contractID: contract, ReturnSubmission(
+                    periodID: period, value: .number(value), noActivityReason: nil, narrative: "NARRATIVE-SECRET", evidence: "EVIDENCE-SECRET"))
+            }
+            try await app.test(.live) { client in
+                // Publishing, but not KPI actuals (the default): a return writes no release.
+                let off = try await publication.configure(world.a.authority, ocidPrefix: "ocds-a1b2c3", centralGovernment: nil,
+                                                          contractDetailsNoticeDays: nil, publishKPIActuals: nil, osUser: "test")
+                #expect(off.publishKPIActuals == false)
+                try await returned(3)
+                _ = try await monitoring.override(lim, contractID: contract, periodID: period, rating: .amber, reason: "Context agreed at the visit")
+                #expect(try await Self.feed(client, "tag=implementation").releases.isEmpty)
+
+                // Turned on: each return, and each override, writes its period's actual and rating.
+                _ = try await publication.configure(world.a.authority, ocidPrefix: nil, centralGovernment: nil,
+                                                    contractDetailsNoticeDays: nil, publishKPIActuals: true, osUser: "test")
+                try await returned(7)
+                _ = try await monitoring.override(lim, contractID: contract, periodID: period, rating: .red, reason: "Second look at the registers")
+                let (pages, releases) = try await Self.feed(client, "tag=implementation")
+                #expect(releases.count == 2, "\(releases)")
+                func observation(_ release: [String: Any]) -> [String: Any]? {
+                    let contracts = release["contracts"] as? [[String: Any]]
+                    let metrics = (contracts?.first?["implementation"] as? [String: Any])?["metrics"] as? [[String: Any]]
+                    #expect(metrics?.count == 1 && metrics?.first?["id"] as? String == lower(world.market.activeKPI))
+                    #expect(contracts?.first?["id"] as? String == lower(contract))
+                    return (metrics?.first?["observations"] as? [[String: Any]])?.first
+                }
+                let fromReturn = try #require(observation(releases[0]))
+                #expect(fromReturn["id"] as? String == lower(period) && number(fromReturn["measure"]) == 7)
+                #expect((fromReturn["dimensions"] as? [String: Any])?["rag"] as? String == "amber", "the override in force: \(fromReturn)")
+                #expect((fromReturn["dimensions"] as? [String: Any])?["rating"] as? String == "Approaching target")
+                let fromOverride = try #require(observation(releases[1]))
+                #expect(number(fromOverride["measure"]) == 7 && (fromOverride["dimensions"] as? [String: Any])?["rag"] as? String == "red")
+                #expect((fromOverride["dimensions"] as? [String: Any])?["rating"] as? String == "Requires improvement")
+                #expect(Set(releases.compactMap { $0["id"] as? String }).count == 2)
+                let text = String(decoding: try JSONSerialization.data(withJSONObject: releases), as: UTF8.self)
+                #expect(!text.contains("SECRET") && !text.contains("Second look") && !text.contains("Context agreed"), "\(text)")
+                let ocid = try #require(releases[0]["ocid"] as? String)
+                let record = try await client.call(.get, "/ocds/records/\(ocid)", token: nil)
+                var documents = ["record": bodyData(record)]
+                for (index, page) in pages.enumerated() { documents["feed-\(index)"] = page }
+                let validation = try validateOCDS(documents)
+                #expect(validation.ok, "\(validation.output)")
+                // The compiled release holds the period's latest observation (merged by the period's id).
+                let compiled = (object(bodyData(record))["records"] as? [[String: Any]])?.first?["compiledRelease"] as? [String: Any]
+                let implementation = (compiled?["contracts"] as? [[String: Any]])?.first?["implementation"] as? [String: Any]
+                let merged = ((implementation?["metrics"] as? [[String: Any]])?.first?["observations"] as? [[String: Any]]) ?? []
+                #expect(merged.count == 1 && (merged.first?["dimensions"] as? [String: Any])?["rag"] as? String == "red", "\(merged)")
+
+                // Turned off again: nothing more.
+                _ = try await publication.configure(world.a.authority, ocidPrefix: nil, centralGovernment: nil,
+                                                    contractDetailsNoticeDays: nil, publishKPIActuals: false, osUser: "test")
+                try await returned(9)
+                #expect(try await Self.feed(client, "tag=implementation").releases.count == 2)
+            }
+        }
+    }
+
+    /// The feed's limit is shared by instances through PostgreSQL, but reads do not write: an instance leases a
+    /// client's slots in batches and remembers a refusal until the window ends.
+    @Test func theFeedLimitIsSharedWithoutAWritePerRead() async throws {
+        let database = try await TestDatabase.migrated()
+        // Counts every write to the limit's table (a trigger of the test's own, as the superuser).
+        _ = try await PGConnection.withConnection(.init(conninfo: database.superuserConninfo, applicationName: "t")) { connection in
+            try await connection.query("CREATE TABLE limit_writes (n integer NOT NULL)")
+            try await connection.query("""
+                CREATE FUNCTION count_limit_write() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp
+                AS $$ BEGIN INSERT INTO limit_writes VALUES (1); RETURN NULL; END $$
+                """)
+            try await connection.query("""
+                CREATE TRIGGER count_limit_write AFTER INSERT OR UPDATE ON registration_attempt FOR EACH ROW EXECUTE FUNCTION count_limit_write()
+                """)
+        }
+        @Sendable func writes() async throws -> Int {
+            try await PGConnection.withConnection(.init(conninfo: database.superuserConninfo, applicationName: "t")) { connection in
+                try await connection.query("SELECT count(*)::integer FROM limit_writes").first!.decode(Int.self, at: 0)
+            }
+        }
+        @Sendable func hour() async throws -> String {
+            try await PGConnection.withConnection(.init(conninfo: database.superuserConninfo, applicationName: "t")) { connection in
+                try await connection.query("SELECT date_trunc('hour', now())::text").first!.decode(String.self, at: 0)
+            }
+        }
+        var configuration = Self.patientConfiguration(database)   // the first instance's connection waits while the second works
+        configuration.publicFeedRequestsPerHour = 100   // leased 10 at a time
+        let first = try await buildApplication(configuration)
+        let second = try await buildApplication(configuration)
+        // What happened, checked at the end unless the hourly window turned meanwhile (then the counts start afresh).
+        struct Observed: Sendable {
+            var firstStatuses: [Int] = []
+            var writesAfterFirst = 0
+            var served = 0
+            var limited: (status: Int, problem: Bool, retryAfter: Int)?
+            var writesAfterRefusal = 0
+            var hammered: [Int] = []
+            var writesAfterHammering = 0
+            var firstAgain: [Int] = []
+            var writesAtEnd = 0
+        }
+        let startHour = try await hour()
+        let observed = try await first.test(.live) { one in
+            var observed = Observed()
+            for _ in 0..<25 { observed.firstStatuses.append(Int(try await one.call(.get, "/ocds/releases", token: nil).status.code)) }
+            observed.writesAfterFirst = try await writes()
+            let sofar = observed
+            observed = try await second.test(.live) { two in
+                var observed = sofar
+                for _ in 0..<100 {
+                    let response = try await two.call(.get, "/ocds/releases", token: nil)
+                    guard response.status == .ok else {
+                        observed.limited = (Int(response.status.code), response.headers[.contentType]?.hasPrefix("application/problem+json") == true,
+                                            Int(response.headers[.retryAfter] ?? "") ?? 0)
+                        break
+                    }
+                    observed.served += 1
+                }
+                observed.writesAfterRefusal = try await writes()
+                for _ in 0..<20 { observed.hammered.append(Int(try await two.call(.get, "/ocds/releases", token: nil).status.code)) }
+                observed.writesAfterHammering = try await writes()
+                return observed
+            }
+            for _ in 0..<6 { observed.firstAgain.append(Int(try await one.call(.get, "/ocds/releases", token: nil).status.code)) }
+            observed.writesAtEnd = try await writes()
+            return observed
+        }
+        guard try await hour() == startHour else { return }
+        // 25 reads on the first instance: three leases of 10.
+        #expect(observed.firstStatuses == Array(repeating: 200, count: 25))
+        #expect(observed.writesAfterFirst == 3)
+        // The other instance gets what is left of the hour's 100 (the first holds 5 more), then 429 with Retry-After.
+        #expect(observed.served == 70)
+        #expect(observed.limited?.status == 429 && observed.limited?.problem == true && (observed.limited?.retryAfter ?? 0) > 0)
+        #expect(observed.writesAfterRefusal == 3 + 7 + 1)
+        // Refused from memory until the window ends: hammering costs no write.
+        #expect(observed.hammered == Array(repeating: 429, count: 20))
+        #expect(observed.writesAfterHammering == 11)
+        // The first instance spends the 5 it holds, then is refused too: never more than 100 in the hour.
+        #expect(observed.firstAgain == Array(repeating: 200, count: 5) + [429])
+        #expect(observed.writesAtEnd == 12)
+    }
+
+    /// With `publicBaseURL` the documents' URIs are the configured ones whatever Host a client sends; without it, a
+    /// Host is repeated only when it is a plain host name (and the response varies by Host), else URIs are relative.
+    @Test func documentURIsNeverCarryAHostileHost() async throws {
+        let database = try await TestDatabase.migrated()
+        /// The feed's first page asked under `host` (the test framework's own client always says localhost).
+        struct Fetched: Sendable { var status: HTTPResponse.Status; var headers: HTTPFields; var data: Data; var text: String { String(decoding: data, as: UTF8.self) } }
+        @Sendable func fetch(_ client: some TestClientProtocol, host: String) async throws -> Fetched {
+            let connection = TestClient(host: "localhost", port: try #require(client.port), configuration: .init(timeout: .seconds(60)))
+            connection.connect()
+            let response = try await connection.execute(.init("/ocds/releases?limit=5", method: .get, authority: host))
+            try await connection.shutdown()
+            return Fetched(status: response.head.status, headers: response.head.headerFields, data: Data((response.body ?? ByteBuffer()).readableBytesView))
+        }
+        var configured = testConfiguration(database)
+        configured.publicBaseURL = "https://data.alpha.example/"
+        try await buildApplication(configured).test(.live) { client in
+            let hostile = try await fetch(client, host: "evil.example")
+            let honest = try await fetch(client, host: "data.alpha.example")
+            #expect(hostile.status == .ok && honest.status == .ok)
+            #expect(object(hostile.data)["uri"] as? String == "https://data.alpha.example/ocds/releases?limit=5", "\(hostile.text)")
+            #expect(!hostile.text.contains("evil"))
+            // The same document whatever the Host (an empty page is dated by the minute it is asked in): one cache
+            // entry, never a poisoned one.
+            #expect(NSDictionary(dictionary: object(hostile.data).filter { $0.key != "publishedDate" })
+                        .isEqual(to: object(honest.data).filter { $0.key != "publishedDate" }))
+            #expect(hostile.headers[.vary] == nil)
+        }
+        try await buildApplication(testConfiguration(database)).test(.live) { client in
+            let plain = try await fetch(client, host: "feed.alpha.example:8443")
+            #expect(object(plain.data)["uri"] as? String == "http://feed.alpha.example:8443/ocds/releases?limit=5")
+            #expect(plain.headers[.vary] == "Host")
+            for host in ["user@evil.example", "evil_example.com", "evil.example:99999", "-evil.example", "evil..example", "evil.example%2F"] {
+                let response = try await fetch(client, host: host)
+                #expect(response.status == .ok || response.status == .badRequest, "\(host)")
+                if response.status == .ok {
+                    #expect(object(response.data)["uri"] as? String == "/ocds/releases?limit=5", "\(host): \(response.text)")
+                }
+                #expect(!response.text.contains("evil"), "\(host)")
+            }
+        }
+        #expect(AppConfiguration.normalisedPublicBaseURL("https://data.alpha.example/") == "https://data.alpha.example")
+        for bad in ["ftp://data.alpha.example", "data.alpha.example", "https://user@data.alpha.example", "https://data.alpha.example/?a=1", "https://"] {
+            #expect(AppConfiguration.normalisedPublicBaseURL(bad) == nil, "\(bad)")
+        }
+        var broken = testConfiguration(database)
+        broken.publicBaseURL = "ftp://data.alpha.example"
+        await #expect(throws: (any Error).self) { _ = try await buildApplication(broken) }
     }
 }

@@ -103,6 +103,10 @@ func matrix(_ world: World) -> [String: MatrixEntry] {
             method: .post, path: "/v1/projects/\(lower(world.market.unsuccessfulBelowThreshold))/notice-filings",
             body: { role in ["notice_key": role == .lim ? "uk4_tender" : "below_threshold_tender", "platform_notice_id": "CDP-\(role.rawValue)"] },
             expected: outcomes([.authorityAdmin: .created, .lim: .unprocessableContent])),
+        // Authority-wide roles mark a contract's schools causing concern publishable; the LIM who manages it may not.
+        "setConcernSchoolPublication": MatrixEntry(
+            method: .put, path: "/v1/contracts/\(lower(world.market.active))/concern-school-publication",
+            body: { _ in ["publish_concern_schools": true] }, expected: outcomes([.authorityAdmin: .ok, .hosi: .ok])),
     ].merging(marketplaceMatrix(world)) { first, _ in first }
 }
 

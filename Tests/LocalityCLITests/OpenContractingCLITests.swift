@@ -21,6 +21,17 @@ struct OpenContractingCLITests {
         #expect(settings["ocid_prefix"] as? String == "ocds-t3st01" && settings["central_government"] as? Bool == true
                 && settings["contract_details_notice_days"] as? Int == 20 && settings["publish_kpi_actuals"] as? Bool == false, "\(settings)")
 
+        // KPI actuals per reporting period: published or not, on the authority's choice.
+        for (value, expected) in [("on", true), ("off", false), ("true", true)] {
+            let switched = try expectSuccess(await AdminCLI.run(
+                ["authority", "configure", "--authority", "test-la", "--publish-kpi-actuals", value, "--json"], database: db))
+            #expect((try switched.json() as? [String: Any])?["publish_kpi_actuals"] as? Bool == expected, "\(value): \(switched)")
+        }
+        let text = try expectSuccess(await AdminCLI.run(["authority", "configure", "--authority", "test-la", "--publish-kpi-actuals", "off"], database: db))
+        #expect(text.stdout.contains("KPI actuals not published"), "\(text)")
+        let unclear = try await AdminCLI.run(["authority", "configure", "--authority", "test-la", "--publish-kpi-actuals", "maybe"], database: db)
+        #expect(unclear.status != 0, "\(unclear)")
+
         let package = try expectSuccess(await AdminCLI.run(["ocds", "export", "--authority", "test-la"], database: db))
         let object = try #require(try package.json() as? [String: Any], "\(package)")
         #expect(object["version"] as? String == "1.1" && (object["releases"] as? [Any])?.isEmpty == true)

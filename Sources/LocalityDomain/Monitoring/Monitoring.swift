@@ -288,14 +288,15 @@ public struct MonitoringService: Sendable {
                     targetDate: CalendarDate.parse(definition.targetDate) ?? CalendarDate.parse(contract.endDate)!,
                     periodEnd: CalendarDate.parse(period.ends)!, amberThresholdPercent: definition.amberThresholdPercent)
             }
-            try await connection.query("""
+            let returnID = try await connection.query("""
                 INSERT INTO kpi_return (authority_id, period_id, version, actual, numerator, denominator, no_activity, no_activity_reason,
                                         narrative, evidence, computed_rating, submitted_by)
                 VALUES (\(contract.authorityID), \(submission.periodID), \(period.versions + 1), \(actual.map { "\($0)" })::numeric,
                         \(numerator.map { "\($0)" })::numeric, \(denominator.map { "\($0)" })::numeric, \(submission.value == nil),
                         \(submission.value == nil ? submission.noActivityReason : nil), \(submission.narrative), \(submission.evidence),
                         \(rating?.rawValue), current_setting('app.actor'))
-                """)
+                RETURNING id
+                """).first!.decode(UUID.self, at: 0)
             let after = try await Self.periods(connection, contractID: contractID)
             let ratings = after.filter { $0.kpiID == period.kpiID && $0.latest != nil }.map(\.rating).filter { $0 != .white }
             let overdue = after.contains { $0.kpiID == period.kpiID && $0.overdue }
@@ -311,6 +312,8 @@ public struct MonitoringService: Sendable {
             let status = after.first { $0.periodID == submission.periodID }!
             try await AuditLog.record(connection, action: "contract.return", entityType: "contract", entityID: contractID.lowercased,
                                       before: nil, after: status)
+            // The period's actual and rating in the open contracting feed, where the authority publishes them.
+            try await OCDSReleaseKind.publish(connection, projectID: contract.projectID, .kpiReturn, ref: returnID)
             return status
         }
     }
@@ -336,6 +339,7 @@ public struct MonitoringService: Sendable {
             let after = try await Self.periods(connection, contractID: contractID).first { $0.periodID == periodID }!
             try await AuditLog.record(connection, action: "contract.rating_override", entityType: "contract", entityID: contractID.lowercased,
                                       before: before, after: after)
+            try await OCDSReleaseKind.publish(connection, projectID: contract.projectID, .ratingOverride, ref: periodID)
             return after
         }
     }

@@ -5,6 +5,11 @@ import LocalityPostgres
 /// The lifecycle events that write an OCDS release (migration 0022, `ocds_publish`).
 public enum OCDSReleaseKind: String, Sendable {
     case tender, tenderAmendment, tenderCancellation, award, contract, contractStarted, contractAmendment, contractEnded
+    /// A KPI's actual and rating for one reporting period (ref: the return, or for an override the period);
+    /// the database writes nothing unless the authority publishes KPI actuals.
+    case kpiReturn, ratingOverride
+    /// The contract was marked so that its schools causing concern may be published.
+    case concernSchools
 
     /// Writes the release for this event of a project, in the caller's transaction (so it commits or rolls back
     /// with the event). Nothing is written while the authority has no OCID prefix: its procurements are simply
@@ -136,7 +141,8 @@ public struct OpenContractingService: Sendable {
     }
 
     public static let releaseTags: Set<String> = [
-        "tender", "tenderAmendment", "tenderCancellation", "award", "contract", "contractAmendment", "implementation", "contractTermination",
+        "tender", "tenderAmendment", "tenderUpdate", "tenderCancellation", "award", "contract", "contractAmendment", "implementation",
+        "contractTermination",
     ]
 
     /// Releases oldest first (by date, then the order written), as JSON texts, with the next page's cursor.
@@ -256,6 +262,43 @@ public struct OpenContractingService: Sendable {
             for release in page.items { try await body(release) }
             cursor = page.nextCursor
         } while cursor != nil
+    }
+
+    // MARK: Schools causing concern
+
+    /// Marks a contract so that its schools causing concern may be published (authority admins and the Head of
+    /// School Improvement), and publishes them at once (a `tenderUpdate` release). One way: `false` is accepted
+    /// only while the contract is unmarked, since what was published cannot be withdrawn. Each call is audited
+    /// (as a setting is, saying what it was and is); marking a marked contract again publishes nothing more.
+    /// Returns the mark.
+    public func setConcernSchoolsPublishable(_ scope: AccessScope, contractID: UUID, publishable: Bool) async throws -> Bool {
+        try scope.require(scope.isStaff && scope.hasAny(.authorityAdmin, .hosi), "mark contracts' schools causing concern publishable")
+        return try await database.transaction(scope) { connection in
+            // The function takes the contract's row lock, checks the caller and marks it: of concurrent marks, one
+            // changes it and publishes, the others find it marked.
+            let before: Bool?
+            if publishable {
+                before = try await connection.query("SELECT contract_mark_concern_schools_publishable(\(contractID))").first?
+                    .decode(Bool?.self, at: 0)
+            } else {
+                before = try await connection.query("SELECT publish_concern_schools FROM contract WHERE id = \(contractID)")
+                    .first?.decode(Bool?.self, at: 0)
+            }
+            guard let before else { throw DomainError.notFound("contract") }
+            if !publishable && before {
+                throw DomainError.stateConflict(
+                    type: "concern-schools-published",
+                    "This contract's schools causing concern are already published; published releases cannot be withdrawn.")
+            }
+            if publishable && !before {
+                let projectID = try await connection.query("SELECT project_id FROM contract WHERE id = \(contractID)").first!.decode(UUID.self, at: 0)
+                try await OCDSReleaseKind.publish(connection, projectID: projectID, .concernSchools)
+            }
+            struct Mark: Encodable, Sendable { var publishConcernSchools: Bool }
+            try await AuditLog.record(connection, action: "contract.publish_concern_schools", entityType: "contract", entityID: contractID.lowercased,
+                                      before: Mark(publishConcernSchools: before), after: Mark(publishConcernSchools: publishable))
+            return publishable
+        }
     }
 
     // MARK: Notices due (staff)
