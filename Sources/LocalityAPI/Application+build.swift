@@ -128,6 +128,9 @@ public func buildApplication(
     let cache = authenticationCache ?? (configuration.authenticationCacheLifetime > .zero
         ? AuthenticationCache(lifetime: configuration.authenticationCacheLifetime) : nil)
     let domain = DomainServices(database: ScopedDatabase(pool: pool, bulkhead: bulkhead), authenticationCache: cache)
+    // Before the middleware that write (rate limits, authentication's record of a token's use): the replica
+    // read fence is the primary's position when the request began.
+    if let replicaRouter { router.add(middleware: ReplicaReadMiddleware(router: replicaRouter, routes: routes)) }
     router.add(middleware: RegistrationRateLimitMiddleware(
         pool: pool, perHour: configuration.registrationsPerHour, trustedProxies: Set(configuration.trustedProxies)))
     router.add(middleware: PublicFeedMiddleware(
@@ -138,7 +141,6 @@ public func buildApplication(
         bulkhead: TenantBulkhead(limit: configuration.exportConnections, timeout: configuration.acquireTimeout,
                                  maxWaiting: configuration.exportQueueLimit),
         routes: routes))
-    if let replicaRouter { router.add(middleware: ReplicaReadMiddleware(router: replicaRouter, routes: routes)) }
     let parameterRules: ParameterRules
     do {
         parameterRules = try ParameterRules(document: String(decoding: OpenAPIDocument.bytes, as: UTF8.self))

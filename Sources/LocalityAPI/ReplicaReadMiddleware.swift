@@ -5,7 +5,8 @@ import LocalityDomain
 /// operations — dashboards, reports and CSV exports, the public open contracting feed, and the long lists.
 /// Their read-only transactions go to the replica when `ReplicaRouter` allows (lag within the bound, and the
 /// read-your-writes fence: the replica has replayed everything the primary had when the request first read);
-/// every other request, and every write, uses the primary. Authentication always reads the primary.
+/// every other request, and every write, uses the primary. Authentication always reads the primary. Installed
+/// before authentication and the public feed's rate limit, which write: the fence is taken before them.
 struct ReplicaReadMiddleware<Context: RequestContext>: RouterMiddleware {
     let router: ReplicaRouter
     let routes: RouteTable
@@ -15,7 +16,7 @@ struct ReplicaReadMiddleware<Context: RequestContext>: RouterMiddleware {
               let template = routes.template(forPath: request.uri.path, method: request.method),
               ReplicaReadRoutes.templates.contains(template)
         else { return try await next(request, context) }
-        return try await ReplicaReadRequest.$current.withValue(router.request()) { try await next(request, context) }
+        return try await ReplicaReadRequest.$current.withValue(await router.request()) { try await next(request, context) }
     }
 }
 

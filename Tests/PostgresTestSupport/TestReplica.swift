@@ -32,11 +32,21 @@ public final class TestReplica: Sendable {
             runAs = ["/usr/sbin/runuser", "-u", osUser, "--"]
         }
         CleanupAtExit.register(root: directory, dataDirectory: directory)
+        // Beside the server binaries found (which may be links elsewhere), or in the packaged server's directory.
         let binaries = try await EmbeddedPostgres.locateBinaries()
-        let command = runAs + [binaries + "/pg_basebackup", "-h", info.embedded.socketDirectory, "-p", String(info.embedded.configuration.port),
+        let versions = (try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []
+        let candidates = [binaries + "/pg_basebackup"] + versions.map { "/usr/lib/postgresql/\($0)/bin/pg_basebackup" } + ["/usr/bin/pg_basebackup"]
+        guard let basebackup = candidates.first(where: FileManager.default.isExecutableFile(atPath:)) else {
+            throw EmbeddedPostgresError("pg_basebackup not found (looked at \(candidates))")
+        }
+        let command = runAs + [basebackup, "-h", info.embedded.socketDirectory, "-p", String(info.embedded.configuration.port),
                                "-U", "postgres", "-D", directory, "-R", "-X", "stream", "-c", "fast"]
         let output = try await ProcessRunner.run(command[0], Array(command.dropFirst()))
         guard output.status == 0 else { throw EmbeddedPostgresError("pg_basebackup failed: \(output.text)") }
+        // The primary's socket lives in its data directory, so its lock file came along: it is not ours.
+        for file in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where file.hasPrefix(".s.PGSQL.") {
+            try? FileManager.default.removeItem(atPath: directory + "/" + file)
+        }
         // The copy's own socket (its postgresql.conf names the primary's); postgresql.auto.conf wins.
         let settings = "\nunix_socket_directories = '\(directory)'\nhot_standby = on\n"
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: directory + "/postgresql.auto.conf"))

@@ -11,13 +11,13 @@ import Synchronization
 ///
 /// 1. The replica is up, is still a replica (`pg_is_in_recovery()`), runs as the same role as the primary, and
 ///    its replay lag — sampled in the background, never per request — is within the bound.
-/// 2. **Read-your-writes fence**: at the request's first routed read, the primary's WAL insert position is
+/// 2. **Read-your-writes fence**: at the start of the request, the primary's WAL insert position is
 ///    read (`pg_current_wal_insert_lsn()`, one statement touching no table) and the replica must already have
 ///    replayed up to it. So every write acknowledged before the read began — by this user or anyone, through
 ///    any instance — is visible on the replica, or the read goes to the primary. Nothing just written
 ///    disappears from the next read, whichever instance serves it and without any state in the client.
 ///
-/// One request decides once: all its routed reads then come from the same server. A replica that fails under a
+/// A request decides once: all its routed reads then come from the same server. A replica that fails under a
 /// read (its connection lost, a recovery conflict cancelling the statement) is marked down and the read runs
 /// again on the primary: a replica going away costs latency, never an error.
 public final class ReplicaRouter: Service, Sendable {
@@ -86,8 +86,10 @@ public final class ReplicaRouter: Service, Sendable {
 
     // MARK: Per request
 
-    /// A request whose read-only transactions may go to the replica.
-    public func request() -> ReplicaReadRequest { ReplicaReadRequest(router: self) }
+    /// A request whose read-only transactions may go to the replica: where they go is decided now, at its start,
+    /// before it writes anything itself (authentication records a token's use, the public feed its rate limit),
+    /// so that the fence is exactly "everything acknowledged before this request began".
+    public func request() async -> ReplicaReadRequest { ReplicaReadRequest(router: self, target: await fence()) }
 
     /// Whether the last sample allows the replica (up, a replica, lag within the bound); otherwise why not.
     var sampledTarget: Target {
@@ -243,32 +245,30 @@ public final class ReplicaRouter: Service, Sendable {
     }
 }
 
-/// One request's routing: decided at its first routed read, then the same for all of them.
+/// One request's routing: decided at its start, the same for all its routed reads.
 public final class ReplicaReadRequest: Sendable {
     /// Set by the API around the requests it lets read from a replica.
     @TaskLocal public static var current: ReplicaReadRequest?
 
     let router: ReplicaRouter
-    private let decision = Mutex<ReplicaRouter.Target?>(nil)
+    /// Where its reads go, and whether that has been counted (at its first read: a request refused before it
+    /// reads anything is not a routed read).
+    private let decision: Mutex<(target: ReplicaRouter.Target, counted: Bool)>
 
-    init(router: ReplicaRouter) {
+    init(router: ReplicaRouter, target: ReplicaRouter.Target) {
         self.router = router
+        decision = Mutex((target, false))
     }
 
     /// Runs `work` on the replica's pool or the primary's, as decided; a replica failure runs it again on the
     /// primary (routed work is read-only, so running it again is safe).
     public func run<R>(primary: PGPool, _ work: (PGPool) async throws -> R) async throws -> R {
-        var target = decision.withLock { $0 }
-        if target == nil {
-            let decided = await router.fence()
-            target = decision.withLock { current in
-                if current == nil {
-                    current = decided
-                    // Counted once per request, where it was decided to go.
-                    router.count(decided)
-                }
-                return current
+        let target = decision.withLock { decision in
+            if !decision.counted {
+                decision.counted = true
+                router.count(decision.target)
             }
+            return decision.target
         }
         guard target == .replica else { return try await work(primary) }
         do {
@@ -276,9 +276,9 @@ public final class ReplicaReadRequest: Sendable {
         } catch let error where ReplicaRouter.isReplicaFailure(error) {
             // A replica pool with no connection free is busy, not down: only this read moves.
             if (error as? PGError)?.kind != .acquireTimeout { router.markDown("a read failed on the replica: \(error)") }
-            let first = decision.withLock { current in
-                defer { current = .primaryAfterFailure }
-                return current == .replica
+            let first = decision.withLock { decision in
+                defer { decision.target = .primaryAfterFailure }
+                return decision.target == .replica
             }
             if first { router.count(.primaryAfterFailure) }
             return try await work(primary)
