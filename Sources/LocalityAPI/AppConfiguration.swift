@@ -86,6 +86,21 @@ public struct AppConfiguration: Sendable {
         return base
     }
 
+    /// A streaming replica of the database (same role, same database), for the heavy read-only operations
+    /// (`ReplicaReadMiddleware`); nil: every read goes to the primary.
+    public var replicaDatabaseURL: String?
+    /// The replica's pool (default: half the primary's, at least 2).
+    public var replicaPoolSize: Int?
+    var replicaConnections: Int { max(1, replicaPoolSize ?? max(2, poolSize / 2)) }
+    /// A replica further behind than this serves nothing (its reads go to the primary).
+    public var replicaMaxLagMilliseconds = 1_000
+    /// How often the replica's lag is sampled (and a replica that was down is tried again).
+    public var replicaLagSampleInterval: Duration = .milliseconds(250)
+
+    /// A span per request and per statement (`RequestTracingMiddleware`, `PGTracing`), for a tracer the caller
+    /// has bootstrapped (`locality-server --otlp-traces-endpoint`). Off: no span work at all.
+    public var tracing = false
+
     /// The pool's session settings for the limits above.
     var sessionSettings: [(name: String, value: String)] {
         [("statement_timeout", "\(statementTimeoutMilliseconds)ms"), ("lock_timeout", "\(lockTimeoutMilliseconds)ms"),

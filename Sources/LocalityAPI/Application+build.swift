@@ -32,7 +32,8 @@ public func buildApplication(
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
     onMetricsServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
     onDemoSeeded: @Sendable (DemoSeed.Result?) -> Void = { _ in },
-    authenticationCache: AuthenticationCache? = nil
+    authenticationCache: AuthenticationCache? = nil,
+    onReplicaRouter: @Sendable (ReplicaRouter) -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
     var logger = logger ?? Logger(label: "locality-server")
     logger.logLevel = configuration.logLevel
@@ -86,10 +87,34 @@ public func buildApplication(
         metricsFactory: metricsFactory
     )
 
+    // Heavy reads may go to a streaming replica: same role and session settings, read-only transactions only.
+    // Its pool's own gauges stay out of /metrics (they would share the primary's names); the router reports it.
+    let replicaRouter = configuration.replicaDatabaseURL.map { url in
+        ReplicaRouter(
+            primary: pool,
+            replica: PGPool(
+                configuration: .init(
+                    // A replica that does not answer is given up on sooner than the primary.
+                    connection: .init(conninfo: url, applicationName: "locality-server-replica", connectTimeoutSeconds: 2,
+                                      sessionSettings: configuration.sessionSettings),
+                    maxConnections: configuration.replicaConnections,
+                    acquireTimeout: configuration.acquireTimeout,
+                    maxConnectionLifetime: configuration.dbMaxConnectionLifetimeSeconds > 0 ? .seconds(configuration.dbMaxConnectionLifetimeSeconds) : nil),
+                logger: logger, metricsFactory: NOOPMetricsHandler.instance),
+            configuration: .init(maxLag: .milliseconds(configuration.replicaMaxLagMilliseconds),
+                                 sampleInterval: configuration.replicaLagSampleInterval),
+            logger: logger, metricsFactory: metricsFactory)
+    }
+    if let replicaRouter { onReplicaRouter(replicaRouter) }
+
     let routes = RouteTable(maxBodyBytes: configuration.maxRequestBodyBytes)
     let router = Router(context: AppRequestContext.self)
     router.add(middleware: DatabaseAffinityMiddleware(pool: pool))
     router.add(middleware: RequestIDMiddleware())
+    if configuration.tracing {
+        router.add(middleware: RequestTracingMiddleware(routes: routes))
+        PGTracing.enable()
+    }
     router.add(middleware: HTTPMetricsMiddleware(factory: metricsFactory))
     if configuration.accessLog { router.add(middleware: AccessLogMiddleware()) }
     router.add(middleware: NoStoreMiddleware())
@@ -105,6 +130,9 @@ public func buildApplication(
     let cache = authenticationCache ?? (configuration.authenticationCacheLifetime > .zero
         ? AuthenticationCache(lifetime: configuration.authenticationCacheLifetime) : nil)
     let domain = DomainServices(database: ScopedDatabase(pool: pool, bulkhead: bulkhead), authenticationCache: cache)
+    // Before the middleware that write (rate limits, authentication's record of a token's use): the replica
+    // read fence is the primary's position when the request began.
+    if let replicaRouter { router.add(middleware: ReplicaReadMiddleware(router: replicaRouter, routes: routes)) }
     router.add(middleware: RegistrationRateLimitMiddleware(
         pool: pool, perHour: configuration.registrationsPerHour, trustedProxies: Set(configuration.trustedProxies)))
     router.add(middleware: PublicFeedMiddleware(
@@ -140,6 +168,11 @@ public func buildApplication(
     var services: [any Service] = []
     if let embedded = endpoints.embedded { services.append(embedded) }
     services.append(pool)
+    if let replicaRouter {
+        // Stops before the replica's pool closes (reverse order).
+        services.append(replicaRouter.replica)
+        services.append(replicaRouter)
+    }
     if let cache {
         services.append(AuthenticationListener(
             cache: cache, logger: logger,
@@ -221,10 +254,12 @@ func seedDemoIfEmpty(ownerConninfo: String, logger: Logger) async throws -> Demo
 /// finish in-flight requests, close the pool, stop the embedded cluster) that is cut short after
 /// `shutdownDeadline`: a stuck request cannot hold up a restart or a deploy. Tests pass no signals and trigger
 /// the shutdown themselves.
+/// `before` run beside it and stop after it (the trace exporter, which sends what the drain produced).
 public func serviceGroup(
-    _ app: some ApplicationProtocol, shutdownDeadline: Duration, signals: [UnixSignal] = [.sigterm, .sigint], logger: Logger
+    _ app: some ApplicationProtocol, before: [any Service] = [], shutdownDeadline: Duration, signals: [UnixSignal] = [.sigterm, .sigint],
+    logger: Logger
 ) -> ServiceGroup {
-    var configuration = ServiceGroupConfiguration(services: [app], gracefulShutdownSignals: signals, logger: logger)
+    var configuration = ServiceGroupConfiguration(services: before + [app], gracefulShutdownSignals: signals, logger: logger)
     configuration.maximumGracefulShutdownDuration = shutdownDeadline
     return ServiceGroup(configuration: configuration)
 }

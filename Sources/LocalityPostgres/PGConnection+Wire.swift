@@ -7,6 +7,11 @@ extension PGConnection {
     /// Sends `work` and suspends until the I/O loop has its result. When `cancellable`, cancelling the
     /// calling task sends the server a cancel request (`PQcancel`), or drops the statement unsent.
     func perform(_ work: PGRequest.Work, cancellable: Bool) async throws -> PGResult? {
+        guard PGTracing.isEnabled else { return try await performWork(work, cancellable: cancellable) }
+        return try await PGTracing.traced(work) { try await performWork(work, cancellable: cancellable) }
+    }
+
+    private func performWork(_ work: PGRequest.Work, cancellable: Bool) async throws -> PGResult? {
         switch work {
         case .query, .simple, .pipeline, .pipelinedPair:
             // A cancel request still on its way would land on this statement instead of its own.

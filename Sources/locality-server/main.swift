@@ -6,6 +6,7 @@ import LocalityCommandLine
 import LocalityDomain
 import LocalityPostgres
 import Logging
+import OTel
 import ServiceLifecycle
 
 @main
@@ -83,11 +84,28 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Comma-separated addresses of trusted proxies (load balancers) whose X-Forwarded-For names the client [LOCALITY_TRUSTED_PROXIES] (default none).")
     var trustedProxies: String?
 
+<<<<<<< HEAD
     @Option(help: "A pooler between the server and PostgreSQL: none, or transaction for PgBouncer's pool_mode = transaction (no startup options, no named prepared statements; the role must carry the session settings, see deploy/README.md) [LOCALITY_DB_POOLER] (default none).")
     var dbPooler: String?
 
     @Option(help: "URL for the authentication cache's LISTEN session: PostgreSQL itself, never a transaction pooler [LOCALITY_DB_LISTEN_URL] (default --database-url; required with --db-pooler transaction unless --auth-cache-seconds 0).")
     var dbListenURL: String?
+=======
+    @Option(help: "A streaming replica's PostgreSQL URL, same role and database as --database-url: dashboards, reports, CSV exports, the OCDS feed and long lists read from it when it is caught up [LOCALITY_REPLICA_DATABASE_URL] (default none).")
+    var replicaDatabaseURL: String?
+
+    @Option(help: "Database connections in the replica's pool [LOCALITY_REPLICA_POOL_SIZE] (default half the pool, at least 2).")
+    var replicaPoolSize: Int?
+
+    @Option(help: "A replica further behind than this many ms serves no reads [LOCALITY_REPLICA_MAX_LAG_MS] (default 1000).")
+    var replicaMaxLagMs: Int?
+
+    @Option(help: "Send traces over OTLP/HTTP to this URL, e.g. http://127.0.0.1:4318/v1/traces: a span per request and per database statement, W3C traceparent honoured, trace ids in the log lines [LOCALITY_OTLP_TRACES_ENDPOINT] (default: no tracing). OTEL_BSP_* and OTEL_TRACES_SAMPLER* tune it.")
+    var otlpTracesEndpoint: String?
+
+    @Option(help: "http/protobuf or http/json [LOCALITY_OTLP_PROTOCOL] (default http/protobuf).")
+    var otlpProtocol: String?
+>>>>>>> h9
 
     @Flag(inversion: .prefixedNo, help: "A log line per request at info: method, route template, status, duration, request id [LOCALITY_ACCESS_LOG=true|false] (default on).")
     var accessLog: Bool?
@@ -168,6 +186,12 @@ struct LocalityServer: AsyncParsableCommand {
         configuration.exportConnectionLimit = try exportConnectionLimit
             ?? environmentValue("EXPORT_CONNECTION_LIMIT").map { try parseInt($0, "LOCALITY_EXPORT_CONNECTION_LIMIT") }
         if let limit = configuration.exportConnectionLimit, limit < 1 { throw ValidationError("--export-connection-limit must be at least 1") }
+        configuration.replicaDatabaseURL = replicaDatabaseURL ?? environmentValue("REPLICA_DATABASE_URL")
+        configuration.replicaPoolSize = try replicaPoolSize ?? environmentValue("REPLICA_POOL_SIZE").map { try parseInt($0, "LOCALITY_REPLICA_POOL_SIZE") }
+        if let size = configuration.replicaPoolSize, size < 1 { throw ValidationError("--replica-pool-size must be at least 1") }
+        configuration.replicaMaxLagMilliseconds = try replicaMaxLagMs
+            ?? environmentValue("REPLICA_MAX_LAG_MS").map { try parseInt($0, "LOCALITY_REPLICA_MAX_LAG_MS") } ?? configuration.replicaMaxLagMilliseconds
+        guard configuration.replicaMaxLagMilliseconds >= 0 else { throw ValidationError("--replica-max-lag-ms must not be negative") }
         configuration.accessLog = accessLog ?? environmentValue("ACCESS_LOG").map { $0 != "false" && $0 != "0" } ?? true
         configuration.applyMigrations = migrate ?? environmentValue("MIGRATE").map { $0 != "false" && $0 != "0" } ?? true
         configuration.database = database.settings
@@ -186,19 +210,31 @@ struct LocalityServer: AsyncParsableCommand {
         configuration.logLevel = try logging.level(default: .info)
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
 
+        let tracesEndpoint = otlpTracesEndpoint ?? environmentValue("OTLP_TRACES_ENDPOINT")
+        let tracesProtocol = otlpProtocol ?? environmentValue("OTLP_PROTOCOL") ?? "http/protobuf"
+        guard ["http/protobuf", "http/json"].contains(tracesProtocol) else {
+            throw ValidationError("--otlp-protocol must be http/protobuf or http/json, not \"\(tracesProtocol)\"")
+        }
+        configuration.tracing = tracesEndpoint != nil
+
         let level = configuration.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardOutput(label: label)
+        // With tracing on, every line logged inside a request carries its trace and span ids beside the request id.
+        LoggingSystem.bootstrap({ label, metadataProvider in
+            var handler = StreamLogHandler.standardOutput(label: label, metadataProvider: metadataProvider)
             handler.logLevel = level
             return SingleLineLogHandler(handler)
-        }
+        }, metadataProvider: configuration.tracing ? OTel.makeLoggingMetadataProvider() : nil)
         let logger = Logger(label: "locality-server")
+        var observability: [any Service] = []
+        if let tracesEndpoint {
+            observability.append(try Self.bootstrapTracing(endpoint: tracesEndpoint, protocol: tracesProtocol))
+        }
         Self.ensureFileLimit(for: configuration, logger: logger)
         let trimmer = MallocTuning.start()
         defer { trimmer?.cancel() }
         do {
             let app = try await buildApplication(configuration, logger: logger, onDemoSeeded: printDemo)
-            try await serviceGroup(app, shutdownDeadline: .seconds(configuration.shutdownDeadlineSeconds), logger: logger).run()
+            try await serviceGroup(app, before: observability, shutdownDeadline: .seconds(configuration.shutdownDeadlineSeconds), logger: logger).run()
         } catch let error as ExitCode {
             throw error
         } catch {
@@ -206,6 +242,25 @@ struct LocalityServer: AsyncParsableCommand {
             logger.critical("cannot start: \(error)")
             throw ExitCode.failure
         }
+    }
+
+    /// Traces only, over OTLP/HTTP: our metrics stay on /metrics and our logs on standard output. The OTEL_*
+    /// variables that would turn on OTel's logs or metrics (which would replace our logging) are not passed on.
+    static func bootstrapTracing(endpoint: String, protocol tracesProtocol: String) throws -> some Service {
+        var otel = OTel.Configuration.default
+        otel.serviceName = "locality-server"
+        otel.logs.enabled = false
+        otel.metrics.enabled = false
+        otel.traces.enabled = true
+        otel.traces.exporter = .otlp
+        otel.traces.otlpExporter.endpoint = endpoint
+        otel.traces.otlpExporter.protocol = tracesProtocol == "http/json" ? .httpJSON : .httpProtobuf
+        otel.propagators = [.traceContext]
+        let environment = ProcessInfo.processInfo.environment.filter { key, _ in
+            key.hasPrefix("OTEL_BSP_") || key.hasPrefix("OTEL_TRACES_SAMPLER") || key == "OTEL_RESOURCE_ATTRIBUTES"
+                || key == "OTEL_SERVICE_NAME" || key.hasPrefix("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        }
+        return try OTel.bootstrap(configuration: otel, environment: environment)
     }
 
     /// Each client connection and each pooled database connection takes a file descriptor. Run out of them and

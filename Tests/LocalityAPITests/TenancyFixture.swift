@@ -41,8 +41,8 @@ struct World: Sendable {
 
     static let year = "2025-26"
 
-    static func make() async throws -> World {
-        let database = try await TestDatabase.migrated()
+    static func make(in cluster: TestCluster = .shared) async throws -> World {
+        let database = try await TestDatabase.migrated(in: cluster)
         return try await database.withPool(conninfo: database.ownerConninfo, maxConnections: 2) { pool in
             let scoped = ScopedDatabase(pool: pool)
             let a = try await tenant(scoped, slug: "alpha", name: "Alpha Council")

@@ -3,12 +3,28 @@ import Foundation
 import LocalityDomain
 public import LocalityPostgres
 import Logging
+import Synchronization
 
 /// One throwaway PostgreSQL cluster per test process: a temporary directory, a private socket, no TCP
 /// port, removed when the process exits. Tests get their own database cloned from a migrated template,
 /// so they run in parallel without seeing each other.
 public actor TestCluster {
     public static let shared = TestCluster()
+    /// A second, small cluster that streaming replicas are made from (`TestReplica`): its commits are
+    /// durable and synchronous, like production's, and copying it is quick.
+    public static let replicationPrimary = TestCluster(name: "repl", settings: ["fsync": "off", "max_connections": "200"])
+
+    let name: String
+    let settings: [String: String]
+
+    init(name: String = "", settings: [String: String]? = nil) {
+        self.name = name
+        self.settings = settings ?? [
+            // Durability is worthless for a throwaway cluster; speed is not.
+            "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+            "max_connections": "500", "shared_buffers": "'128MB'",
+        ]
+    }
 
     public struct Info: Sendable {
         public let embedded: EmbeddedPostgres
@@ -21,13 +37,13 @@ public actor TestCluster {
 
     public func info() async throws -> Info {
         if let starting { return try await starting.value }
-        let task = Task { try await Self.start() }
+        let task = Task { [name, settings] in try await Self.start(name: name, settings: settings) }
         starting = task
         return try await task.value
     }
 
-    private static func start() async throws -> Info {
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("locality-test-\(getpid())-\(UUID().uuidString.prefix(8))").path
+    private static func start(name: String, settings: [String: String]) async throws -> Info {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("locality-test\(name)-\(getpid())-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         CleanupAtExit.register(root: root, dataDirectory: root + "/pg")
         var logger = Logger(label: "test-cluster")
@@ -35,11 +51,7 @@ public actor TestCluster {
         let embedded = EmbeddedPostgres(
             configuration: .init(
                 dataDirectory: root + "/pg",
-                settings: [
-                    // Durability is worthless for a throwaway cluster; speed is not.
-                    "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-                    "max_connections": "500", "shared_buffers": "'128MB'",
-                ]
+                settings: settings
             ),
             logger: logger
         )
@@ -62,8 +74,8 @@ public struct TestDatabase: Sendable {
     public let cluster: TestCluster.Info
 
     /// A new database cloned from the migrated template.
-    public static func migrated() async throws -> TestDatabase {
-        try await create(template: TestCluster.templateDatabase)
+    public static func migrated(in cluster: TestCluster = .shared) async throws -> TestDatabase {
+        try await create(template: TestCluster.templateDatabase, in: cluster)
     }
 
     /// A new database with no migrations applied (for testing the migrator itself).
@@ -71,8 +83,8 @@ public struct TestDatabase: Sendable {
         try await create(template: "template0")
     }
 
-    private static func create(template: String) async throws -> TestDatabase {
-        let cluster = try await TestCluster.shared.info()
+    private static func create(template: String, in testCluster: TestCluster = .shared) async throws -> TestDatabase {
+        let cluster = try await testCluster.info()
         let name = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         try await cluster.superuserPool.withConnection { connection in
             try await connection.execute("CREATE DATABASE \(quoteIdentifier(name)) TEMPLATE \(quoteIdentifier(template)) OWNER \(DatabaseRoles.owner)")
@@ -118,23 +130,27 @@ public struct TestDatabase: Sendable {
 }
 
 /// Stops the cluster (immediate shutdown) and removes its directory when the test process exits.
+/// (Replicas first: they are registered after their primary.)
 enum CleanupAtExit {
-    nonisolated(unsafe) static var root: String?
-    nonisolated(unsafe) static var dataDirectory: String?
+    private static let registered = Mutex<[(root: String, dataDirectory: String)]>([])
 
     static func register(root: String, dataDirectory: String) {
-        Self.root = root
-        Self.dataDirectory = dataDirectory
+        let first = registered.withLock { list in
+            list.append((root, dataDirectory))
+            return list.count == 1
+        }
+        guard first else { return }
         atexit {
-            guard let root = CleanupAtExit.root, let data = CleanupAtExit.dataDirectory else { return }
-            if let pidFile = try? String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8),
-                let pid = pidFile.split(separator: "\n").first.flatMap({ Int32($0) })
-            {
-                kill(pid, SIGQUIT)
-                // Give the postmaster a moment to exit before its directory goes.
-                for _ in 0..<200 where kill(pid, 0) == 0 { usleep(10_000) }
+            for (root, data) in CleanupAtExit.registered.withLock({ $0 }).reversed() {
+                if let pidFile = try? String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8),
+                    let pid = pidFile.split(separator: "\n").first.flatMap({ Int32($0) })
+                {
+                    kill(pid, SIGQUIT)
+                    // Give the postmaster a moment to exit before its directory goes.
+                    for _ in 0..<200 where kill(pid, 0) == 0 { usleep(10_000) }
+                }
+                try? FileManager.default.removeItem(atPath: root)
             }
-            try? FileManager.default.removeItem(atPath: root)
         }
     }
 }

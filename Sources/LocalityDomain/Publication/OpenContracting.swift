@@ -113,7 +113,7 @@ public struct OpenContractingService: Sendable {
 
     /// The authority named by slug or id; a 404 when unknown, and when it publishes nothing yet (no prefix).
     public func publisher(_ slugOrID: String) async throws -> Publisher {
-        let rows = try await database.pool.withTransaction(readOnly: true) { connection in
+        let rows = try await database.publicRead { connection in
             try await connection.query("SELECT id, slug, name, ocid_prefix FROM ocds_publisher(\(slugOrID))").map {
                 try $0.decode(UUID.self, String.self, String.self, String?.self)
             }
@@ -164,7 +164,7 @@ public struct OpenContractingService: Sendable {
             afterDate = after[0]
             afterSeq = seq
         }
-        let rows = try await database.pool.withTransaction(readOnly: true) { connection in
+        let rows = try await database.publicRead { connection in
             try await connection.query("""
                 SELECT release::text, to_char(date AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), seq FROM ocds_release
                 WHERE (\(authorityID)::uuid IS NULL OR authority_id = \(authorityID))
@@ -181,7 +181,7 @@ public struct OpenContractingService: Sendable {
     }
 
     public func release(id: String) async throws -> String {
-        let row = try await database.pool.withTransaction(readOnly: true) { connection in
+        let row = try await database.publicRead { connection in
             try await connection.query("SELECT release::text FROM ocds_release WHERE id = \(id)").first?.decode(String.self, at: 0)
         }
         guard let row else { throw DomainError.notFound("release \"\(id)\"") }
@@ -196,7 +196,7 @@ public struct OpenContractingService: Sendable {
     }
 
     public func record(ocid: String) async throws -> Record {
-        let found: Record? = try await database.pool.withTransaction(readOnly: true) { connection in
+        let found: Record? = try await database.publicRead { connection in
             let releases = try await connection.query("SELECT release::text FROM ocds_release WHERE ocid = \(ocid) ORDER BY date, seq")
                 .map { try $0.decode(String.self, at: 0) }
             guard !releases.isEmpty else { return nil }

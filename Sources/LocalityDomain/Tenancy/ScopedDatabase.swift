@@ -35,14 +35,17 @@ public struct ScopedDatabase: Sendable {
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
         do {
-            // The context goes with BEGIN in one round trip.
-            guard let bulkhead, let tenant = Self.tenantKey(scope) else {
-                return try await pool.withTransaction(
-                    isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), body)
-            }
-            return try await bulkhead.run(tenant) {
-                try await pool.withTransaction(
-                    isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), body)
+            // A read-only transaction of a request the API marked may go to a replica (ReplicaReads.swift).
+            return try await Self.routed(readOnly: readOnly, primary: pool) { pool in
+                // The context goes with BEGIN in one round trip.
+                guard let bulkhead, let tenant = Self.tenantKey(scope) else {
+                    return try await pool.withTransaction(
+                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), body)
+                }
+                return try await bulkhead.run(tenant) {
+                    try await pool.withTransaction(
+                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), body)
+                }
             }
         } catch let error as PGError {
             throw ConstraintTranslation.domainError(for: error) ?? error
@@ -53,15 +56,32 @@ public struct ScopedDatabase: Sendable {
     /// (`PGConnection.readInOneRoundTrip`), within the tenant's share of the pool like `transaction`.
     public func read(_ scope: AccessScope, _ query: PGQuery) async throws -> PGResult {
         do {
-            guard let bulkhead, let tenant = Self.tenantKey(scope) else {
-                return try await pool.withConnection { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope), query) }
-            }
-            return try await bulkhead.run(tenant) {
-                try await pool.withConnection { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope), query) }
+            return try await Self.routed(readOnly: true, primary: pool) { pool in
+                guard let bulkhead, let tenant = Self.tenantKey(scope) else {
+                    return try await pool.withConnection { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope), query) }
+                }
+                return try await bulkhead.run(tenant) {
+                    try await pool.withConnection { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope), query) }
+                }
             }
         } catch let error as PGError {
             throw ConstraintTranslation.domainError(for: error) ?? error
         }
+    }
+
+    /// A read-only transaction with no tenant context, for public data (the open contracting feed); routed
+    /// like the scoped reads.
+    public func publicRead<R: Sendable>(isolation: PGIsolationLevel = .readCommitted, _ body: (PGConnection) async throws -> R) async throws -> R {
+        try await Self.routed(readOnly: true, primary: pool) { pool in
+            try await pool.withTransaction(isolation: isolation, readOnly: true, body)
+        }
+    }
+
+    /// Runs `work` on the primary's pool, or — for a read-only transaction of a request marked for replica
+    /// reads — wherever that request's routing says.
+    static func routed<R>(readOnly: Bool, primary: PGPool, _ work: (PGPool) async throws -> R) async throws -> R {
+        guard readOnly, let request = ReplicaReadRequest.current else { return try await work(primary) }
+        return try await request.run(primary: primary, work)
     }
 
     /// Whose share of the pool a transaction uses: the authority's, or a supplier organisation's (nil: no tenant,
