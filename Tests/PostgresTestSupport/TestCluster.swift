@@ -61,7 +61,7 @@ public actor TestCluster {
         try await Migrator(migrations: migrations, logger: logger)
             .apply(ownerConninfo: embedded.conninfo(user: DatabaseRoles.owner, database: templateDatabase))
         let pool = PGPool(
-            configuration: .init(connection: .init(conninfo: embedded.conninfo(), applicationName: "test-admin"), maxConnections: 4, acquireTimeout: .seconds(60)),
+            configuration: .init(connection: .init(conninfo: embedded.conninfo(), applicationName: "test-admin"), maxConnections: 4, acquireTimeout: .seconds(180)),
             logger: logger
         )
         return Info(embedded: embedded, rootDirectory: root, superuserPool: pool)
