@@ -15,12 +15,14 @@ for _ in $(seq 1 120); do grep -q 'Tokens (shown once)' "$WORK/ours.log" 2>/dev/
 token() { awk -v r="$1" '$1 == r && $2 ~ /^lcm_/ {print $2}' "$WORK/ours.log" | head -1; }
 ADMIN=$(token authority_admin); LIM=$(token lim)
 first_id() { curl -sf -H "Authorization: Bearer $1" "http://127.0.0.1:18779$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["id"])'; }
-BOARD=$(first_id "$ADMIN" /v1/boards); PROJECT=$(first_id "$LIM" /v1/projects)
-ticks() {  # utime + stime of the server, and of every process of the cluster (by its data directory)
-  local server pg=0
+BOARD=$(first_id "$ADMIN" /v1/boards)
+# The demo seeds no project: the LIM creates and publishes one.
+PROJECT=$(python3 "$(dirname "$0")/prepare-project.py" http://127.0.0.1:18779 "$LIM")
+ticks() {  # utime + stime of the server, and of the cluster's postmaster and its children (backends, workers)
+  local server pg=0 master
   server=$(awk '{print $14 + $15}' /proc/$SERVER/stat)
-  for p in $(pgrep -f "$WORK/pg" || true); do
-    [ "$p" = "$SERVER" ] && continue
+  master=$(head -1 "$WORK/pg/postmaster.pid" 2>/dev/null || echo 0)
+  for p in $master $(pgrep -P "$master" || true); do
     pg=$((pg + $(awk '{print $14 + $15}' /proc/$p/stat 2>/dev/null || echo 0)))
   done
   echo "$server $pg"
@@ -34,7 +36,7 @@ run() {  # name token path
   read -r s1 p1 < <(ticks)
   local n rps p99
   n=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt"); rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt"); p99=$(awk '/ 99%/ {print $2}' "$WORK/wrk.txt")
-  python3 -c "n=$n; hz=$HZ; print(f'$1: {float(\"$rps\"):8.0f} req/s  p99 $p99  server {($s1-$s0)/hz/n*1e6:6.0f} µs/req  postgres {($p1-$p0)/hz/n*1e6:6.0f} µs/req')"
+  NAME="$1" python3 -c "import os; n=$n; hz=$HZ; print(f'{os.environ[\"NAME\"]}: {float(\"$rps\"):8.0f} req/s  p99 $p99  server {($s1-$s0)/hz/n*1e6:6.0f} µs/req  postgres {($p1-$p0)/hz/n*1e6:6.0f} µs/req')"
 }
 echo "$(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg); wrk -t2 -c$C -d${D}s ${EXTRA:-}"
 run healthz "" /healthz
