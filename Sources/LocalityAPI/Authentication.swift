@@ -47,6 +47,13 @@ struct AuthenticationMiddleware<Context: RequestContext>: RouterMiddleware {
 
     /// The token of a `Bearer` credential (scheme case-insensitive, RFC 9110), or nil.
     static func bearerToken(_ header: String) -> String? {
+        // What every client sends: "Bearer " and a token of visible ASCII, which the general rule below would
+        // return unchanged. Checked byte by byte: Foundation's case mapping and trimming cost more than the
+        // cached authentication they lead to.
+        let bytes = header.utf8
+        if bytes.count > 7, bytes.starts(with: "Bearer ".utf8), bytes.dropFirst(7).allSatisfy({ $0 > 0x20 && $0 < 0x7F }) {
+            return String(header.dropFirst(7))
+        }
         let parts = header.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
         guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
         let token = parts[1].trimmingCharacters(in: .whitespaces)

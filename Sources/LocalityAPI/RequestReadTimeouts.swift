@@ -59,7 +59,30 @@ struct GuardedHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
     }
 
     func handle(value asyncChannel: Value, logger: Logger) async {
-        await handleHTTP(asyncChannel: asyncChannel, logger: logger)
+        // The connection's task runs on its channel's event loop, not on Swift's global executor: the loop that
+        // reads a request resumes the task without waking another thread, and the response is written from
+        // the loop itself. On the global executor each request crossed threads twice more (loop → worker to
+        // read, worker → loop to write). Handlers never block (the database is reached through the PostgreSQL
+        // I/O loops), so the event loop is never held up for longer than a request's own CPU work.
+        await withTaskExecutorPreference(EventLoopTaskExecutor(asyncChannel.channel.eventLoop)) {
+            await handleHTTP(asyncChannel: asyncChannel, logger: logger)
+        }
+    }
+}
+
+/// A NIO event loop as a `TaskExecutor`: the jobs of tasks that prefer it run on the loop's thread.
+final class EventLoopTaskExecutor: TaskExecutor {
+    let eventLoop: any EventLoop
+
+    init(_ eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        // From the loop itself this only appends to its queue; from another thread it wakes the loop once
+        // (NIO skips the wake-up when one is pending already).
+        eventLoop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }
 

@@ -1,5 +1,6 @@
 import HTTPTypes
 import Hummingbird
+import NIOCore
 import OpenAPIRuntime
 import OpenAPIHummingbird
 import Synchronization
@@ -7,7 +8,18 @@ import Synchronization
 /// The routes the OpenAPI document declares, recorded as the generated code registers them, so that a
 /// known path with the wrong method answers 405 (with `Allow`) instead of 404.
 final class RouteTable: Sendable {
-    private let routes = Mutex<[(segments: [Substring], method: HTTPRequest.Method)]>([])
+    private struct Route {
+        let segments: [Substring]
+        let method: HTTPRequest.Method
+        let template: String
+        /// Segments that are not `{param}`: the most specific template wins.
+        let literals: Int
+    }
+
+    /// By number of segments: a path is compared with the templates of its own length only. Asked twice or more
+    /// per request (authentication, the request checks), so a scan of every route showed in profiles (≈ 3% of
+    /// a GET's server CPU, Benchmarks/README.md).
+    private let routes = Mutex<[Int: [Route]]>([:])
     let maxBodyBytes: Int
 
     init(maxBodyBytes: Int) {
@@ -15,14 +27,17 @@ final class RouteTable: Sendable {
     }
 
     func record(path: String, method: HTTPRequest.Method) {
-        routes.withLock { $0.append((path.split(separator: "/"), method)) }
+        let segments = path.split(separator: "/")
+        let route = Route(segments: segments, method: method, template: "/" + segments.joined(separator: "/"),
+                          literals: segments.filter { !Self.isParameter($0) }.count)
+        routes.withLock { $0[segments.count, default: []].append(route) }
     }
 
     /// Methods declared for templates matching `path` (`{param}` matches any one segment).
     func methods(forPath path: String) -> [HTTPRequest.Method] {
         let segments = path.split(separator: "/")
         return routes.withLock { routes in
-            routes.filter { Self.matches($0.segments, segments) }.map(\.method)
+            (routes[segments.count] ?? []).filter { Self.matches($0.segments, segments) }.map(\.method)
         }
     }
 
@@ -31,17 +46,24 @@ final class RouteTable: Sendable {
     func template(forPath path: String, method: HTTPRequest.Method) -> String? {
         let segments = path.split(separator: "/")
         return routes.withLock { routes in
-            routes.filter { $0.method == method && Self.matches($0.segments, segments) }
-                .max { $0.segments.filter { !$0.hasPrefix("{") }.count < $1.segments.filter { !$0.hasPrefix("{") }.count }
-                .map { "/" + $0.segments.joined(separator: "/") }
+            var best: Route?
+            for route in routes[segments.count] ?? [] where route.method == method && Self.matches(route.segments, segments) {
+                if best.map({ route.literals > $0.literals }) ?? true { best = route }
+            }
+            return best?.template
         }
     }
 
+    private static func isParameter(_ segment: Substring) -> Bool {
+        segment.hasPrefix("{") && segment.hasSuffix("}")
+    }
+
     private static func matches(_ template: [Substring], _ segments: [Substring]) -> Bool {
-        template.count == segments.count
-            && zip(template, segments).allSatisfy { template, actual in
-                (template.hasPrefix("{") && template.hasSuffix("}")) || template == actual
-            }
+        guard template.count == segments.count else { return false }
+        for (template, actual) in zip(template, segments) where template != actual && !isParameter(template) {
+            return false
+        }
+        return true
     }
 }
 
@@ -59,10 +81,45 @@ struct RecordingTransport<Context: RequestContext>: ServerTransport {
         path: String
     ) throws {
         table.record(path: path, method: method)
-        router.register(handler, method: method, path: path)
+        Self.route(handler, method: method, path: path, on: router)
         if method == .get {
             table.record(path: path, method: .head)
-            router.register(handler, method: .head, path: path)
+            Self.route(handler, method: .head, path: path, on: router)
+        }
+    }
+
+    /// What `OpenAPIHummingbird`'s `register` does, except for the response body: a body of known length (every
+    /// JSON answer, every CSV export) is collected into one buffer, so that Hummingbird writes head, body and end
+    /// in one batch — one hop to the event loop and one socket write. The package's own bridge streams it (head,
+    /// then each chunk, then end: three hops and three writes per response, measured in Benchmarks/README.md).
+    /// A body of unknown length still streams. GET and HEAD pass the generated layer no request body (none of
+    /// their operations declares one).
+    static func route(
+        _ handler: @escaping @Sendable (HTTPRequest, HTTPBody?, ServerRequestMetadata) async throws -> (HTTPResponse, HTTPBody?),
+        method: HTTPRequest.Method,
+        path: String,
+        on router: Router<Context>
+    ) {
+        router.on(RouterPath(path), method: method) { request, context -> Response in
+            var body: HTTPBody?
+            if method != .get && method != .head {
+                let length: HTTPBody.Length = request.headers[.contentLength].flatMap(Int.init).map { .known(Int64($0)) } ?? .unknown
+                body = HTTPBody(request.body.map { [UInt8](buffer: $0) }, length: length, iterationBehavior: .single)
+            }
+            var parameters: [String: Substring] = [:]
+            for (key, value) in context.parameters where parameters[String(key)] == nil { parameters[String(key)] = value }
+            let (response, responseBody) = try await handler(request.head, body, ServerRequestMetadata(pathParameters: parameters))
+            guard let responseBody else {
+                return Response(status: response.status, headers: response.headerFields, body: ResponseBody(byteBuffer: ByteBuffer()))
+            }
+            guard case .known(let length) = responseBody.length else {
+                return Response(status: response.status, headers: response.headerFields,
+                                body: ResponseBody(asyncSequence: responseBody.map { ByteBuffer(bytes: $0) }))
+            }
+            var buffer = ByteBuffer()
+            buffer.reserveCapacity(Int(length))
+            for try await chunk in responseBody { buffer.writeBytes(chunk) }
+            return Response(status: response.status, headers: response.headerFields, body: ResponseBody(byteBuffer: buffer))
         }
     }
 }

@@ -524,7 +524,8 @@ public struct ProjectService: Sendable {
         String(decoding: try AuditLog.auditEncoder.encode(value), as: UTF8.self)
     }
 
-    static func decode(_ row: PGRow) throws -> Project {
+    /// One for every row (a decoder's options are fixed once set, and decoding with it is thread-safe).
+    private static let rowJSONDecoder: JSONDecoder = {
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         decoder.dateDecodingStrategy = .custom { decoder in
@@ -534,6 +535,11 @@ public struct ProjectService: Sendable {
             }
             return date
         }
+        return decoder
+    }()
+
+    static func decode(_ row: PGRow) throws -> Project {
+        let decoder = rowJSONDecoder
         let evaluationText = try row.decode(String?.self, at: 16)
         let amendmentsText = try row.decode(String.self, at: 23)
         return Project(
@@ -550,7 +556,8 @@ public struct ProjectService: Sendable {
             statusReason: try row.decode(String?.self, at: 18), version: try row.decode(Int.self, at: 19),
             publishedAt: try row.decode(Date?.self, at: 20), createdAt: try row.decode(Date.self, at: 21),
             updatedAt: try row.decode(Date.self, at: 22),
-            amendments: try decoder.decode([ProjectAmendment].self, from: Data(amendmentsText.utf8)),
+            // Most projects were never amended: no decoder for an empty list.
+            amendments: amendmentsText == "[]" ? [] : try decoder.decode([ProjectAmendment].self, from: Data(amendmentsText.utf8)),
             valueIncludesVAT: try row.decode(Bool.self, at: 24), procurementMethod: try row.decode(String.self, at: 25))
     }
 }

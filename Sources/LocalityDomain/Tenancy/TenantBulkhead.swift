@@ -17,6 +17,7 @@ public final class TenantBulkhead: Sendable {
 
     private struct Waiter {
         let id: UInt64
+        let deadline: ContinuousClock.Instant
         let continuation: CheckedContinuation<Void, any Error>
     }
 
@@ -24,6 +25,8 @@ public final class TenantBulkhead: Sendable {
         var inUse: [String: Int] = [:]
         var waiters: [String: [Waiter]] = [:]
         var nextID: UInt64 = 0
+        /// A sweeper task runs while anyone waits (see `sweep`).
+        var sweeping = false
     }
 
     private let state = Mutex(State())
@@ -75,29 +78,28 @@ public final class TenantBulkhead: Sendable {
         }
         guard let id else { throw BulkheadFull(key: key) }
         guard let id else { return }
-        // Waits; a release hands its place over directly (inUse stays counted), a timeout or a cancellation
-        // takes the waiter out and fails it.
-        let timer = Task { [weak self] in
-            try await Task.sleep(for: self?.timeout ?? .zero)
-            self?.fail(key, id, PGError(kind: .acquireTimeout, message: "the tenant's transactions are queued behind slow ones; retry shortly"))
-        }
-        defer { timer.cancel() }
+        // Waits; a release hands its place over directly (inUse stays counted), a timeout (`sweep`) or a
+        // cancellation takes the waiter out and fails it.
+        let deadline = ContinuousClock.now + timeout
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let admitted: Bool? = state.withLock { state in
+                enum Outcome { case admitted, full, queued(startSweeper: Bool) }
+                let outcome: Outcome = state.withLock { state in
                     // A place may have been freed since the first look (or the queue filled up).
                     if state.inUse[key, default: 0] < limit {
                         state.inUse[key, default: 0] += 1
-                        return true
+                        return .admitted
                     }
-                    if let maxWaiting, state.waiters[key, default: []].count >= maxWaiting { return nil }
-                    state.waiters[key, default: []].append(Waiter(id: id, continuation: continuation))
-                    return false
+                    if let maxWaiting, state.waiters[key, default: []].count >= maxWaiting { return .full }
+                    state.waiters[key, default: []].append(Waiter(id: id, deadline: deadline, continuation: continuation))
+                    defer { state.sweeping = true }
+                    return .queued(startSweeper: !state.sweeping)
                 }
-                switch admitted {
-                case true?: continuation.resume()
-                case nil: continuation.resume(throwing: BulkheadFull(key: key))
-                case false?: break
+                switch outcome {
+                case .admitted: continuation.resume()
+                case .full: continuation.resume(throwing: BulkheadFull(key: key))
+                case .queued(let startSweeper):
+                    if startSweeper { Task { await self.sweep() } }
                 }
             }
         } onCancel: {
@@ -117,6 +119,37 @@ public final class TenantBulkhead: Sendable {
             return nil
         }
         next?.continuation.resume()
+    }
+
+    /// Fails the waiters whose deadline has passed. One task per bulkhead, running only while someone waits,
+    /// sleeping until the earliest deadline: a timer task per waiter (as before) cost every queued request a task
+    /// to start and another to cancel, each a wake-up of Swift's global executor (Benchmarks/README.md).
+    /// Every waiter has the same timeout, so each key's queue is in deadline order.
+    private func sweep() async {
+        while true {
+            let next: ContinuousClock.Instant? = state.withLock { state in
+                let earliest = state.waiters.values.compactMap { $0.first?.deadline }.min()
+                if earliest == nil { state.sweeping = false }
+                return earliest
+            }
+            guard let next else { return }
+            try? await Task.sleep(until: next, clock: .continuous)
+            let now = ContinuousClock.now
+            let expired: [Waiter] = state.withLock { state in
+                var expired: [Waiter] = []
+                for (key, queue) in state.waiters {
+                    let late = queue.prefix { $0.deadline <= now }
+                    guard !late.isEmpty else { continue }
+                    expired += late
+                    state.waiters[key] = queue.count == late.count ? nil : Array(queue.dropFirst(late.count))
+                }
+                return expired
+            }
+            for waiter in expired {
+                waiter.continuation.resume(throwing: PGError(
+                    kind: .acquireTimeout, message: "the tenant's transactions are queued behind slow ones; retry shortly"))
+            }
+        }
     }
 
     private func fail(_ key: String, _ id: UInt64, _ error: any Error) {
