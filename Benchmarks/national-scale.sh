@@ -8,7 +8,8 @@
 # Needs: a release `locality-server` serving BASE on that database, `locality-admin` (.build/release), psql, wrk.
 # Reads authority scale-<SEED>-1 (a large one: 25,000 schools at the default size) and its first board.
 # Environment: D (seconds per operation, 10), C (connections, 8), T (wrk threads, 2), AS_OF (the generator's
-# --as-of, default today).
+# --as-of, default today), ONLY (an extended regular expression: measure only the operations whose
+# "operation|role" matches, e.g. ONLY='Dashboard|listContracts' for a before/after run of a few).
 set -euo pipefail
 : "${OWNER_URL:?set OWNER_URL to the owner role database URL}"
 BASE=${BASE:-http://127.0.0.1:8080}; SEED=${SEED:-42}; D=${D:-10}; C=${C:-8}; T=${T:-2}
@@ -100,6 +101,7 @@ echo "| operation | role | rows in play | p99 (ms) | req/s |"
 echo "|---|---|---:|---:|---:|"
 for row in "${ROWS[@]}"; do
   IFS='|' read -r op role tok path rows_sql <<<"$row"
+  [ -z "${ONLY:-}" ] || grep -Eq -- "$ONLY" <<<"$op|$role" || continue
   status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $tok" "$BASE$path")
   [ "$status" = 200 ] || { echo "| $op | $role | - | HTTP $status | - |"; continue; }
   rows=$(count "$rows_sql")

@@ -60,6 +60,14 @@ public enum PGType {
 public struct PGQuery: Sendable, ExpressibleByStringInterpolation {
     public var sql: String
     public var binds: [PGBind]
+    /// Sent unnamed, so that PostgreSQL plans it with this run's values every time, never with a generic plan
+    /// kept from earlier runs. For lists with optional filters (`(\(x)::uuid IS NULL OR col = \(x))`) and
+    /// keyset ranges whose plans are cheap to make: a generic plan cannot drop the filters a request left out,
+    /// and estimates each such term and the range as selective, so PostgreSQL keeps a "read every row of the
+    /// tenant, sort, take 51" plan that looks cheaper than the index read in order (issue 14: a page of the
+    /// audit log 19 ms instead of 0.1 ms, of 1,800 projects 27 ms instead of 7). Costs a parse and a plan per
+    /// run (about 1–2 ms for those lists); not for statements whose planning is the expensive part.
+    public var plannedWithValues = false
 
     public init(_ sql: String, _ binds: [PGBind] = []) {
         self.sql = sql
@@ -109,6 +117,15 @@ public struct PGQuery: Sendable, ExpressibleByStringInterpolation {
         public mutating func appendInterpolation(unsafeSQL fragment: String) {
             sql += fragment
         }
+    }
+}
+
+extension PGQuery {
+    /// This query, planned with its values every time (see `plannedWithValues`).
+    public var plannedWithValuesEachTime: PGQuery {
+        var query = self
+        query.plannedWithValues = true
+        return query
     }
 }
 

@@ -51,7 +51,8 @@ extension PGConnection {
 
     /// Chooses the statement here, on the borrowing task, so the I/O loop only sends and reads.
     func statement(for query: PGQuery) -> PGRequest.Statement {
-        statements.statement(for: query.sql, oids: query.binds.lazy.map(\.oid))
+        if query.plannedWithValues { return .unnamed(oids: query.binds.map(\.oid)) }
+        return statements.statement(for: query.sql, oids: query.binds.lazy.map(\.oid))
     }
 
     /// Runs trusted SQL text with no parameters through the simple-query protocol (several statements

@@ -11,8 +11,18 @@ struct PGStatementCache {
         let oids: [UInt32]
     }
 
+    /// The SQL text and its parameter types. A query with an optional filter (`(\(x)::uuid IS NULL OR …)`) binds
+    /// NULL as type 0 and a value as its type: both shapes are prepared, each under its own name. Keyed by the
+    /// text alone, whichever came second ran unnamed for the life of the connection, planned afresh every time
+    /// (issue 14: 40–60 ms of planning per board dashboard on the national dataset, where the row-level
+    /// policies make plans large).
+    struct Key: Hashable {
+        let sql: String
+        let oids: [UInt32]
+    }
+
     let capacity: Int
-    private var entries: [String: Entry] = [:]
+    private var entries: [Key: Entry] = [:]
     private var lastNumber = 0
     /// Names the server may still hold that we no longer use: deallocated when the session is next outside
     /// a transaction (inside a failed one, `DEALLOCATE` itself would fail).
@@ -25,12 +35,11 @@ struct PGStatementCache {
     var count: Int { entries.count }
 
     /// Which statement runs `sql` with parameters of these types: the cached one, a new one to prepare,
-    /// or an unnamed one (cache full, or the same text with other parameter types).
+    /// or an unnamed one (cache full).
     mutating func statement(for sql: String, oids: some Collection<UInt32>) -> PGRequest.Statement {
-        let cached = entries[sql]
-        if let cached, cached.oids.elementsEqual(oids) {
+        if let cached = entries[Key(sql: sql, oids: Array(oids))] {
             return .cached(name: cached.name)
-        } else if cached == nil, entries.count < capacity {
+        } else if entries.count < capacity {
             // The loop adds it to the cache once the server has prepared it.
             lastNumber += 1
             return .prepare(name: "s\(lastNumber)", oids: Array(oids))
@@ -41,7 +50,7 @@ struct PGStatementCache {
 
     /// The server prepared `name` for `sql`.
     mutating func add(_ sql: String, name: String, oids: [UInt32]) {
-        entries[sql] = Entry(name: name, oids: oids)
+        entries[Key(sql: sql, oids: oids)] = Entry(name: name, oids: oids)
     }
 
     /// A schema change invalidated the plans (0A000 "cached plan must not change result type"): every

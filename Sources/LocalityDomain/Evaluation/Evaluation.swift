@@ -303,13 +303,16 @@ public struct EvaluationService: Sendable {
             WHERE b.project_id = \(project.id) AND b.status NOT IN ('draft', 'withdrawn')
             ORDER BY b.submitted_at, b.id
             """)
+        let bids = try rows.map { try $0.decode(UUID.self, UUID.self, String.self, Int.self, Bool.self, String?.self, Date.self) }
+        // Every bid's scores in two statements, not two per bid (issue 14: 2 + 2N round trips before).
+        let bidIDs = bids.map(\.0)
+        let moderatedByBid = try await moderated(connection, bidIDs: bidIDs)
+        let individualByBid = try await memberScores(connection, bidIDs: bidIDs)
         var lines: [EvaluationReport.Line] = []
         var inputs: [ScoringInput] = []
-        for row in rows {
-            let (id, supplierID, name, price, compliant, reason, submittedAt) = try row.decode(
-                UUID.self, UUID.self, String.self, Int.self, Bool.self, String?.self, Date.self)
-            let moderated = try await moderated(connection, bidID: id)
-            let individual = try await memberScores(connection, bidID: id)
+        for (id, supplierID, name, price, compliant, reason, submittedAt) in bids {
+            let moderated = moderatedByBid[id] ?? []
+            let individual = individualByBid[id] ?? []
             inputs.append(ScoringInput(
                 bidID: id, pricePence: price, compliant: compliant, submittedAt: submittedAt,
                 quality: Dictionary(moderated.filter { $0.kind == .quality }.map { ($0.criterion, $0.score) }, uniquingKeysWith: { a, _ in a }),
@@ -391,6 +394,40 @@ public struct EvaluationService: Sendable {
             }
         }
         return members
+    }
+
+    /// `memberScores` of several bids in one statement, by bid.
+    static func memberScores(_ connection: PGConnection, bidIDs: [UUID]) async throws -> [UUID: [MemberScores]] {
+        let rows = try await connection.query("""
+            SELECT bid_id, user_id, criterion_kind::text, criterion, score, comment, submitted FROM individual_score WHERE bid_id = ANY (\(bidIDs))
+            ORDER BY bid_id, user_id, criterion_kind, criterion
+            """).map { try $0.decode(UUID.self, UUID.self, String.self, String.self, Int.self, String.self, Bool.self) }
+        var byBid: [UUID: [MemberScores]] = [:]
+        for row in rows {
+            let score = CriterionScore(kind: try storedEnum(row.2, column: "individual_score.criterion_kind"), criterion: row.3, score: row.4, comment: row.5)
+            var members = byBid[row.0] ?? []
+            if let index = members.firstIndex(where: { $0.userID == row.1 }) {
+                members[index].scores.append(score)
+            } else {
+                members.append(MemberScores(userID: row.1, submitted: row.6, scores: [score]))
+            }
+            byBid[row.0] = members
+        }
+        return byBid
+    }
+
+    /// `moderated` of several bids in one statement, by bid.
+    static func moderated(_ connection: PGConnection, bidIDs: [UUID]) async throws -> [UUID: [CriterionScore]] {
+        var byBid: [UUID: [CriterionScore]] = [:]
+        for row in try await connection.query("""
+            SELECT bid_id, criterion_kind::text, criterion, score, rationale FROM moderated_score WHERE bid_id = ANY (\(bidIDs))
+            ORDER BY bid_id, criterion_kind, criterion
+            """) {
+            let (bid, kind, criterion, score, rationale) = try row.decode(UUID.self, String.self, String.self, Int.self, String.self)
+            byBid[bid, default: []].append(
+                CriterionScore(kind: try storedEnum(kind, column: "moderated_score.criterion_kind"), criterion: criterion, score: score, comment: rationale))
+        }
+        return byBid
     }
 
     static func moderated(_ connection: PGConnection, bidID: UUID) async throws -> [CriterionScore] {

@@ -193,7 +193,9 @@ public struct ProjectService: Sendable {
         try scope.require(scope.isStaff, "list projects (suppliers use opportunities)")
         let after = Self.createdCursor(page)
         let projects = try await database.transaction(scope, readOnly: true) { connection in
-            try await connection.query("""
+            // Planned with the values each time (PGQuery.plannedWithValues): a kept generic plan cannot drop the
+            // filters left out and read every project of the authority before sorting.
+            try await connection.query(("""
                 \(unsafeSQL: Self.selectSQL)
                 WHERE p.authority_id = app_authority_id()
                   AND (\(filter.boardID)::uuid IS NULL OR p.board_id = \(filter.boardID))
@@ -202,7 +204,7 @@ public struct ProjectService: Sendable {
                   AND (\(filter.text)::text IS NULL OR p.search @@ websearch_to_tsquery('english', \(filter.text)))
                   AND (p.created_at, p.id) < (\(after.0), \(after.1))
                 ORDER BY p.created_at DESC, p.id DESC LIMIT \(page.limit + 1)
-                """).map(Self.decode)
+                """ as PGQuery).plannedWithValuesEachTime).map(Self.decode)
         }
         return page.page(projects) { [PGDateFormat.string($0.createdAt), $0.id.uuidString] }
     }
@@ -213,7 +215,9 @@ public struct ProjectService: Sendable {
         let afterDeadline = page.after?.first.flatMap(PGDateFormat.date) ?? Date(timeIntervalSince1970: 0)
         let afterID = page.after?.dropFirst().first.flatMap(UUID.init(uuidString:)) ?? .zero
         let projects = try await database.transaction(scope, readOnly: true) { connection in
-            try await connection.query("""
+            // Planned with the values each time (PGQuery.plannedWithValues): a kept generic plan cannot drop the
+            // filters left out.
+            try await connection.query(("""
                 \(unsafeSQL: Self.selectSQL)
                 JOIN authority au ON au.id = p.authority_id
                 WHERE p.status = 'open' AND p.bid_deadline > statement_timestamp()
@@ -226,7 +230,7 @@ public struct ProjectService: Sendable {
                   AND (\(filter.text)::text IS NULL OR p.search @@ websearch_to_tsquery('english', \(filter.text)))
                   AND (p.bid_deadline, p.id) > (\(afterDeadline), \(afterID))
                 ORDER BY p.bid_deadline, p.id LIMIT \(page.limit + 1)
-                """).map(Self.decode)
+                """ as PGQuery).plannedWithValuesEachTime).map(Self.decode)
         }
         return page.page(projects) { [PGDateFormat.string($0.bidDeadline ?? Date()), $0.id.uuidString] }
     }

@@ -170,12 +170,13 @@ public struct MonitoringService: Sendable {
     public func periods(_ scope: AccessScope, contractID: UUID) async throws -> [PeriodStatus] {
         try scope.require(scope.isStaff || scope.has(.supplierUser), "see returns")
         return try await database.transaction(scope, readOnly: true) { connection in
-            _ = try await ContractService.fetch(connection, id: contractID)
-            return try await Self.periods(connection, contractID: contractID)
+            let contract = try await ContractService.fetch(connection, id: contractID)
+            return try await Self.periods(connection, contractID: contractID, contract: contract)
         }
     }
 
-    static func periods(_ connection: PGConnection, contractID: UUID) async throws -> [PeriodStatus] {
+    /// `contract`: the contract as this transaction already read it, if it did (three statements fewer).
+    static func periods(_ connection: PGConnection, contractID: UUID, contract known: Contract? = nil) async throws -> [PeriodStatus] {
         var periods = try await rawPeriods(connection, contractID: contractID)
         var previous: [UUID: RAGRating] = [:]
         for index in periods.indices where periods[index].latest != nil {
@@ -184,7 +185,8 @@ public struct MonitoringService: Sendable {
             previous[periods[index].kpiID] = rating
         }
         // Blue: the contract is completed and the return met the KPI's target.
-        let contract = try await ContractService.fetch(connection, id: contractID)
+        let contract: Contract
+        if let known { contract = known } else { contract = try await ContractService.fetch(connection, id: contractID) }
         if contract.status == .completed {
             for index in periods.indices {
                 guard let latest = periods[index].latest, let kpi = contract.kpis.first(where: { $0.id == periods[index].kpiID }) else { continue }

@@ -60,17 +60,29 @@ public struct SchoolService: Sendable {
         let afterName = page.after?.first ?? ""
         let afterURN = page.after?.dropFirst().first.flatMap { Int($0) } ?? 0
         let urn = filter.text.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        // Causing concern or not: a semi- or anti-join, not a comparison per row.
+        let openConcern = "SELECT 1 FROM school_concern c WHERE c.authority_id = s.authority_id AND c.urn = s.urn AND c.cleared_on IS NULL"
+        let concernFilter = filter.causingConcern.map { $0 ? "AND EXISTS (\(openConcern))" : "AND NOT EXISTS (\(openConcern))" } ?? ""
         let schools = try await database.transaction(scope, readOnly: true) { connection in
-            try await connection.query("""
-                \(unsafeSQL: Self.selectSQL)
-                WHERE (\(filter.boardID)::uuid IS NULL OR s.board_id = \(filter.boardID))
-                  AND (\(filter.phase)::text IS NULL OR s.phase = \(filter.phase))
-                  AND (\(filter.open)::boolean IS NULL OR s.is_open = \(filter.open))
-                  AND (\(filter.causingConcern)::boolean IS NULL OR (c.id IS NOT NULL) = \(filter.causingConcern))
-                  AND (\(filter.text)::text IS NULL OR s.urn = \(urn) OR s.name ILIKE '%' || \(filter.text) || '%')
-                  AND (s.name, s.urn) > (\(afterName), \(afterURN))
-                ORDER BY s.name, s.urn LIMIT \(page.limit + 1)
-                """).map(Self.decode)
+            // The page of schools first, then their open concerns: joined before the sort and limit, a name search
+            // matching 3,000 of 25,000 schools looked up 3,000 concerns (each through its policy) to keep 51.
+            // Planned with the values each time (PGQuery.plannedWithValues), so the filters left out drop out.
+            try await connection.query(("""
+                SELECT s.urn, s.name, s.establishment_type, s.phase, s.status, s.is_open, s.board_id, s.district, s.postcode,
+                       c.id, c.category, c.reason, c.since::text
+                FROM (SELECT s.authority_id, s.urn, s.name, s.establishment_type, s.phase, s.status, s.is_open, s.board_id, s.district,
+                             s.postcode
+                      FROM school s
+                      WHERE (\(filter.boardID)::uuid IS NULL OR s.board_id = \(filter.boardID))
+                        AND (\(filter.phase)::text IS NULL OR s.phase = \(filter.phase))
+                        AND (\(filter.open)::boolean IS NULL OR s.is_open = \(filter.open))
+                        \(unsafeSQL: concernFilter)
+                        AND (\(filter.text)::text IS NULL OR s.urn = \(urn) OR s.name ILIKE '%' || \(filter.text) || '%')
+                        AND (s.name, s.urn) > (\(afterName), \(afterURN))
+                      ORDER BY s.name, s.urn LIMIT \(page.limit + 1)) s
+                LEFT JOIN school_concern c ON c.authority_id = s.authority_id AND c.urn = s.urn AND c.cleared_on IS NULL
+                ORDER BY s.name, s.urn
+                """ as PGQuery).plannedWithValuesEachTime).map(Self.decode)
         }
         return page.page(schools) { [$0.name, String($0.urn)] }
     }

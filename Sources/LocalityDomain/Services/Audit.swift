@@ -57,7 +57,9 @@ public struct AuditService: Sendable {
         // committed so far has its place (seq) in the chain; one not yet sealed (seq < 0) is never listed.
         let events = try await database.transaction(scope) { connection in
             _ = try await connection.query("SELECT audit_seal_own()")
-            return try await connection.query("""
+            // Planned with the values each time (PGQuery.plannedWithValues): a kept generic plan read all the
+            // authority's events and sorted them.
+            return try await connection.query(("""
                 SELECT id, seq, occurred_at, actor, action, entity_type, entity_id, before::text, after::text, request_id
                 FROM audit_event
                 WHERE chain_id = app_authority_id() AND seq > 0 AND seq < \(beforeSeq)
@@ -67,7 +69,7 @@ public struct AuditService: Sendable {
                   AND (\(filter.from)::timestamptz IS NULL OR occurred_at >= \(filter.from))
                   AND (\(filter.to)::timestamptz IS NULL OR occurred_at < \(filter.to))
                 ORDER BY seq DESC LIMIT \(page.limit + 1)
-                """).map { row in
+                """ as PGQuery).plannedWithValuesEachTime).map { row in
                 let (id, seq, occurredAt, actor, action, entityType, entityID, before, after, requestID) = try row.decode(
                     UUID.self, Int.self, Date.self, String.self, String.self, String.self, String.self, String?.self,
                     String?.self, String?.self)

@@ -1,0 +1,163 @@
+import Foundation
+import LocalityDomain
+@testable import LocalityPostgres
+import PostgresTestSupport
+import Testing
+
+/// Issue 14, the p99 target on national-scale data: what made the slow reads slow, each pinned on the generated
+/// dataset of `ScaleDataTests` (one authority's rows a small share of each table, as at national scale).
+extension ScaleDataTests {
+    static var authority: UUID { ScaleSeed.authorityID(seed: options.seed, authority: 0) }
+    static var board: UUID { ScaleSeed.id(seed: options.seed, authority: 0, "board", "0") }
+    static var year: String { FinancialYear.containing(CalendarDate.parse(asOf)!).description }
+
+    static func staff(_ key: String, _ roles: Set<Role>, boards: [UUID] = []) -> AccessScope {
+        let user = ScaleSeed.id(seed: options.seed, authority: 0, "user", key)
+        return AccessScope(authorityID: authority, userID: user, roles: roles, boardIDs: boards, actor: "user:\(user.uuidString.lowercased())")
+    }
+
+    /// Runs `body` on a one-connection application pool, and returns what it returned with the number of
+    /// requests (round trips) the connection made meanwhile.
+    static func countingRoundTrips<R: Sendable>(_ database: TestDatabase, _ body: (ScopedDatabase) async throws -> R) async throws -> (R, Int) {
+        try await database.withPool(maxConnections: 1) { pool in
+            let before = try await pool.withConnection { $0.requestCount }
+            let result = try await body(ScopedDatabase(pool: pool))
+            let after = try await pool.withConnection { $0.requestCount }
+            return (result, after - before)
+        }
+    }
+
+    /// Index scans per index so far, every statement of the application's sessions counted (as
+    /// `sequentialScans`: the sessions are ended so their statistics are flushed).
+    static func indexScans(_ pool: PGPool) async throws -> [String: Int] {
+        _ = try await sequentialScans(pool)
+        return try await pool.withConnection { connection in
+            Dictionary(uniqueKeysWithValues: try await connection.query("""
+                SELECT indexrelname::text, idx_scan FROM pg_stat_user_indexes WHERE schemaname = 'public'
+                """).map { try $0.decode(String.self, Int.self) })
+        }
+    }
+
+    /// The dashboards read the running contracts and the year's projects by the indexes of 0029. `status IN (…)`
+    /// on an enum is not leakproof, so under row-level security it was applied only after the policies: the
+    /// contract lines and the overdue count started from every project of the authority and checked each
+    /// contract's policy (1,407 lookups for 107 running contracts at national scale). Fails while either index
+    /// is missing or unused.
+    @Test func dashboardsReadRunningContractsAndTheYearsProjectsByIndex() async throws {
+        let (database, _) = try await Fixture.shared.get()
+        try await database.withPool(conninfo: database.superuserConninfo, maxConnections: 1) { statistics in
+            let readers: [(AccessScope, UUID?)] = [(Self.staff("admin", [.authorityAdmin]), nil), (Self.staff("lim:0", [.lim], boards: [Self.board]), Self.board)]
+            for (scope, board) in readers {
+                let before = try await Self.indexScans(statistics)
+                let dashboard = try await database.withPool { pool in
+                    try await DashboardService(database: ScopedDatabase(pool: pool)).dashboard(scope, boardID: board, financialYear: Self.year)
+                }
+                let after = try await Self.indexScans(statistics)
+                #expect(!dashboard.contracts.isEmpty)
+                for index in ["contract_running", "project_year"] {
+                    #expect(after[index, default: 0] > before[index, default: 0], "the dashboard (board \(String(describing: board))) did not use \(index)")
+                }
+            }
+        }
+    }
+
+    /// The dashboard's contract lines are still those of the year's projects and every running contract, in
+    /// the order they were let, now that they are read as two sets.
+    @Test func dashboardLinesAreTheYearsContractsAndTheRunningOnes() async throws {
+        let (database, _) = try await Fixture.shared.get()
+        let expected = try await database.withPool(conninfo: database.superuserConninfo, maxConnections: 1) { pool in
+            try await pool.withConnection { connection in
+                try await connection.query("""
+                    SELECT c.id FROM contract c JOIN project p ON p.authority_id = c.authority_id AND p.id = c.project_id
+                    WHERE c.authority_id = \(Self.authority) AND (p.financial_year = \(Self.year) OR c.status IN ('kpi_negotiation', 'active'))
+                    ORDER BY c.created_at, c.id
+                    """).map { try $0.decode(UUID.self, at: 0) }
+            }
+        }
+        let dashboard = try await database.withPool { pool in
+            try await DashboardService(database: ScopedDatabase(pool: pool)).dashboard(Self.staff("admin", [.authorityAdmin]), boardID: nil,
+                                                                                        financialYear: Self.year)
+        }
+        #expect(dashboard.contracts.map(\.contractID) == expected)
+        #expect(Set(expected).count == expected.count)
+    }
+
+    /// The evaluation report reads every bid's scores in two statements: it made two more per bid (2 + 2N).
+    @Test func theEvaluationReportTakesTheSameRoundTripsWhateverTheBids() async throws {
+        let (database, _) = try await Fixture.shared.get()
+        let projects = try await database.withPool(conninfo: database.superuserConninfo, maxConnections: 1) { pool in
+            try await pool.withConnection { connection in
+                // Two awarded projects of board 0 with different numbers of submitted bids.
+                try await connection.query("""
+                    SELECT DISTINCT ON (n) id, n FROM (
+                        SELECT p.id, (SELECT count(*) FROM bid b WHERE b.project_id = p.id AND b.status NOT IN ('draft', 'withdrawn')) AS n
+                        FROM project p WHERE p.authority_id = \(Self.authority) AND p.board_id = \(Self.board) AND p.status = 'awarded') x
+                    WHERE n > 0 ORDER BY n, id
+                    """).map { try $0.decode(UUID.self, Int.self) }
+            }
+        }
+        let fewest = try #require(projects.first), most = try #require(projects.last)
+        try #require(most.1 >= fewest.1 + 2, "the data has no projects with different numbers of bids: \(projects)")
+        let lim = Self.staff("lim:0", [.lim], boards: [Self.board])
+        var trips: [Int] = []
+        for (project, bids) in [fewest, most] {
+            let (report, count) = try await Self.countingRoundTrips(database) {
+                try await EvaluationService(database: $0).report(lim, projectID: project)
+            }
+            #expect(report.lines.count == bids)
+            #expect(report.lines.contains { !$0.moderated.isEmpty || !$0.individual.isEmpty }, "no scores were read")
+            trips.append(count)
+        }
+        #expect(trips[0] == trips[1], "round trips \(trips) for \(fewest.1) and \(most.1) bids")
+    }
+
+    /// A contract's returns read the contract once: it was read twice (three statements each).
+    @Test func aContractsReturnsReadTheContractOnce() async throws {
+        let (database, _) = try await Fixture.shared.get()
+        let contract = try await database.withPool(conninfo: database.superuserConninfo, maxConnections: 1) { pool in
+            try await pool.withConnection { connection in
+                try #require(try await connection.query("""
+                    SELECT c.id FROM contract c JOIN project p ON p.authority_id = c.authority_id AND p.id = c.project_id
+                    WHERE c.authority_id = \(Self.authority) AND p.board_id = \(Self.board) AND c.status = 'active'
+                    ORDER BY c.created_at LIMIT 1
+                    """).first).decode(UUID.self, at: 0)
+            }
+        }
+        let (periods, count) = try await Self.countingRoundTrips(database) {
+            try await MonitoringService(database: $0).periods(Self.staff("lim:0", [.lim], boards: [Self.board]), contractID: contract)
+        }
+        #expect(!periods.isEmpty)
+        // Context, the contract with its KPIs and variations (3), the periods, commit: the transaction's
+        // BEGIN and context go together in one request.
+        #expect(count <= 6, "\(count) round trips")
+    }
+
+    /// The lists with optional filters and keyset ranges are planned with each request's values, never with a
+    /// generic plan kept by the session: PostgreSQL estimated each `(… IS NULL OR …)` term and the range as
+    /// selective and kept a plan that read all of an authority's rows and sorted them (a page of the audit log
+    /// 19 ms instead of 0.1 ms at national scale). Such statements are sent unnamed, so the session holds none.
+    @Test func listsWithOptionalFiltersAreNotKeptAsGenericPlans() async throws {
+        let (database, _) = try await Fixture.shared.get()
+        let admin = Self.staff("admin", [.authorityAdmin]), auditor = Self.staff("auditor", [.auditor])
+        let lim = Self.staff("lim:0", [.lim], boards: [Self.board])
+        try await database.withPool(maxConnections: 1) { pool in
+            let scoped = ScopedDatabase(pool: pool)
+            let page = try PageRequest()
+            for _ in 0..<7 {
+                _ = try await AuditService(database: scoped).list(auditor, filter: AuditFilter(), page: page)
+                _ = try await ProjectService(database: scoped).list(admin, filter: ProjectFilter(), page: page)
+                _ = try await ProjectService(database: scoped).list(lim, filter: ProjectFilter(boardID: Self.board, status: .awarded), page: page)
+                _ = try await SchoolService(database: scoped).list(admin, filter: SchoolFilter(text: "Oak"), page: page)
+            }
+            let kept = try await pool.withConnection { connection in
+                try await connection.query("""
+                    SELECT statement, generic_plans FROM pg_prepared_statements
+                    WHERE (statement LIKE '%FROM audit_event%' OR statement LIKE '%ORDER BY p.created_at DESC%'
+                           OR statement LIKE '%ORDER BY s.name, s.urn%')
+                      AND statement NOT LIKE '%pg_prepared_statements%'
+                    """).map { try $0.decode(String.self, Int.self) }
+            }
+            #expect(kept.isEmpty, "kept by the session: \(kept.map { "\($0.1) generic plan(s): \($0.0.prefix(120))" })")
+        }
+    }
+}
