@@ -284,6 +284,7 @@ struct IdempotencyTests {
         configuration.lockTimeoutMilliseconds = 0
         configuration.statementTimeoutMilliseconds = 0
         let app = try await buildApplication(configuration)
+        let other = try await buildApplication(configuration)
         try await app.test(.live) { client in
             let before = try await boardCount(client, admin)
             try await world.database.withPool(conninfo: world.database.superuserConninfo, maxConnections: 1) { admin_ in
@@ -299,7 +300,8 @@ struct IdempotencyTests {
                         guard let lease else { return false }
                         return lease.renewed > firstLease.renewed && lease.now > firstLease.renewed
                     }
-                    let during = try await post(client, "/v1/boards", token: admin, body, key: "slow")
+                    // The retry through another instance (a test client's requests share one connection, in order).
+                    let during = try await other.test(.live) { client in try await post(client, "/v1/boards", token: admin, body, key: "slow") }
                     #expect(during.status == .conflict)
                     #expect(during.jsonObject["type"] as? String == "/problems/idempotency-key-in-progress")
                     try await locker.execute("ROLLBACK")
