@@ -120,9 +120,10 @@ struct IdempotencyTests {
         let admin = world.token(.authorityAdmin, of: world.a)
         let adminID = world.a.users[.authorityAdmin]!.id
         let body = Array(#"{"name":"In Flight","short_code":"FLIGHT"}"#.utf8)
-        // The first request, caught in flight: its claim made exactly as the middleware makes it.
+        // The first request, caught in flight: its claim made exactly as the middleware makes it, with a lease
+        // long enough to stand for one its running request keeps renewing (building the app may take seconds).
         try await world.database.withPool { pool in
-            let claim = try await IdempotencyKeys(pool: pool).claim(
+            let claim = try await IdempotencyKeys(pool: pool, lease: .seconds(3600)).claim(
                 caller: "user:\(lower(adminID))", key: "flight",
                 requestHash: IdempotencyKeys.requestHash(method: "POST", path: "/v1/boards", body: body))
             #expect(claim == .claimed)
