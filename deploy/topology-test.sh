@@ -4,7 +4,9 @@
 #   - a whole commissioning lifecycle (draft → published → sealed bid → scored → awarded → KPIs agreed → contract
 #     started and completed), every step checked, and the result read back from the primary;
 #   - X-Forwarded-For: set by nginx, trusted by the servers (the registration limit counts the real client);
-# then checks that both instances served it and that PgBouncer carried their transactions.
+# then checks that both instances served it and that PgBouncer carried their transactions; then the /readyz health
+# checker beside nginx (deploy/upstream_checker.py): server1 stopped is marked down and server2 answers a burst
+# with no 5xx; server2 stopped too is kept in (never all down); both started are put back and both serve.
 # Fails (non-zero) when the client breaks under PgBouncer: named statements collide or vanish between transactions
 # (42P05/26000 become 500s), or startup options are refused.
 #
@@ -40,7 +42,7 @@ token() { awk -v role="$1" '$1 == role && $3 ~ /^lcm_/ { print $3; exit }' "$dir
 export TOKEN_AUTHORITY_ADMIN=$(token authority_admin) TOKEN_LIM=$(token lim) TOKEN_BOARD_MEMBER=$(token board_member) \
     TOKEN_SUPPLIER_USER=$(token supplier_user)
 [[ -n $TOKEN_LIM && -n $TOKEN_SUPPLIER_USER && -n $TOKEN_BOARD_MEMBER ]] || { echo "no demo tokens: $(cat "$dir/demo.txt")" >&2; exit 1; }
-export TOPOLOGY_URL PSQL_PRIMARY=$psql_primary
+export TOPOLOGY_URL SERVER1_URL SERVER2_URL PSQL_PRIMARY=$psql_primary TOPOLOGY="$here/topology.sh" TOPOLOGY_DIR=$dir
 
 python3 "$here/topology_drill.py" lifecycle
 python3 "$here/topology_drill.py" forwarded
@@ -58,4 +60,6 @@ echo "topology-test: PgBouncer carried $xacts transactions to the primary"
 # The replica streams from the primary.
 streaming=$($psql_primary -XAtq -c "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
 (( streaming == 1 )) || { echo "topology-test: the replica is not streaming" >&2; exit 1; }
+# Active health checks on /readyz (last: it stops and starts the servers).
+python3 "$here/topology_drill.py" checker
 echo "topology-test: passed in $((SECONDS - start)) s"

@@ -4,9 +4,10 @@
 #   nginx :NGINX_PORT ──► locality-server #1 ──► PgBouncer (transaction pooling) ──► PostgreSQL primary
 #                    └──► locality-server #2 ──┘         reads that may lag ──────────► streaming replica
 #
-#   deploy/topology.sh up   DIR [--bin BINDIR]   start everything under DIR (prints the endpoints as KEY=VALUE)
+#   deploy/topology.sh up   DIR [--bin BINDIR] [--no-checker]
+#                                                start everything under DIR (prints the endpoints as KEY=VALUE)
 #   deploy/topology.sh down DIR                  stop everything started under DIR
-#   deploy/topology.sh stop|start|kill DIR PART  one part: primary, replica, pgbouncer, server1, server2, nginx
+#   deploy/topology.sh stop|start|kill DIR PART  one part: primary, replica, pgbouncer, server1, server2, nginx, checker
 #   deploy/topology.sh restart DIR pgbouncer     PgBouncer's online restart (-R): no connection dropped
 #
 # The servers reach the primary through PgBouncer with `--db-pooler transaction` (no startup options, unnamed
@@ -14,6 +15,13 @@
 # connect straight to the primary for what a transaction pooler cannot carry: the authentication cache's LISTEN
 # session (`--db-listen-url`) and, through locality-admin, migrations (a session advisory lock).
 # deploy/topology-test.sh runs a lifecycle through it; deploy/topology-drill.sh measures its faults.
+#
+# Health checks: open-source nginx checks only passively (max_fails/fail_timeout). Beside it runs
+# deploy/upstream_checker.py, which polls each instance's /readyz every second and marks an instance `down` in
+# the upstream include ($DIR/nginx/upstream.conf) after 2 failures, and back after 2 passes (nginx -s reload each
+# time; log in $DIR/log/checker.log). The servers get --shutdown-delay-seconds 4: after SIGTERM they answer
+# /readyz 503 and keep serving for 4 s, so the checker takes them out before they stop accepting. --no-checker
+# leaves both out (passive checks alone, no delay), as before the checker existed.
 #
 # BINDIR holds locality-server and locality-admin (default: the release build, else the debug build).
 # Ports come from BASE_PORT (default 25400): primary +0, replica +1, PgBouncer +2, servers +3/+4, nginx +5,
@@ -29,9 +37,12 @@ shift 2
 part=""
 [[ $# -gt 0 && "$1" != --* ]] && { part=$1; shift; }
 bin=""
+bin_given=""
+checker=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --bin) bin=$2; shift 2 ;;
+        --bin) bin=$2; bin_given=1; shift 2 ;;
+        --no-checker) checker=0; shift ;;
         *) echo "topology: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -76,8 +87,13 @@ stop_bouncer() {
     for _ in $(seq 1 50); do kill -0 "$(cat "$dir/run/pgbouncer.pid" 2>/dev/null)" 2>/dev/null || return 0; sleep 0.1; done
 }
 
+# After SIGTERM an instance says "not ready" and keeps serving this long, for the checker to take it out first
+# (2 failed checks 1 s apart and a reload); 0 without the checker.
+shutdown_delay() { [[ -f "$dir/run/no-checker" ]] && echo 0 || echo 4; }
+
 start_server() {   # start_server N
     local port=$((base + 2 + $1)) metrics=$((base + 5 + $1))
+    LOCALITY_SHUTDOWN_DELAY_SECONDS=$(shutdown_delay) \
     LOCALITY_DATABASE_URL=$app_bouncer_url LOCALITY_OWNER_DATABASE_URL=$owner_url \
     LOCALITY_DB_POOLER=transaction LOCALITY_DB_LISTEN_URL=$app_direct_url \
     LOCALITY_REPLICA_DATABASE_URL=$replica_url LOCALITY_TRUSTED_PROXIES=127.0.0.1 \
@@ -99,6 +115,28 @@ start_nginx() {
     nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/log/nginx-error.log"
     wait_for nginx curl -fsS "http://127.0.0.1:$nginx_port/readyz"
 }
+
+# The checker's arguments (deploy/upstream_checker.py): the upstream include it rewrites, the instances, and the
+# command that reloads this nginx.
+checker_args() {
+    checker_args=(--upstream-file "$dir/nginx/upstream.conf" --server "server1=127.0.0.1:$server1_port"
+        --server "server2=127.0.0.1:$server2_port" -- nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/log/nginx-error.log" -s reload)
+}
+start_checker() {
+    [[ -f "$dir/run/no-checker" ]] && { log "the checker is off for this topology (--no-checker)"; return 0; }
+    checker_args
+    setsid python3 -u "$here/upstream_checker.py" "${checker_args[@]}" >>"$dir/log/checker.log" 2>&1 < /dev/null &
+    echo $! > "$dir/run/checker.pid"
+    wait_for "the health checker" grep -q "checking /readyz" "$dir/log/checker.log"
+}
+stop_checker() {   # SIGTERM: it puts every instance back in the upstream (passive checks only) and exits
+    [[ -f "$dir/run/checker.pid" ]] || return 0
+    local pid; pid=$(cat "$dir/run/checker.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$dir/run/checker.pid"
+}
+
 stop_nginx() {
     [[ -f "$dir/nginx/nginx.pid" ]] && nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/log/nginx-error.log" -s quit 2>/dev/null || true
     for _ in $(seq 1 50); do [[ -f "$dir/nginx/nginx.pid" ]] || return 0; sleep 0.1; done
@@ -160,8 +198,9 @@ http {
         # (option httpchk GET /readyz) can poll it continuously. A 503 from the service is not counted as a
         # failure: it answers 503 for a lock timeout or a database hiccup that the other instance shares, and
         # counting it took both instances out at once in the drill (a PgBouncer restart: 5 × 503 became 61 × 502).
-        server 127.0.0.1:$server1_port max_fails=1 fail_timeout=2s;
-        server 127.0.0.1:$server2_port max_fails=1 fail_timeout=2s;
+        # The servers are listed in the include, which deploy/upstream_checker.py rewrites (marking an instance
+        # down while its /readyz fails) before nginx -s reload: the active checks, on top of these passive ones.
+        include $dir/nginx/upstream.conf;
         keepalive 32;
     }
     server {
@@ -176,10 +215,15 @@ http {
             proxy_next_upstream error timeout;
             proxy_next_upstream_tries 2;
             proxy_connect_timeout 2s;
+            # Which instance answered (tests and drills count it; a production balancer need not say).
+            add_header X-Upstream \$upstream_addr always;
         }
     }
 }
 EOF
+    # nginx needs the upstream include to start: both instances in.
+    checker_args
+    python3 "$here/upstream_checker.py" --init "${checker_args[@]}"
 }
 
 up() {
@@ -187,6 +231,8 @@ up() {
     for tool in pgbouncer nginx curl; do command -v "$tool" >/dev/null || { log "$tool is not installed"; exit 1; }; done
     mkdir -p "$dir/run" "$dir/log"
     dir=$(cd "$dir" && pwd); sock=$dir/run
+    (( checker )) || touch "$dir/run/no-checker"
+    bin=$(cd "$bin" && pwd); echo "$bin" > "$dir/run/bin"   # for later start DIR serverN
     (( root )) && chown postgres "$dir" "$dir/run" "$dir/log" && chmod 0755 "$dir"
     log "primary on $primary_port"
     as_postgres "$pgbin/initdb" -D "$dir/primary" -A trust -U postgres >/dev/null
@@ -217,6 +263,8 @@ EOF
     start_server 2
     log "nginx on $nginx_port"
     start_nginx
+    log "health checker on /readyz"
+    start_checker
     cat <<EOF
 TOPOLOGY_URL=http://127.0.0.1:$nginx_port
 SERVER1_URL=http://127.0.0.1:$server1_port
@@ -233,6 +281,7 @@ EOF
 }
 
 down() {
+    stop_checker
     stop_nginx
     signal_server 1 TERM
     signal_server 2 TERM
@@ -263,6 +312,8 @@ one() {   # one ACTION PART
         start:server1|start:server2) start_server "${2#server}" ;;
         stop:nginx|kill:nginx) stop_nginx ;;
         start:nginx) start_nginx ;;
+        stop:checker|kill:checker) stop_checker ;;
+        start:checker) start_checker ;;
         *) log "unknown part or action: $1 $2"; exit 2 ;;
     esac
 }
@@ -270,6 +321,9 @@ one() {   # one ACTION PART
 case "$command" in
     up) up ;;
     down) down ;;
-    stop|start|kill|restart) dir=$(cd "$dir" && pwd); sock=$dir/run; one "$command" "${part:?which part?}" ;;
+    stop|start|kill|restart)
+        dir=$(cd "$dir" && pwd); sock=$dir/run
+        [[ -n "$bin_given" || ! -f "$dir/run/bin" ]] || bin=$(cat "$dir/run/bin")   # the binaries `up` started
+        one "$command" "${part:?which part?}" ;;
     *) echo "usage: topology.sh up|down|stop|start|kill|restart DIR [PART] [--bin BINDIR]" >&2; exit 2 ;;
 esac

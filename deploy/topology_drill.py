@@ -9,6 +9,8 @@ TOPOLOGY_DIR). Plain Python 3, no packages.
   topology_drill.py forwarded   X-Forwarded-For set by nginx and trusted by the servers (registration limit)
   topology_drill.py drill       lifecycles from several workers while instances, PgBouncer and the replica fail;
                                 prints acknowledged writes lost, 5xx, recovery times
+  topology_drill.py checker     the /readyz health checker beside nginx: a stopped instance is marked down, the
+                                other serves everything, the last one is never marked down, both serve again
 
 One lifecycle: a LIM drafts and publishes a project; the supplier bids and submits (sealed: the LIM sees no
 bid before the deadline); the deadline passes (moved by the superuser on the primary: the database clock
@@ -86,20 +88,20 @@ class Client:
             parsed = None
         return status, parsed
 
-    def call(self, method, path, role=None, body=None, expect=(200, 201), attempts=60):
+    def call(self, method, path, role=None, body=None, expect=(200, 201), attempts=120):
         """A step of the lifecycle: retried (same Idempotency-Key for a write) until it gets an answer that is
         not a 5xx or a lost connection, or attempts run out; then the status must be one of `expect`."""
         key = str(uuid.uuid4()) if method in ("POST", "PUT", "PATCH", "DELETE") else None
-        in_progress = 0
+        in_progress_since = None
         for attempt in range(attempts):
             status, parsed = self.once(method, path, role, body, key)
             if status is not None and status < 500 and not (status == 409 and _in_progress(parsed)):
                 break
             if status == 409:
-                # The first attempt's claim on the key outlived it (its instance died, or it could not release
-                # the key): it is freed only after IdempotencyKeys.abandonedAfterSeconds. Give up on this one.
-                in_progress += 1
-                if in_progress >= 10:
+                # The first attempt's claim on the key is held by a run that is still going, or whose instance
+                # died: its lease (IdempotencyKeys.defaultLease, 10 s) then lapses and a retry takes it over.
+                in_progress_since = in_progress_since or time.monotonic()
+                if time.monotonic() - in_progress_since > 20:
                     break
             time.sleep(min(0.05 * (attempt + 1), 0.5))
         if status not in expect:
@@ -254,6 +256,90 @@ def topology(action, part):
     return time.monotonic() - started
 
 
+def upstream_rotation():
+    """{"server1": True (in the rotation) or False (marked down), …} from the checker's upstream include."""
+    rotation = {}
+    with open(os.path.join(os.environ["TOPOLOGY_DIR"], "nginx", "upstream.conf")) as f:
+        for line in f:
+            if line.startswith("server "):
+                rotation[line.rsplit("#", 1)[1].strip()] = " down;" not in line
+    return rotation
+
+
+def checker_on():
+    return not os.path.exists(os.path.join(os.environ["TOPOLOGY_DIR"], "run", "no-checker"))
+
+
+def poll(what, condition, seconds=30):
+    """Waits (bounded) until condition() holds; no fixed sleeps for synchronisation."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise Failure(f"timed out after {seconds} s waiting until {what}")
+
+
+def burst(count):
+    """`count` GET /v1/me through nginx on one kept-alive connection: ({status: n}, {upstream address: n})."""
+    client, upstreams, statuses = Client(), {}, {}
+    for _ in range(count):
+        conn = client._connection()
+        try:
+            conn.request("GET", "/v1/me", headers={"Authorization": f"Bearer {TOKENS['lim']}"})
+            response = conn.getresponse()
+            response.read()
+            status, upstream = response.status, response.getheader("X-Upstream", "?")
+        except (OSError, http.client.HTTPException):
+            client.close()
+            status, upstream = None, "-"
+        statuses[status] = statuses.get(status, 0) + 1
+        upstreams[upstream] = upstreams.get(upstream, 0) + 1
+    client.close()
+    return statuses, upstreams
+
+
+def run_checker():
+    """deploy/upstream_checker.py at work: SIGTERM one instance and see it leave the rotation (while it still
+    drains, thanks to --shutdown-delay-seconds), the other one take every request, the last one kept in when it
+    fails too, and both back and serving after a start."""
+    log = os.path.join(os.environ["TOPOLOGY_DIR"], "log", "checker.log")
+    address = {name: urllib.parse.urlparse(os.environ[f"{name.upper()}_URL"]).netloc for name in ("server1", "server2")}
+    poll("both instances are in the rotation", lambda: upstream_rotation() == {"server1": True, "server2": True})
+
+    # SIGTERM to server1 (topology.sh stop returns once it has exited).
+    stopping = subprocess.Popen([os.environ["TOPOLOGY"], "stop", os.environ["TOPOLOGY_DIR"], "server1"], stdout=subprocess.DEVNULL)
+    signalled = time.monotonic()
+    poll("the checker marks server1 down", lambda: not upstream_rotation()["server1"])
+    still_draining = stopping.poll() is None
+    print(f"checker: server1 marked down {time.monotonic() - signalled:.2f} s after SIGTERM, "
+          f"{'while it was still serving (shutdown delay)' if still_draining else 'after it had exited'}")
+    if stopping.wait(timeout=60) != 0:
+        raise Failure("topology.sh stop server1 failed")
+    statuses, upstreams = burst(200)
+    print(f"checker: 200 requests with server1 down: statuses {statuses}, upstreams {upstreams}")
+    if statuses != {200: 200} or set(upstreams) != {address["server2"]}:
+        raise Failure("with server1 marked down, not every request was answered 200 by server2")
+
+    # The last instance in the rotation is never marked down, even when it fails too (nginx would only say 502).
+    topology("stop", "server2")
+    poll("the checker reports server2 kept in", lambda: any("server2" in line and "KEPT" in line for line in open(log)))
+    if upstream_rotation() != {"server1": False, "server2": True}:
+        raise Failure(f"the last instance was marked down: {upstream_rotation()}")
+    print("checker: server2 stopped too: kept in the rotation (the last one)")
+
+    topology("start", "server2")
+    topology("start", "server1")
+    poll("the checker puts server1 back", lambda: upstream_rotation() == {"server1": True, "server2": True})
+    statuses, upstreams = burst(50)
+    print(f"checker: 50 requests after both started: statuses {statuses}, upstreams {upstreams}")
+    if statuses != {200: 50} or set(upstreams) != set(address.values()):
+        raise Failure("after server1 came back, the two instances did not both serve")
+    for line in open(log):
+        if " DOWN " in line or " UP " in line or "KEPT" in line:
+            print("  " + line.rstrip())
+
+
 def run_drill():
     workers = int(os.environ.get("DRILL_WORKERS", "6"))
     stats = Stats()
@@ -301,6 +387,9 @@ def run_drill():
                     conn.close()
                 except OSError:
                     ok = False
+            # With the checker on, healed means both instances are back in nginx's rotation too.
+            if ok and checker_on():
+                ok = all(upstream_rotation().values())
             if ok:
                 return time.monotonic() - since
             time.sleep(0.05)
@@ -383,6 +472,7 @@ def run_drill():
                 lost.append(f"{kind} {ident}: acknowledged {want}, primary has {have}")
 
     print(f"topology drill {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%MZ}, {workers} lifecycle workers, "
+          f"/readyz checker {'on' if checker_on() else 'off (passive checks only)'}, "
           f"load average {open('/proc/loadavg').read().split()[0:3]}")
     print(f"  {'phase':<28} {'requests':>8} {'5xx':>5} {'no answer':>9} {'healed':>9}  notes")
     for name, total, fives, unanswered, healed, detail in report:
@@ -399,7 +489,7 @@ def run_drill():
 
 if __name__ == "__main__":
     try:
-        {"lifecycle": run_lifecycle, "forwarded": run_forwarded, "drill": run_drill}[sys.argv[1]]()
+        {"lifecycle": run_lifecycle, "forwarded": run_forwarded, "drill": run_drill, "checker": run_checker}[sys.argv[1]]()
     except Failure as failure:
         print(f"FAILED: {failure}", file=sys.stderr)
         sys.exit(1)

@@ -52,6 +52,9 @@ public struct AppConfiguration: Sendable {
     public var accessLog = true
     /// After SIGTERM, in-flight requests get this long to finish before they are cancelled and the process exits.
     public var shutdownDeadlineSeconds = 10
+    /// After SIGTERM and before that drain, this long with `/readyz` answering 503 while everything is still served,
+    /// so that a load balancer polling `/readyz` takes the instance out first (`ShutdownDelay`; 0: drain at once).
+    public var shutdownDelaySeconds = 0
     /// A connection that sends nothing for this long is closed (0: never).
     public var idleTimeoutSeconds = 30
     /// A client that has begun a request must finish its header block within this many seconds, and its body
@@ -71,6 +74,9 @@ public struct AppConfiguration: Sendable {
     public var statementTimeoutMilliseconds = 15_000
     public var lockTimeoutMilliseconds = 3_000
     public var idleInTransactionTimeoutMilliseconds = 30_000
+    /// How long an `Idempotency-Key` claim holds unless the running request renews it: a retry of a request
+    /// whose instance died may take the key over after this long (IdempotencyKeys).
+    public var idempotencyLease: Duration = IdempotencyKeys.defaultLease
     /// A pooled database connection older than this is closed when returned (never in use) and replaced (0: never).
     public var dbMaxConnectionLifetimeSeconds = 30 * 60
 

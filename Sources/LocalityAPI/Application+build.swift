@@ -33,7 +33,8 @@ public func buildApplication(
     onMetricsServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
     onDemoSeeded: @Sendable (DemoSeed.Result?) -> Void = { _ in },
     authenticationCache: AuthenticationCache? = nil,
-    onReplicaRouter: @Sendable (ReplicaRouter) -> Void = { _ in }
+    onReplicaRouter: @Sendable (ReplicaRouter) -> Void = { _ in },
+    drainNotice: DrainNotice = DrainNotice()
 ) async throws -> some ApplicationProtocol {
     var logger = logger ?? Logger(label: "locality-server")
     logger.logLevel = configuration.logLevel
@@ -156,8 +157,8 @@ public func buildApplication(
     }
     router.add(middleware: RequestContentMiddleware(routes: routes, parameters: parameterRules, maxBytes: configuration.maxRequestBodyBytes))
     // After authentication: idempotency keys are scoped to the caller.
-    router.add(middleware: IdempotencyMiddleware(keys: IdempotencyKeys(pool: pool), routes: routes))
-    let handlers = APIHandlers(pool: pool, migrator: migrator, registry: registry, services: domain)
+    router.add(middleware: IdempotencyMiddleware(keys: IdempotencyKeys(pool: pool, lease: configuration.idempotencyLease), routes: routes))
+    let handlers = APIHandlers(pool: pool, migrator: migrator, registry: registry, services: domain, drainNotice: drainNotice)
     // Compact JSON (the runtime's default also pretty-prints) with keys still sorted, so output stays stable.
     let openAPIConfiguration = Configuration(dateTranscoder: InternetDateTranscoder(), jsonEncodingOptions: [.sortedKeys])
     try handlers.registerHandlers(
@@ -255,12 +256,15 @@ func seedDemoIfEmpty(ownerConninfo: String, logger: Logger) async throws -> Demo
 /// `shutdownDeadline`: a stuck request cannot hold up a restart or a deploy. Tests pass no signals and trigger
 /// the shutdown themselves.
 /// `before` run beside it and stop after it (the trace exporter, which sends what the drain produced).
+/// `shutdownDelay`, when given, stops first: `/readyz` says 503 for its delay while the server still serves, and
+/// the deadline starts after it.
 public func serviceGroup(
-    _ app: some ApplicationProtocol, before: [any Service] = [], shutdownDeadline: Duration, signals: [UnixSignal] = [.sigterm, .sigint],
-    logger: Logger
+    _ app: some ApplicationProtocol, before: [any Service] = [], shutdownDelay: ShutdownDelay? = nil, shutdownDeadline: Duration,
+    signals: [UnixSignal] = [.sigterm, .sigint], logger: Logger
 ) -> ServiceGroup {
-    var configuration = ServiceGroupConfiguration(services: before + [app], gracefulShutdownSignals: signals, logger: logger)
-    configuration.maximumGracefulShutdownDuration = shutdownDeadline
+    let after: [any Service] = shutdownDelay.map { [$0] } ?? []
+    var configuration = ServiceGroupConfiguration(services: before + [app] + after, gracefulShutdownSignals: signals, logger: logger)
+    configuration.maximumGracefulShutdownDuration = shutdownDeadline + (shutdownDelay?.delay ?? .zero)
     return ServiceGroup(configuration: configuration)
 }
 

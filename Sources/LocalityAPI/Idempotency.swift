@@ -4,6 +4,7 @@ import Hummingbird
 import LocalityDomain
 import Logging
 import NIOCore
+import OpenAPIRuntime
 
 extension HTTPField.Name {
     static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
@@ -15,6 +16,10 @@ extension HTTPField.Name {
 /// answer again and changes nothing; the same key with another request is refused (422); while the first
 /// still runs, a repeat gets 409. A 5xx is not kept, so a retry runs again. Keys are scoped to the caller
 /// (its user id) and kept in PostgreSQL, so they hold across instances and restarts.
+///
+/// The claim is a lease renewed while the request runs: when its instance dies, a retry through another one takes
+/// it over within `IdempotencyKeys.lease` — unless the dead run had committed its change (each write transaction
+/// marks the claim under its token: `IdempotencyFence`), which is then never repeated (409 `idempotency-key-answer-lost`).
 ///
 /// Runs after authentication (it needs the caller) and below the problem middleware: it turns the
 /// handler's errors into their problem responses itself, so that a final 4xx is kept like any other answer.
@@ -52,7 +57,8 @@ struct IdempotencyMiddleware<Context: RequestContext>: RouterMiddleware {
         let target = request.uri.query.map { "\(request.uri.path)?\($0)" } ?? request.uri.path
         let hash = IdempotencyKeys.requestHash(method: request.method.rawValue, path: target, body: body.readableBytesView)
 
-        switch try await keys.claim(caller: caller, key: key, requestHash: hash) {
+        let token = UUID()
+        switch try await keys.claim(caller: caller, key: key, requestHash: hash, token: token) {
         case .reused:
             throw APIProblem(
                 status: .unprocessableContent, type: APIProblem.typeURI("idempotency-key-reused"), title: "Unprocessable Content",
@@ -61,6 +67,10 @@ struct IdempotencyMiddleware<Context: RequestContext>: RouterMiddleware {
             throw APIProblem(
                 status: .conflict, type: APIProblem.typeURI("idempotency-key-in-progress"), title: "Conflict",
                 detail: "A request with this Idempotency-Key is still being processed; retry once it has finished.")
+        case .answerLost:
+            throw APIProblem(
+                status: .conflict, type: APIProblem.typeURI("idempotency-key-answer-lost"), title: "Conflict",
+                detail: "The first request with this Idempotency-Key was carried out, but its answer was lost when the server handling it stopped. Read the resource to see the result; do not send the request again with a new key.")
         case .replay(let stored):
             var headers = HTTPFields()
             for (name, value) in stored.headers {
@@ -74,15 +84,39 @@ struct IdempotencyMiddleware<Context: RequestContext>: RouterMiddleware {
             break
         }
 
-        var response: Response
-        do {
-            response = try await next(request, context)
-        } catch {
-            response = ProblemMiddleware<Context>(routes: routes).problem(for: error, request: request, context: context)
-                .response(requestID: RequestInfo.current?.requestID)
+        // The lease is renewed while the handler runs (a long request is not taken over), and every write
+        // transaction of the handler checks the claim is still ours (ScopedDatabase.transaction).
+        let renewal = Task { [keys] in
+            while true {
+                do { try await Task.sleep(for: keys.renewalInterval) } catch { return }
+                do { try await keys.renew(caller: caller, key: key, token: token) } catch {
+                    context.logger.warning("could not renew an idempotency claim", metadata: ["error": "\(error)"])
+                }
+            }
         }
+        var response: Response
         let collector = BodyCollector()
-        try await response.body.write(collector)
+        do {
+            response = try await IdempotencyFence.$current.withValue(.init(caller: caller, key: key, token: token)) {
+                var response: Response
+                do {
+                    response = try await next(request, context)
+                } catch let error where Self.lostClaim(error) {
+                    response = Self.takenOver.response(requestID: RequestInfo.current?.requestID)
+                } catch {
+                    response = ProblemMiddleware<Context>(routes: routes).problem(for: error, request: request, context: context)
+                        .response(requestID: RequestInfo.current?.requestID)
+                }
+                // Inside the fence: a body written lazily is still this request's work.
+                try await response.body.write(collector)
+                return response
+            }
+        } catch {
+            renewal.cancel()
+            try? await keys.release(caller: caller, key: key, token: token)
+            throw error
+        }
+        renewal.cancel()
         response.body = ResponseBody(byteBuffer: collector.buffer)
 
         if (200..<500).contains(response.status.code) {
@@ -92,7 +126,7 @@ struct IdempotencyMiddleware<Context: RequestContext>: RouterMiddleware {
             }
             do {
                 try await keys.complete(
-                    caller: caller, key: key,
+                    caller: caller, key: key, token: token,
                     response: .init(status: response.status.code, headers: headers, body: Array(collector.buffer.readableBytesView)))
             } catch {
                 // The claim stays; after `abandonedAfterSeconds` a retry may run again. Releasing it now would let
@@ -101,7 +135,7 @@ struct IdempotencyMiddleware<Context: RequestContext>: RouterMiddleware {
             }
         } else {
             do {
-                try await keys.release(caller: caller, key: key)
+                try await keys.release(caller: caller, key: key, token: token)
             } catch {
                 context.logger.warning("could not release an idempotency key", metadata: ["error": "\(error)"])
             }
@@ -113,6 +147,17 @@ struct IdempotencyMiddleware<Context: RequestContext>: RouterMiddleware {
             }
         }
         return response
+    }
+
+    /// This run's claim was taken over by a retry after its lease lapsed: none of its writes committed.
+    static var takenOver: APIProblem {
+        APIProblem(
+            status: .conflict, type: APIProblem.typeURI("idempotency-key-taken-over"), title: "Conflict",
+            detail: "This request took so long that a retry with the same Idempotency-Key took over; nothing of this attempt was applied.")
+    }
+
+    static func lostClaim(_ error: any Error) -> Bool {
+        error is IdempotencyFence.ClaimLost || (error as? ServerError)?.underlyingError is IdempotencyFence.ClaimLost
     }
 
     static func isValidKey(_ key: String) -> Bool {

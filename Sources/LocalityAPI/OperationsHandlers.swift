@@ -15,12 +15,19 @@ struct APIHandlers: APIProtocol {
     let migrator: Migrator
     let registry: PrometheusCollectorRegistry
     let services: DomainServices
+    let drainNotice: DrainNotice
 
     func getHealth(_ input: Operations.GetHealth.Input) async throws -> Operations.GetHealth.Output {
         .ok(.init(body: .json(.init(status: .ok))))
     }
 
     func getReadiness(_ input: Operations.GetReadiness.Input) async throws -> Operations.GetReadiness.Output {
+        // Shutting down (ShutdownDelay): still serving, but a load balancer should send nothing new here.
+        guard !drainNotice.isDraining else {
+            return .serviceUnavailable(.init(headers: .init(retryAfter: 5), body: .applicationProblemJson(.init(
+                _type: APIProblem.typeURI("not-ready"), title: "Service Unavailable", status: 503,
+                detail: "This instance is shutting down.", requestId: RequestInfo.current?.requestID))))
+        }
         let current: Bool
         do {
             current = try await pool.withConnection { try await migrator.isCurrent(on: $0) }

@@ -48,6 +48,9 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "After SIGTERM, seconds in-flight requests get to finish before the process exits anyway [LOCALITY_SHUTDOWN_DEADLINE_SECONDS] (default 10).")
     var shutdownDeadlineSeconds: Int?
 
+    @Option(help: "After SIGTERM, seconds to keep serving with /readyz answering 503 before the drain begins, so a load balancer polling /readyz takes this instance out first [LOCALITY_SHUTDOWN_DELAY_SECONDS] (default 0).")
+    var shutdownDelaySeconds: Int?
+
     @Option(help: "Close a client connection that sends nothing for this many seconds; 0 = never [LOCALITY_IDLE_TIMEOUT_SECONDS] (default 30).")
     var idleTimeoutSeconds: Int?
 
@@ -129,6 +132,9 @@ struct LocalityServer: AsyncParsableCommand {
         configuration.shutdownDeadlineSeconds = try shutdownDeadlineSeconds
             ?? environmentValue("SHUTDOWN_DEADLINE_SECONDS").map { try parseInt($0, "LOCALITY_SHUTDOWN_DEADLINE_SECONDS") } ?? configuration.shutdownDeadlineSeconds
         guard configuration.shutdownDeadlineSeconds > 0 else { throw ValidationError("--shutdown-deadline-seconds must be at least 1") }
+        configuration.shutdownDelaySeconds = try shutdownDelaySeconds
+            ?? environmentValue("SHUTDOWN_DELAY_SECONDS").map { try parseInt($0, "LOCALITY_SHUTDOWN_DELAY_SECONDS") } ?? configuration.shutdownDelaySeconds
+        guard configuration.shutdownDelaySeconds >= 0 else { throw ValidationError("--shutdown-delay-seconds must not be negative") }
         let authCacheSeconds = try authCacheSeconds ?? environmentValue("AUTH_CACHE_SECONDS").map { try parseInt($0, "LOCALITY_AUTH_CACHE_SECONDS") } ?? 10
         guard (0...300).contains(authCacheSeconds) else { throw ValidationError("--auth-cache-seconds must be between 0 and 300") }
         configuration.authenticationCacheLifetime = .seconds(authCacheSeconds)
@@ -231,8 +237,13 @@ struct LocalityServer: AsyncParsableCommand {
         let trimmer = MallocTuning.start()
         defer { trimmer?.cancel() }
         do {
-            let app = try await buildApplication(configuration, logger: logger, onDemoSeeded: printDemo)
-            try await serviceGroup(app, before: observability, shutdownDeadline: .seconds(configuration.shutdownDeadlineSeconds), logger: logger).run()
+            let drainNotice = DrainNotice()
+            let app = try await buildApplication(configuration, logger: logger, onDemoSeeded: printDemo, drainNotice: drainNotice)
+            let delay = configuration.shutdownDelaySeconds > 0
+                ? ShutdownDelay(notice: drainNotice, delay: .seconds(configuration.shutdownDelaySeconds)) : nil
+            try await serviceGroup(
+                app, before: observability, shutdownDelay: delay, shutdownDeadline: .seconds(configuration.shutdownDeadlineSeconds), logger: logger
+            ).run()
         } catch let error as ExitCode {
             throw error
         } catch {

@@ -88,6 +88,54 @@ struct GracefulShutdownTests {
         }
     }
 
+    /// With a shutdown delay, the shutdown begins by answering `/readyz` with 503 while new connections are still
+    /// accepted and served (so a load balancer polling `/readyz` takes the instance out before it stops
+    /// listening); the drain comes after the delay. Without the delay the listener would be closed at once.
+    @Test func readinessSaysShuttingDownWhileTheInstanceStillServesDuringTheDelay() async throws {
+        let database = try await TestDatabase.migrated()
+        let (ports, portContinuation) = AsyncStream.makeStream(of: Int.self)
+        let notice = DrainNotice()
+        let app = try await buildApplication(
+            testConfiguration(database), onServerRunning: { channel in portContinuation.yield(channel.localAddress?.port ?? 0) },
+            drainNotice: notice)
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let delay = Duration.seconds(5)
+        let group = serviceGroup(
+            app, shutdownDelay: ShutdownDelay(notice: notice, delay: delay), shutdownDeadline: .seconds(5), signals: [], logger: logger)
+
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            var iterator = ports.makeAsyncIterator()
+            let port = try #require(await iterator.next())
+            let before = TestClient(host: "127.0.0.1", port: port)
+            before.connect()
+            #expect(try await before.get("/readyz").status == .ok)
+            try? await before.shutdown()
+
+            let triggered = ContinuousClock.now
+            await group.triggerGracefulShutdown()
+            // The notice flips when the group reaches the delay (it stops first); poll, bounded.
+            while !notice.isDraining, ContinuousClock.now - triggered < delay { await Task.yield() }
+            #expect(notice.isDraining)
+
+            // A new connection, after the shutdown began: accepted, /readyz 503, every other request served.
+            let during = TestClient(host: "127.0.0.1", port: port)
+            during.connect()
+            let readiness = try await during.get("/readyz")
+            #expect(readiness.status == .serviceUnavailable)
+            #expect(String(buffer: readiness.body ?? ByteBuffer()).contains("shutting down"))
+            #expect(try await during.get("/healthz").status == .ok)
+            #expect(try await during.get("/v1/boards", headers: [.authorization: "Bearer nope"]).status == .unauthorized)
+            #expect(ContinuousClock.now - triggered < delay, "the checks above ran inside the delay")
+            try? await during.shutdown()
+
+            try await tasks.waitForAll()
+            // The listener closed only after the delay.
+            #expect(ContinuousClock.now - triggered >= delay)
+        }
+    }
+
     /// Polls until some session waits on a lock (no fixed sleeps).
     func waitForLockWaiter(_ admin: PGPool) async throws {
         let deadline = ContinuousClock.now + .seconds(10)

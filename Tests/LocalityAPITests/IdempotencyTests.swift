@@ -120,9 +120,10 @@ struct IdempotencyTests {
         let admin = world.token(.authorityAdmin, of: world.a)
         let adminID = world.a.users[.authorityAdmin]!.id
         let body = Array(#"{"name":"In Flight","short_code":"FLIGHT"}"#.utf8)
-        // The first request, caught in flight: its claim made exactly as the middleware makes it.
+        // The first request, caught in flight: its claim made exactly as the middleware makes it, with a lease
+        // long enough to stand for one its running request keeps renewing (building the app may take seconds).
         try await world.database.withPool { pool in
-            let claim = try await IdempotencyKeys(pool: pool).claim(
+            let claim = try await IdempotencyKeys(pool: pool, lease: .seconds(3600)).claim(
                 caller: "user:\(lower(adminID))", key: "flight",
                 requestHash: IdempotencyKeys.requestHash(method: "POST", path: "/v1/boards", body: body))
             #expect(claim == .claimed)
@@ -238,6 +239,180 @@ struct IdempotencyTests {
             #expect(try await keys.claim(caller: "user:x", key: "k", requestHash: hash)
                     == .replay(.init(status: 201, headers: ["Location": "/v1/x"], body: [1, 2])))
         }
+    }
+
+    /// A claim whose lease lapsed with nothing applied (its instance died mid-request): the retry through another
+    /// instance takes it over at once and runs — not after `abandonedAfterSeconds` (300 s) as before leases.
+    @Test func aRetryTakesOverALapsedClaimAtOnce() async throws {
+        let world = try await World.make()
+        let admin = world.token(.authorityAdmin, of: world.a)
+        let body = #"{"name":"Dead Claim","short_code":"DEAD"}"#
+        // The first request, claimed as the middleware claims it, then its instance died: no renewal came.
+        try await world.database.withPool { pool in
+            let claim = try await IdempotencyKeys(pool: pool).claim(
+                caller: "user:\(lower(world.a.users[.authorityAdmin]!.id))", key: "dead",
+                requestHash: IdempotencyKeys.requestHash(method: "POST", path: "/v1/boards", body: Array(body.utf8)))
+            #expect(claim == .claimed)
+        }
+        // It holds for the lease (10 s) from the claim, not 300 s; the instance that made it died: age it past that.
+        let lease = try await world.database.withPool(conninfo: world.database.superuserConninfo) { pool in
+            try await pool.query("SELECT extract(epoch FROM lease_expires_at - created_at)::float8 FROM idempotency_key").first!.decode(Double.self, at: 0)
+        }
+        #expect(abs(lease - 10) < 0.001)
+        try await superuser(world, "UPDATE idempotency_key SET lease_expires_at = now() - interval '1 millisecond'")
+        let app = try await buildApplication(testConfiguration(world.database))
+        try await app.test(.live) { client in
+            let before = try await boardCount(client, admin)
+            let retry = try await post(client, "/v1/boards", token: admin, body, key: "dead")
+            #expect(retry.status == .created, "\(String(buffer: retry.body))")
+            #expect(retry.headers[Self.replayed] == nil)
+            #expect(try await boardCount(client, admin) == before + 1)
+            // Its answer is the key's now.
+            let again = try await post(client, "/v1/boards", token: admin, body, key: "dead")
+            #expect(again.status == .created)
+            #expect(again.headers[Self.replayed] == "true")
+        }
+    }
+
+    /// A request that runs longer than its lease keeps renewing it: a retry after the first lease would have
+    /// lapsed still gets 409, the first request finishes and its answer is replayed; one board is created.
+    @Test func aLiveRenewedClaimIsNotTakenOver() async throws {
+        let world = try await World.make()
+        let admin = world.token(.authorityAdmin, of: world.a)
+        let body = #"{"name":"Slow Board","short_code":"SLOW"}"#
+        var configuration = testConfiguration(world.database)
+        configuration.idempotencyLease = .seconds(3)
+        configuration.lockTimeoutMilliseconds = 0
+        configuration.statementTimeoutMilliseconds = 0
+        let app = try await buildApplication(configuration)
+        let other = try await buildApplication(configuration)
+        try await app.test(.live) { client in
+            let before = try await boardCount(client, admin)
+            try await world.database.withPool(conninfo: world.database.superuserConninfo, maxConnections: 1) { admin_ in
+                try await admin_.withConnection { locker in
+                    // The first request's insert waits behind this uncommitted one (same name and code: unique) for as
+                    // long as the test wants; nothing else waits.
+                    try await locker.execute("BEGIN")
+                    try await locker.query("INSERT INTO board (authority_id, name, short_code) VALUES (\(world.a.authority.id), 'Slow Board', 'SLOW')")
+                    let first = Task { try await post(client, "/v1/boards", token: admin, body, key: "slow") }
+                    let firstLease = try await pollClaim(world) { $0 != nil }!
+                    // Wait (polling) until the first lease is past and a renewal has moved it on.
+                    _ = try await pollClaim(world) { lease in
+                        guard let lease else { return false }
+                        return lease.renewed > firstLease.renewed && lease.now > firstLease.renewed
+                    }
+                    // The retry through another instance (a test client's requests share one connection, in order).
+                    let during = try await other.test(.live) { client in try await post(client, "/v1/boards", token: admin, body, key: "slow") }
+                    #expect(during.status == .conflict)
+                    #expect(during.jsonObject["type"] as? String == "/problems/idempotency-key-in-progress")
+                    try await locker.execute("ROLLBACK")
+                    let answered = try await first.value
+                    #expect(answered.status == .created)
+                    #expect(answered.headers[Self.replayed] == nil)
+                }
+            }
+            let replay = try await post(client, "/v1/boards", token: admin, body, key: "slow")
+            #expect(replay.status == .created)
+            #expect(replay.headers[Self.replayed] == "true")
+            #expect(try await boardCount(client, admin) == before + 1)
+        }
+    }
+
+    /// The unsafe case a lease alone would have: the first run's write committed but its instance died before the
+    /// answer was stored. The lapsed claim is marked applied (by that write's own transaction), so the retry does
+    /// not run again: 409 `idempotency-key-answer-lost`, and nothing is created twice.
+    @Test func aTakeoverNeverRepeatsAWriteThatCommitted() async throws {
+        let world = try await World.make()
+        let admin = world.token(.authorityAdmin, of: world.a)
+        let adminScope = AccessScope(
+            authorityID: world.a.authority.id, userID: world.a.users[.authorityAdmin]!.id, roles: [.authorityAdmin], boardIDs: [],
+            actor: "user:\(lower(world.a.users[.authorityAdmin]!.id))")
+        let caller = "user:\(lower(world.a.users[.authorityAdmin]!.id))"
+        let body = #"{"name":"Applied Board","short_code":"APPL"}"#
+        let hash = IdempotencyKeys.requestHash(method: "POST", path: "/v1/boards", body: Array(body.utf8))
+        try await world.database.withPool { pool in
+            let keys = IdempotencyKeys(pool: pool)
+            let first = UUID()
+            #expect(try await keys.claim(caller: caller, key: "applied", requestHash: hash, token: first) == .claimed)
+            // The first run's write, fenced as the middleware fences it; then its instance dies (no answer stored).
+            try await IdempotencyFence.$current.withValue(.init(caller: caller, key: "applied", token: first)) {
+                try await ScopedDatabase(pool: pool).transaction(adminScope) { connection in
+                    try await connection.query(
+                        "INSERT INTO board (authority_id, name, short_code) VALUES (\(world.a.authority.id), 'Applied Board', 'APPL')")
+                }
+            }
+        }
+        try await superuser(world, "UPDATE idempotency_key SET lease_expires_at = now() - interval '1 millisecond'")
+        let app = try await buildApplication(testConfiguration(world.database))
+        try await app.test(.live) { client in
+            let before = try await boardCount(client, admin)
+            let retry = try await post(client, "/v1/boards", token: admin, body, key: "applied")
+            #expect(retry.status == .conflict)
+            #expect(retry.jsonObject["type"] as? String == "/problems/idempotency-key-answer-lost")
+            #expect(try await boardCount(client, admin) == before)
+        }
+    }
+
+    /// A run whose claim was taken over (it had stopped renewing, say behind a network partition) can no longer
+    /// commit a write: its fence finds the new token and its transaction rolls back. The new run's write commits.
+    @Test func aRunWhoseClaimWasTakenOverCannotCommit() async throws {
+        let world = try await World.make()
+        let adminScope = AccessScope(
+            authorityID: world.a.authority.id, userID: world.a.users[.authorityAdmin]!.id, roles: [.authorityAdmin], boardIDs: [],
+            actor: "user:\(lower(world.a.users[.authorityAdmin]!.id))")
+        let caller = "user:\(lower(world.a.users[.authorityAdmin]!.id))"
+        let hash = IdempotencyKeys.requestHash(method: "POST", path: "/v1/boards", body: Array("{}".utf8))
+        try await world.database.withPool { pool in
+            let keys = IdempotencyKeys(pool: pool)
+            let (old, new) = (UUID(), UUID())
+            #expect(try await keys.claim(caller: caller, key: "k", requestHash: hash, token: old) == .claimed)
+            try await superuser(world, "UPDATE idempotency_key SET lease_expires_at = now() - interval '1 millisecond'")
+            #expect(try await keys.claim(caller: caller, key: "k", requestHash: hash, token: new) == .claimed)
+            #expect(try await keys.renew(caller: caller, key: "k", token: old) == false)
+            let insert: PGQuery = "INSERT INTO board (authority_id, name, short_code) VALUES (\(world.a.authority.id), 'Fenced Board', 'FENCE')"
+            await #expect(throws: IdempotencyFence.ClaimLost.self) {
+                try await IdempotencyFence.$current.withValue(.init(caller: caller, key: "k", token: old)) {
+                    try await ScopedDatabase(pool: pool).transaction(adminScope) { try await $0.query(insert) }
+                }
+            }
+            let count: PGQuery = "SELECT count(*)::int FROM board WHERE short_code = 'FENCE'"
+            #expect(try await ScopedDatabase(pool: pool).transaction(adminScope) { try await $0.query(count).first!.decode(Int.self, at: 0) } == 0)
+            try await IdempotencyFence.$current.withValue(.init(caller: caller, key: "k", token: new)) {
+                try await ScopedDatabase(pool: pool).transaction(adminScope) { try await $0.query(insert) }
+            }
+            #expect(try await ScopedDatabase(pool: pool).transaction(adminScope) { try await $0.query(count).first!.decode(Int.self, at: 0) } == 1)
+            // The old run can neither store an answer nor free the key now.
+            try await keys.release(caller: caller, key: "k", token: old)
+            #expect(try await keys.claim(caller: caller, key: "k", requestHash: hash) == .inProgress)
+        }
+    }
+
+    /// Runs `sql` as the superuser (row-level security does not filter it).
+    func superuser(_ world: World, _ sql: String) async throws {
+        _ = try await world.database.withPool(conninfo: world.database.superuserConninfo) { pool in
+            try await pool.withConnection { connection in try await connection.execute(sql) }
+        }
+    }
+
+    /// Polls (bounded) the one claim's lease until `done` holds: (its expiry, the database's clock), as epoch ms.
+    func pollClaim(_ world: World, until done: ((renewed: Double, now: Double)?) -> Bool) async throws -> (renewed: Double, now: Double)? {
+        let deadline = ContinuousClock.now + .seconds(15)
+        while ContinuousClock.now < deadline {
+            let lease: (renewed: Double, now: Double)? = try await world.database.withPool(conninfo: world.database.superuserConninfo) { pool in
+                try await pool.withConnection { connection in
+                    try await connection.query(
+                        "SELECT extract(epoch FROM lease_expires_at)::float8 * 1000, extract(epoch FROM clock_timestamp())::float8 * 1000 FROM idempotency_key"
+                    ).first.map { row in
+                        let (renewed, now) = try row.decode(Double.self, Double.self)
+                        return (renewed, now)
+                    }
+                }
+            }
+            if done(lease) { return lease }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("the claim never reached the expected state")
+        return nil
     }
 
     /// Malformed keys, and keys on the operations whose answer holds a secret, are refused with 400.

@@ -34,17 +34,25 @@ public struct ScopedDatabase: Sendable {
         retry: PGTransactionRetry = .onConflict(),
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
+        // A write of a request sent with an Idempotency-Key commits only while that request still holds its key,
+        // and marks it applied in the same transaction (IdempotencyFence): a retry never repeats a committed write.
+        let fence = readOnly ? nil : IdempotencyFence.current
+        func fenced(_ connection: PGConnection) async throws -> R {
+            let result = try await body(connection)
+            if let fence { try await fence.markApplied(on: connection) }
+            return result
+        }
         do {
             // A read-only transaction of a request the API marked may go to a replica (ReplicaReads.swift).
             return try await Self.routed(readOnly: readOnly, primary: pool) { pool in
                 // The context goes with BEGIN in one round trip.
                 guard let bulkhead, let tenant = Self.tenantKey(scope) else {
                     return try await pool.withTransaction(
-                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), body)
+                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), fenced)
                 }
                 return try await bulkhead.run(tenant) {
                     try await pool.withTransaction(
-                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), body)
+                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), fenced)
                 }
             }
         } catch let error as PGError {
