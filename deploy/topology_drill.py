@@ -331,6 +331,9 @@ def run_checker():
     topology("start", "server2")
     topology("start", "server1")
     poll("the checker puts server1 back", lambda: upstream_rotation() == {"server1": True, "server2": True})
+    # The checker has rewritten upstream.conf and signalled nginx; the reload takes effect a moment later (new
+    # workers start, old ones finish with the old rotation), so wait (bounded) for nginx itself to use both.
+    poll("nginx serves from both instances", lambda: set(burst(10)[1]) == set(address.values()))
     statuses, upstreams = burst(50)
     print(f"checker: 50 requests after both started: statuses {statuses}, upstreams {upstreams}")
     if statuses != {200: 50} or set(upstreams) != set(address.values()):
