@@ -79,6 +79,9 @@ public struct AppConfiguration: Sendable {
     public var idempotencyLease: Duration = IdempotencyKeys.defaultLease
     /// A pooled database connection older than this is closed when returned (never in use) and replaced (0: never).
     public var dbMaxConnectionLifetimeSeconds = 30 * 60
+    /// While the database (or the pooler in front of it) cannot be reached, opening a connection is retried for
+    /// this long before a request gets 503 (0: at once): a restart of either rides through.
+    public var dbConnectRetrySeconds = 3
 
     /// A public base URL as used: http or https, a host, no user info, query or fragment, no trailing slash;
     /// nil when it is not one.

@@ -82,7 +82,8 @@ public func buildApplication(
                               sessionSettings: configuration.sessionSettings, pooler: configuration.database.pooler),
             maxConnections: configuration.poolSize,
             acquireTimeout: configuration.acquireTimeout,
-            maxConnectionLifetime: configuration.dbMaxConnectionLifetimeSeconds > 0 ? .seconds(configuration.dbMaxConnectionLifetimeSeconds) : nil
+            maxConnectionLifetime: configuration.dbMaxConnectionLifetimeSeconds > 0 ? .seconds(configuration.dbMaxConnectionLifetimeSeconds) : nil,
+            connectRetryWindow: .seconds(configuration.dbConnectRetrySeconds)
         ),
         logger: logger,
         metricsFactory: metricsFactory

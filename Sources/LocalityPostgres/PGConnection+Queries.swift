@@ -103,6 +103,12 @@ extension PGConnection {
                     markBroken()
                 }
             }
+            if var lost = error as? PGError, lost.breaksConnection {
+                // The session failed before COMMIT was sent: the transaction was rolled back, by the ROLLBACK
+                // above or by PostgreSQL when the session ended.
+                lost.lostBeforeCommit = true
+                throw lost
+            }
             throw error
         }
         let tag: String

@@ -27,6 +27,10 @@ public struct PGError: Error, Sendable, CustomStringConvertible {
     public var constraint: String?
     public var table: String?
     public var column: String?
+    /// The connection was lost (or the server ended the session) inside a transaction before its COMMIT was sent:
+    /// the server rolled it back, so nothing of it was committed and a body that is safe to run again may be.
+    /// (A connection lost while the COMMIT was on its way leaves the outcome unknown: never set then.)
+    public internal(set) var lostBeforeCommit = false
 
     public init(
         kind: Kind,

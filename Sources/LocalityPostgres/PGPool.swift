@@ -15,22 +15,30 @@ public struct PGPoolConfiguration: Sendable {
     /// session in bounded time, and load spreads again after a replica joins. Each connection gets 95–100%
     /// of it, so a burst of connections opened together does not close together.
     public var maxConnectionLifetime: Duration?
+    /// How long opening a connection keeps being retried (with backoff) while the server cannot be reached or
+    /// is not accepting connections yet, before the caller gets the error (zero: at once). Why: a pooler or
+    /// database restart takes a fraction of a second; requests that arrive meanwhile should wait it out, not
+    /// fail. A pool that has somewhere else to go (a replica's, which falls back to the primary) keeps zero.
+    public var connectRetryWindow: Duration
 
     public init(
         connection: PGConnectionConfiguration,
         maxConnections: Int = 8,
         acquireTimeout: Duration = .seconds(5),
-        maxConnectionLifetime: Duration? = .seconds(30 * 60)
+        maxConnectionLifetime: Duration? = .seconds(30 * 60),
+        connectRetryWindow: Duration = .zero
     ) {
         precondition(maxConnections > 0, "a pool needs at least one connection")
         self.connection = connection
         self.maxConnections = maxConnections
         self.acquireTimeout = acquireTimeout
         self.maxConnectionLifetime = maxConnectionLifetime
+        self.connectRetryWindow = connectRetryWindow
     }
 }
 
-/// Whether `PGPool.withTransaction` re-runs the whole closure after a serialization failure or deadlock.
+/// Whether `PGPool.withTransaction` re-runs the whole closure after a serialization failure or deadlock, or
+/// after its connection was lost before COMMIT was sent (`PGError.lostBeforeCommit`).
 public enum PGTransactionRetry: Sendable {
     case never
     /// Only for closures that are safe to run again from the start.
@@ -55,6 +63,7 @@ public final class PGPool: Service, Sendable {
     private let logger: Logger
     private let state = PGLock(State())
     private let metrics: PoolMetrics
+    private let connectRetries = Atomic<Int>(0)
     /// Points where tests force an interleaving (nil outside tests).
     let hooks: PGHooks?
 
@@ -97,6 +106,23 @@ public final class PGPool: Service, Sendable {
     /// Lends a connection for the duration of `body`. Its statements go to the shared I/O loop
     /// (`PGIOLoop`); `body` itself runs wherever the caller's task runs.
     public func withConnection<R: Sendable>(_ body: (PGConnection) async throws -> R) async throws -> R {
+        try await borrow(body)
+    }
+
+    /// Like `withConnection`, for a `body` that only reads (or whose writes are harmless to repeat): when its
+    /// connection turns out lost (the server, or a pooler in between, closed it), `body` runs once more on a
+    /// fresh connection instead of failing the caller.
+    public func withConnectionRerunIfLost<R: Sendable>(_ body: (PGConnection) async throws -> R) async throws -> R {
+        do {
+            return try await borrow(body)
+        } catch let error as PGError where error.breaksConnection {
+            metrics.transactionRetries.increment()
+            logger.debug("running a read again on a fresh connection", metadata: ["sqlstate": "\(error.sqlState ?? "")"])
+            return try await borrow(body)
+        }
+    }
+
+    private func borrow<R: Sendable>(_ body: (PGConnection) async throws -> R) async throws -> R {
         let connection = try await acquire()
         do {
             let result = try await body(connection)
@@ -108,8 +134,10 @@ public final class PGPool: Service, Sendable {
         }
     }
 
-    /// Runs `body` in a transaction on a borrowed connection; with `.onConflict`, a serialization failure
-    /// or deadlock re-runs the whole transaction after a short randomised backoff.
+    /// Runs `body` in a transaction on a borrowed connection; with `.onConflict`, a serialization failure,
+    /// a deadlock or a connection lost before COMMIT was sent re-runs the whole transaction after a short
+    /// randomised backoff (the next attempt borrows another connection, opened anew if need be). A connection
+    /// lost while COMMIT was on its way is never retried: the transaction may have committed.
     /// `prelude` is sent with `BEGIN` in one round trip (see `PGConnection.withTransaction`).
     public func withTransaction<R: Sendable>(
         isolation: PGIsolationLevel = .readCommitted,
@@ -125,7 +153,8 @@ public final class PGPool: Service, Sendable {
                     try await connection.withTransaction(isolation: isolation, readOnly: readOnly, prelude: prelude, body)
                 }
             } catch let error as PGError
-                where (error.isRetryableTransactionFailure || error.isCachedPlanInvalidated) && attempt < retry.maxAttempts
+                where (error.isRetryableTransactionFailure || error.isCachedPlanInvalidated || error.lostBeforeCommit)
+                    && attempt < retry.maxAttempts
             {
                 // A cached plan a migration invalidated failed the transaction; its connection prepares afresh.
                 metrics.transactionRetries.increment()
@@ -194,6 +223,9 @@ public final class PGPool: Service, Sendable {
         state.withLock { ($0.open, $0.inUse, $0.waiters.count) }
     }
 
+    /// Connection attempts that failed and were tried again (see `connectRetryWindow`), for tests.
+    public var failedConnectAttemptsRetried: Int { connectRetries.load(ordering: .relaxed) }
+
     // MARK: Acquire and release
 
     private func acquire() async throws -> PGConnection {
@@ -242,15 +274,36 @@ public final class PGPool: Service, Sendable {
                 continue
             case .openSlot:
                 do {
-                    let connection = try await PGConnection.connect(configuration.connection, onQueryTime: { [metrics] duration in
-                        metrics.queryTime.recordNanoseconds(durationNanoseconds(duration))
-                    }, hooks: hooks)
+                    let connection = try await openRetryingWhileUnreachable()
                     metrics.acquireTime.recordNanoseconds(durationNanoseconds(ContinuousClock.now - start))
                     return connection
                 } catch {
                     giveBackSlot()
                     throw error
                 }
+            }
+        }
+    }
+
+    /// Opens a connection for a granted slot; while the server cannot be reached (a pooler or database
+    /// restarting), tries again with backoff until `connectRetryWindow` has passed since the first failure.
+    private func openRetryingWhileUnreachable() async throws -> PGConnection {
+        var pause = Duration.milliseconds(10)
+        var retryUntil: ContinuousClock.Instant? = nil
+        while true {
+            do {
+                return try await PGConnection.connect(configuration.connection, onQueryTime: { [metrics] duration in
+                    metrics.queryTime.recordNanoseconds(durationNanoseconds(duration))
+                }, hooks: hooks)
+            } catch let error as PGError where error.kind == .connection {
+                let now = ContinuousClock.now
+                if retryUntil == nil { retryUntil = now + configuration.connectRetryWindow }
+                guard let retryUntil, now + pause < retryUntil, !state.withLock({ $0.closed }) else { throw error }
+                metrics.connectRetries.increment()
+                connectRetries.add(1, ordering: .relaxed)
+                logger.debug("the database cannot be reached; trying again", metadata: ["error": "\(error.message)"])
+                try await Task.sleep(for: pause)
+                pause = min(pause * 2, .milliseconds(200))
             }
         }
     }
@@ -427,6 +480,7 @@ private struct PoolMetrics: Sendable {
     let acquireTime: Metrics.Timer
     let queryTime: Metrics.Timer
     let transactionRetries: Counter
+    let connectRetries: Counter
 
     init(factory: any MetricsFactory) {
         open = Gauge(label: "locality_db_pool_connections_open", factory: factory)
@@ -435,6 +489,7 @@ private struct PoolMetrics: Sendable {
         acquireTime = Metrics.Timer(label: "locality_db_pool_acquire_seconds", preferredDisplayUnit: .seconds, factory: factory)
         queryTime = Metrics.Timer(label: "locality_db_query_seconds", preferredDisplayUnit: .seconds, factory: factory)
         transactionRetries = Counter(label: "locality_db_transaction_retries_total", factory: factory)
+        connectRetries = Counter(label: "locality_db_connect_retries_total", factory: factory)
     }
 }
 

@@ -75,6 +75,9 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Close a pooled database connection once it is this many seconds old, when it is next returned; 0 = never [LOCALITY_DB_MAX_CONNECTION_LIFETIME_SECONDS] (default 1800).")
     var dbMaxConnectionLifetimeSeconds: Int?
 
+    @Option(help: "While the database or its pooler cannot be reached (a restart), keep trying to connect this many seconds before answering 503; 0 = at once [LOCALITY_DB_CONNECT_RETRY_SECONDS] (default 3).")
+    var dbConnectRetrySeconds: Int?
+
     @Option(help: "Public supplier registrations allowed per client address per hour, across all instances [LOCALITY_REGISTRATIONS_PER_HOUR] (default 10).")
     var registrationsPerHour: Int?
 
@@ -169,6 +172,10 @@ struct LocalityServer: AsyncParsableCommand {
             ?? environmentValue("DB_MAX_CONNECTION_LIFETIME_SECONDS").map { try parseInt($0, "LOCALITY_DB_MAX_CONNECTION_LIFETIME_SECONDS") }
             ?? configuration.dbMaxConnectionLifetimeSeconds
         guard configuration.dbMaxConnectionLifetimeSeconds >= 0 else { throw ValidationError("--db-max-connection-lifetime-seconds must not be negative") }
+        configuration.dbConnectRetrySeconds = try dbConnectRetrySeconds
+            ?? environmentValue("DB_CONNECT_RETRY_SECONDS").map { try parseInt($0, "LOCALITY_DB_CONNECT_RETRY_SECONDS") }
+            ?? configuration.dbConnectRetrySeconds
+        guard (0...60).contains(configuration.dbConnectRetrySeconds) else { throw ValidationError("--db-connect-retry-seconds must be between 0 and 60") }
         configuration.registrationsPerHour = try registrationsPerHour
             ?? environmentValue("REGISTRATIONS_PER_HOUR").map { try parseInt($0, "LOCALITY_REGISTRATIONS_PER_HOUR") } ?? configuration.registrationsPerHour
         guard configuration.registrationsPerHour > 0 else { throw ValidationError("--registrations-per-hour must be at least 1") }

@@ -72,7 +72,7 @@ public struct IdempotencyKeys: Sendable {
         // A claim that disappears between the insert and the read (its request failed and released it) is
         // simply claimed again on the next turn.
         for _ in 0..<3 {
-            let outcome: Claim? = try await pool.withTransaction(prelude: Self.context(caller)) { connection in
+            let outcome: Claim? = try await pool.withTransaction(retry: .onConflict(), prelude: Self.context(caller)) { connection in
                 // An expired answer no longer holds the key.
                 try await connection.query("DELETE FROM idempotency_key WHERE caller = \(caller) AND key = \(key) AND expires_at <= now()")
                 // ON CONFLICT waits for a concurrent claimer's transaction, so exactly one insert wins.
@@ -118,7 +118,7 @@ public struct IdempotencyKeys: Sendable {
     /// released or answered).
     @discardableResult
     public func renew(caller: String, key: String, token: UUID) async throws -> Bool {
-        try await pool.withTransaction(prelude: Self.context(caller)) { connection in
+        try await pool.withTransaction(retry: .onConflict(), prelude: Self.context(caller)) { connection in
             try await connection.query("""
                 UPDATE idempotency_key SET lease_expires_at = now() + make_interval(secs => \(Double(leaseMilliseconds) / 1000))
                 WHERE caller = \(caller) AND key = \(key) AND claim_token = \(token) AND status IS NULL
@@ -131,7 +131,7 @@ public struct IdempotencyKeys: Sendable {
     public func complete(caller: String, key: String, token: UUID? = nil, response: StoredResponse) async throws {
         precondition((200..<500).contains(response.status), "only 2xx and 4xx answers are kept")
         let headers = String(decoding: (try? JSONEncoder().encode(response.headers)) ?? Data("{}".utf8), as: UTF8.self)
-        try await pool.withTransaction(prelude: Self.context(caller)) { connection in
+        try await pool.withTransaction(retry: .onConflict(), prelude: Self.context(caller)) { connection in
             try await connection.query("""
                 UPDATE idempotency_key
                 SET status = \(response.status), response_headers = \(headers)::jsonb, response_body = \(Data(response.body))
@@ -143,7 +143,7 @@ public struct IdempotencyKeys: Sendable {
     /// Gives the key up (the request failed with a 5xx, or never finished), so a retry runs again; with `token`,
     /// only while the claim is that run's, and never once a write of it was applied (then a retry must not run).
     public func release(caller: String, key: String, token: UUID? = nil) async throws {
-        try await pool.withTransaction(prelude: Self.context(caller)) { connection in
+        try await pool.withTransaction(retry: .onConflict(), prelude: Self.context(caller)) { connection in
             try await connection.query("""
                 DELETE FROM idempotency_key
                 WHERE caller = \(caller) AND key = \(key) AND status IS NULL

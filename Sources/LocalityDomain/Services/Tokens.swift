@@ -116,7 +116,9 @@ public struct TokenService: Sendable {
         if let cache, let principal = cache.principal(forTokenHash: presented) { return principal }
         // Taken before the read: a change committed meanwhile keeps this answer out of the cache.
         let ticket = cache?.ticket()
-        let found = try await database.pool.withConnection { connection -> (Principal, Date)? in
+        // A lost connection (a pooler or database restart) is simply tried again: the lookup only reads, and
+        // recording the last use twice is harmless.
+        let found = try await database.pool.withConnectionRerunIfLost { connection -> (Principal, Date)? in
             guard let row = try await connection.query(PGQuery(Self.findSQL, [prefix.pg])).first else { return nil }
             let (tokenID, storedHash, authorityID, supplierID, userID, displayName, email, roles, boardIDs, lastUsed) =
                 try row.decode(UUID.self, Data.self, UUID?.self, UUID?.self, UUID.self, String.self, String.self,

@@ -61,15 +61,16 @@ public struct ScopedDatabase: Sendable {
     }
 
     /// A read that is one statement: the context and the statement run in one transaction and one round trip
-    /// (`PGConnection.readInOneRoundTrip`), within the tenant's share of the pool like `transaction`.
+    /// (`PGConnection.readInOneRoundTrip`), within the tenant's share of the pool like `transaction`; run again
+    /// on a fresh connection if its connection turns out lost (a pooler or database restart).
     public func read(_ scope: AccessScope, _ query: PGQuery) async throws -> PGResult {
         do {
             return try await Self.routed(readOnly: true, primary: pool) { pool in
                 guard let bulkhead, let tenant = Self.tenantKey(scope) else {
-                    return try await pool.withConnection { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope), query) }
+                    return try await pool.withConnectionRerunIfLost { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope), query) }
                 }
                 return try await bulkhead.run(tenant) {
-                    try await pool.withConnection { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope), query) }
+                    try await pool.withConnectionRerunIfLost { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope), query) }
                 }
             }
         } catch let error as PGError {
@@ -81,7 +82,7 @@ public struct ScopedDatabase: Sendable {
     /// like the scoped reads.
     public func publicRead<R: Sendable>(isolation: PGIsolationLevel = .readCommitted, _ body: (PGConnection) async throws -> R) async throws -> R {
         try await Self.routed(readOnly: true, primary: pool) { pool in
-            try await pool.withTransaction(isolation: isolation, readOnly: true, body)
+            try await pool.withTransaction(isolation: isolation, readOnly: true, retry: .onConflict(), body)
         }
     }
 
