@@ -20,6 +20,11 @@ bin=$(dirname "$(readlink -f /proc/"$(cat "$dir/run/server1.pid")"/exe)")
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 "$bin/locality-admin" seed demo --database-url "$APP_DIRECT_URL" --owner-database-url "$OWNER_URL" --log-level warning >"$dir/demo.txt"
 "$pgbin/psql" "$PRIMARY_URL" -XAtq -c "UPDATE authority SET standstill_working_days = 0" >/dev/null
+# Money for every lifecycle of the drill (£1,000 each) in the year their projects fall in (they start in 30 days):
+# Craven's £121,000 would run out after some 120 lifecycles, and every later one would stop at publish.
+year=$(python3 -c 'import datetime as d; t = d.date.today() + d.timedelta(days=30); y = t.year if t.month >= 4 else t.year - 1; print(f"{y}-{(y + 1) % 100:02d}")')
+"$bin/locality-admin" budget allocate --authority north-yorkshire --board CRA --year "$year" --stream locality --amount 10000000 \
+    --reason "topology drill" --database-url "$APP_DIRECT_URL" --owner-database-url "$OWNER_URL" --log-level warning >/dev/null
 token() { awk -v role="$1" '$1 == role && $3 ~ /^lcm_/ { print $3; exit }' "$dir/demo.txt"; }
 export TOKEN_AUTHORITY_ADMIN=$(token authority_admin) TOKEN_LIM=$(token lim) TOKEN_BOARD_MEMBER=$(token board_member) \
     TOKEN_SUPPLIER_USER=$(token supplier_user)

@@ -39,7 +39,8 @@ class Failure(Exception):
 
 
 def psql(sql):
-    out = subprocess.run(PSQL + ["-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql], capture_output=True, text=True)
+    # On standard input: a check of every acknowledged write can be longer than an argument may be.
+    out = subprocess.run(PSQL + ["-XAtq", "-v", "ON_ERROR_STOP=1", "-f", "-"], input=sql, capture_output=True, text=True)
     if out.returncode != 0:
         raise Failure(f"psql: {out.stderr.strip()}")
     return out.stdout.strip()
