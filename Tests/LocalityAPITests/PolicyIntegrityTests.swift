@@ -89,6 +89,39 @@ struct PolicyIntegrityTests {
         }
     }
 
+    /// Pins (0032): a contract's board, which its row policy now reads instead of looking up the project, is its
+    /// project's board and stays so: it cannot be set to another board, and it follows the project's.
+    @Test func aContractsBoardIsItsProjectsBoardAndFollowsIt() async throws {
+        let world = try await World.make()
+        let contract = world.market.active
+        let (first, second) = (world.a.boards[0].id, world.a.boards[1].id)
+        try await world.database.withPool(conninfo: world.database.superuserConninfo, maxConnections: 1) { pool in
+            func board() async throws -> UUID {
+                try await pool.query("SELECT board_id FROM contract WHERE id = \(contract)").first!.decode(UUID.self, at: 0)
+            }
+            #expect(try await board() == first)
+            do {
+                try await pool.query("UPDATE contract SET board_id = \(second) WHERE id = \(contract)")
+                Issue.record("a contract was moved to a board its project is not on")
+            } catch let error as PGError {
+                #expect(error.constraint == "contract_project_board", "\(error)")
+            }
+            try await pool.query("""
+                UPDATE project SET board_id = \(second) WHERE id = (SELECT project_id FROM contract WHERE id = \(contract))
+                """)
+            #expect(try await board() == second)
+        }
+        // And the policy reads it: the LIM of the first board no longer sees the contract, an admin still does.
+        let seenByLIM = try await Self.asRole(world, Self.staff(world, .lim)) { connection in
+            try await connection.query("SELECT count(*) FROM contract WHERE id = \(contract)").first!.decode(Int.self, at: 0)
+        }
+        let seenByAdmin = try await Self.asRole(world, Self.staff(world, .authorityAdmin)) { connection in
+            try await connection.query("SELECT count(*) FROM contract WHERE id = \(contract)").first!.decode(Int.self, at: 0)
+        }
+        #expect(seenByLIM == 0)
+        #expect(seenByAdmin == 1)
+    }
+
     /// Pins: a stored value the code does not know fails the read, naming the column, instead of reading as
     /// a default (on main an unknown rating read as "no rating").
     @Test func anUnknownStoredEnumValueFailsTheRead() async throws {

@@ -177,9 +177,9 @@ public struct ContractService: Sendable {
             let end = max(project.plannedEnd.flatMap(CalendarDate.parse) ?? start, start)
             let bid = try await BidService.fetch(connection, id: bidID)
             let contractID = try await connection.query("""
-                INSERT INTO contract (authority_id, project_id, bid_id, supplier_id, value_pence, start_date, end_date, contract_manager,
+                INSERT INTO contract (authority_id, project_id, board_id, bid_id, supplier_id, value_pence, start_date, end_date, contract_manager,
                                       standstill_ends_on, social_value)
-                VALUES (app_authority_id(), \(projectID), \(bidID), \(chosen.supplierID), \(chosen.pricePence), \(CalendarDate.format(start))::date,
+                VALUES (app_authority_id(), \(projectID), \(project.boardID), \(bidID), \(chosen.supplierID), \(chosen.pricePence), \(CalendarDate.format(start))::date,
                         \(CalendarDate.format(end))::date, \(project.contractManager), \(CalendarDate.format(standstillEnds))::date,
                         \(try ProjectService.json(bid.socialValue))::jsonb)
                 RETURNING id

@@ -452,9 +452,9 @@ public struct ScaleSeed: Sendable {
         """,
         // Contracts of awarded projects, in negotiation while their KPIs are written (the KPI trigger requires it).
         """
-        INSERT INTO contract (authority_id, id, project_id, bid_id, supplier_id, value_pence, start_date, end_date, contract_manager,
+        INSERT INTO contract (authority_id, id, project_id, board_id, bid_id, supplier_id, value_pence, start_date, end_date, contract_manager,
                               standstill_ends_on, social_value, created_at, updated_at)
-        SELECT $1, md5($2 || ':contract:' || p.id)::uuid, p.id, b.id, b.supplier_id, b.price_pence, p.planned_start, p.planned_end,
+        SELECT $1, md5($2 || ':contract:' || p.id)::uuid, p.id, p.board_id, b.id, b.supplier_id, b.price_pence, p.planned_start, p.planned_end,
                p.contract_manager, (p.bid_deadline + interval '14 days')::date, '[]'::jsonb,
                p.bid_deadline + interval '10 days', p.bid_deadline + interval '10 days'
         FROM project p JOIN bid b ON b.authority_id = p.authority_id AND b.id = p.awarded_bid_id
