@@ -85,7 +85,7 @@ public struct DashboardService: Sendable {
                         AND c.status NOT IN ('kpi_negotiation', 'active')) c
                 JOIN project p ON p.authority_id = c.authority_id AND p.id = c.project_id
                 JOIN supplier s ON s.id = c.supplier_id
-                WHERE \(boardID)::uuid IS NULL OR p.board_id = \(boardID)
+                WHERE \(boardID)::uuid IS NULL OR c.board_id = \(boardID)
                 ORDER BY c.created_at, c.id
                 """).map { row in
                 let (id, board, title, supplier, status, value, ratings) = try row.decode(
@@ -95,15 +95,14 @@ public struct DashboardService: Sendable {
             }
             // The active contracts first, by the partial index contract_running (0029), then their periods.
             let (overdue, openPlans) = try await connection.query("""
-                WITH active AS MATERIALIZED (SELECT c.authority_id, c.id, c.project_id FROM contract c
-                                             WHERE c.authority_id = app_authority_id() AND c.status = 'active')
+                WITH active AS MATERIALIZED (SELECT c.authority_id, c.id FROM contract c
+                                             WHERE c.authority_id = app_authority_id() AND c.status = 'active'
+                                               AND (\(boardID)::uuid IS NULL OR c.board_id = \(boardID)))
                 SELECT (SELECT count(*) FROM active c JOIN reporting_period rp ON rp.authority_id = c.authority_id AND rp.contract_id = c.id
-                        JOIN project p ON p.authority_id = c.authority_id AND p.id = c.project_id
-                        WHERE rp.due < current_date AND (\(boardID)::uuid IS NULL OR p.board_id = \(boardID))
+                        WHERE rp.due < current_date
                           AND NOT EXISTS (SELECT 1 FROM kpi_return x WHERE x.authority_id = rp.authority_id AND x.period_id = rp.id)),
                        (SELECT count(*) FROM corrective_action_plan a JOIN contract c ON c.authority_id = a.authority_id AND c.id = a.contract_id
-                        JOIN project p ON p.authority_id = c.authority_id AND p.id = c.project_id
-                        WHERE a.authority_id = app_authority_id() AND a.status <> 'closed' AND (\(boardID)::uuid IS NULL OR p.board_id = \(boardID)))
+                        WHERE a.authority_id = app_authority_id() AND a.status <> 'closed' AND (\(boardID)::uuid IS NULL OR c.board_id = \(boardID)))
                 """).first!.decode(Int.self, Int.self)
             return Dashboard(budget: budget, projectsByStatus: Dictionary(statuses, uniquingKeysWith: +), contracts: contracts,
                              overdueReturns: overdue, openCorrectiveActions: openPlans)
@@ -132,7 +131,7 @@ public struct DashboardService: Sendable {
                 LEFT JOIN LATERAL (SELECT * FROM kpi_return x WHERE x.authority_id = rp.authority_id AND x.period_id = rp.id
                                    ORDER BY x.version DESC LIMIT 1) r ON true
                 LEFT JOIN rating_override o ON o.authority_id = rp.authority_id AND o.period_id = rp.id
-                WHERE p.board_id = \(boardID) AND rp.ends BETWEEN \(dates.starts)::date AND \(dates.ends)::date
+                WHERE c.board_id = \(boardID) AND rp.ends BETWEEN \(dates.starts)::date AND \(dates.ends)::date
                 ORDER BY p.title, c.id, rp.kpi_id, rp.starts
                 """)
             var lines = ["project,supplier,contract_id,kpi_id,period,period_end,due,actual,fraction,rating,performance_level,override_reason,overdue"]
