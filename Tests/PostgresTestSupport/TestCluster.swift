@@ -132,16 +132,19 @@ public struct TestDatabase: Sendable {
 /// Stops the cluster (immediate shutdown) and removes its directory when the test process exits.
 /// (Replicas first: they are registered after their primary.)
 enum CleanupAtExit {
-    private static let registered = Mutex<[(root: String, dataDirectory: String)]>([])
+    // An NSLock (a pthread mutex), not a `Synchronization.Mutex`: the thread sanitizer cannot see a Mutex's
+    // contended hand-over on Linux (see PGLock), and two clusters starting at once registered concurrently.
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var registered: [(root: String, dataDirectory: String)] = []
 
     static func register(root: String, dataDirectory: String) {
-        let first = registered.withLock { list in
-            list.append((root, dataDirectory))
-            return list.count == 1
+        let first = lock.withLock {
+            registered.append((root, dataDirectory))
+            return registered.count == 1
         }
         guard first else { return }
         atexit {
-            for (root, data) in CleanupAtExit.registered.withLock({ $0 }).reversed() {
+            for (root, data) in CleanupAtExit.lock.withLock({ CleanupAtExit.registered }).reversed() {
                 if let pidFile = try? String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8),
                     let pid = pidFile.split(separator: "\n").first.flatMap({ Int32($0) })
                 {
