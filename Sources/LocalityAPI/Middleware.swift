@@ -153,11 +153,13 @@ struct RequestContentMiddleware<Context: RequestContext>: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var head = request.head
-        head.headerFields[.accept] = nil
+        // Only when present: removing an absent field still copies the request's header storage.
+        if head.headerFields[.accept] != nil { head.headerFields[.accept] = nil }
         var body = request.body
         var bytes: [UInt8] = []
         let query = request.uri.queryParameters.map { (key: String($0.key), value: String($0.value)) }
-        let template = routes.template(forPath: request.uri.path, method: request.method)
+        // The router's matched template when it has one (the same text as the table's; no second scan).
+        let template = context.endpointPath ?? routes.template(forPath: request.uri.path, method: request.method)
         if let template, let problem = parameters.problem(method: request.method, template: template, path: request.uri.path, query: query) {
             throw problem
         }
@@ -174,7 +176,11 @@ struct RequestContentMiddleware<Context: RequestContext>: RouterMiddleware {
             }
         }
         do {
-            return try await RequestPreconditions.$ifMatch.withValue(request.headers[.ifMatch]) {
+            // Without `If-Match` the task-local keeps its default (nil): no binding to push and pop.
+            guard let ifMatch = request.headers[.ifMatch] else {
+                return try await next(Request(head: head, body: body), context)
+            }
+            return try await RequestPreconditions.$ifMatch.withValue(ifMatch) {
                 try await next(Request(head: head, body: body), context)
             }
         } catch let error as ServerError {
