@@ -116,9 +116,10 @@ struct BodyLimitMiddleware<Context: RequestContext>: RouterMiddleware {
 struct HTTPConventionsMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var response = try await next(request, context)
-        // Only the headers the generated layer writes (a client's X-Request-Id may hold a literal `%`).
+        // Only the headers the generated layer writes (a client's X-Request-Id may hold a literal `%`). `%` is
+        // looked for byte by byte: `String.contains(String)` is Foundation's substring search, on every ETag.
         for name in [HTTPField.Name.eTag, .location] {
-            if let value = response.headers[name], value.contains("%"), let decoded = value.removingPercentEncoding {
+            if let value = response.headers[name], value.utf8.contains(UInt8(ascii: "%")), let decoded = value.removingPercentEncoding {
                 response.headers[name] = decoded
             }
         }
@@ -264,7 +265,7 @@ struct DatabaseAffinityMiddleware<Context: RequestContext>: RouterMiddleware {
 struct LocationHeaderMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var response = try await next(request, context)
-        if let location = response.headers[.location], location.contains("%"), let decoded = location.removingPercentEncoding {
+        if let location = response.headers[.location], location.utf8.contains(UInt8(ascii: "%")), let decoded = location.removingPercentEncoding {
             response.headers[.location] = decoded
         }
         return response

@@ -112,12 +112,12 @@ struct ParameterRules: Sendable {
         for parameter in parameters {
             let value: String?
             if parameter.inPath {
-                // Compared and decoded without building strings: Foundation's percent decoding, for ids that have
-                // no `%`, was most of this check's cost on every GET (Benchmarks/README.md).
+                // Compared and decoded without building strings: Foundation's percent decoding (and its substring
+                // search), for ids that have no `%`, was most of this check's cost on every GET (Benchmarks/README.md).
                 value = zip(templateSegments, pathSegments).first { template, _ in
                     template.hasPrefix("{") && template.hasSuffix("}") && template.dropFirst().dropLast() == parameter.name
                 }.map { _, segment in
-                    segment.contains("%") ? (String(segment).removingPercentEncoding ?? String(segment)) : String(segment)
+                    segment.utf8.contains(UInt8(ascii: "%")) ? (String(segment).removingPercentEncoding ?? String(segment)) : String(segment)
                 }
             } else {
                 value = query.last { $0.key == parameter.name }?.value
