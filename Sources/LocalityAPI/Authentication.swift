@@ -42,7 +42,8 @@ struct AuthenticationMiddleware<Context: RequestContext>: RouterMiddleware {
             throw APIProblem.unauthenticated("The token is not valid: it is unknown, expired or revoked.")
         }
         var context = context
-        context.logger[metadataKey: "user"] = .string(principal.userID.lowercased)
+        // Formatted only if a line is logged inside the handler (most requests log none there).
+        context.logger[metadataKey: "user"] = .stringConvertible(LoggedID(id: principal.userID))
         return try await Authenticated.$principal.withValue(principal) {
             try await next(request, context)
         }
@@ -62,6 +63,12 @@ struct AuthenticationMiddleware<Context: RequestContext>: RouterMiddleware {
         let token = parts[1].trimmingCharacters(in: .whitespaces)
         return token.isEmpty ? nil : token
     }
+}
+
+/// A user id in log metadata, written as everywhere else (lower case) when a line is logged.
+struct LoggedID: CustomStringConvertible, Sendable {
+    let id: UUID
+    var description: String { id.lowercased }
 }
 
 /// The `/v1` operations the OpenAPI document marks `security: []`.

@@ -349,7 +349,9 @@ struct SingleLineLogHandler: LogHandler {
 
     func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
         func flat(_ text: String) -> String {
-            text.contains(where: \.isNewline) ? text.split(whereSeparator: \.isNewline).joined(separator: " ⏎ ") : text
+            // Printable ASCII (nearly every value) holds no newline: checked byte by byte, not by Character.
+            if text.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) { return text }
+            return text.contains(where: \.isNewline) ? text.split(whereSeparator: \.isNewline).joined(separator: " ⏎ ") : text
         }
         // As StreamLogHandler: the logger's metadata, then the provider's (tracing ids), then the call's.
         var merged = metadata
