@@ -1,7 +1,10 @@
 import LocalityDomain
 
 /// The domain services the handlers call, all over the application role's pool.
-struct DomainServices: Sendable {
+/// A class, not a struct: the generated server copies its handler value (`APIHandlers`, which holds this) on every
+/// request, and copying two dozen services, each holding the database's references, was ~2% of a GET's server CPU
+/// (Benchmarks/README.md, "Where the time goes"). Copying a class reference is one retain.
+final class DomainServices: Sendable {
     let authorities: AuthorityService
     let fundingStreams: FundingStreamService
     let boards: BoardService

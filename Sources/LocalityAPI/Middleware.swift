@@ -17,7 +17,7 @@ struct RequestInfo: Sendable {
 /// metadata and echoes it back on the response.
 struct RequestIDMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        let requestID = request.headers[.requestID].flatMap(Self.acceptable) ?? UUID().uuidString.lowercased()
+        let requestID = request.headers[.requestID].flatMap(Self.acceptable) ?? Self.newID()
         var context = context
         context.logger[metadataKey: "request_id"] = .string(requestID)
         var response = try await RequestInfo.$current.withValue(RequestInfo(requestID: requestID)) {
@@ -25,6 +25,27 @@ struct RequestIDMiddleware<Context: RequestContext>: RouterMiddleware {
         }
         response.headers[.requestID] = requestID
         return response
+    }
+
+    /// A random (version 4) UUID in lower case, as `UUID().uuidString.lowercased()` wrote it, from the system's
+    /// random generator: Foundation's `UUID()` here opens, reads and closes /dev/urandom (three system calls on
+    /// every request, Benchmarks/README.md).
+    static func newID() -> String {
+        var generator = SystemRandomNumberGenerator()
+        var bytes = (generator.next() as UInt64, generator.next() as UInt64)
+        return withUnsafeMutableBytes(of: &bytes) { raw in
+            raw[6] = (raw[6] & 0x0F) | 0x40   // version 4
+            raw[8] = (raw[8] & 0x3F) | 0x80   // RFC 4122 variant
+            let hex = Array("0123456789abcdef".utf8)
+            var text: [UInt8] = []
+            text.reserveCapacity(36)
+            for (index, byte) in raw.enumerated() {
+                if index == 4 || index == 6 || index == 8 || index == 10 { text.append(UInt8(ascii: "-")) }
+                text.append(hex[Int(byte >> 4)])
+                text.append(hex[Int(byte & 0x0F)])
+            }
+            return String(decoding: text, as: UTF8.self)
+        }
     }
 
     static func acceptable(_ value: String) -> String? {
@@ -116,9 +137,10 @@ struct BodyLimitMiddleware<Context: RequestContext>: RouterMiddleware {
 struct HTTPConventionsMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var response = try await next(request, context)
-        // Only the headers the generated layer writes (a client's X-Request-Id may hold a literal `%`).
+        // Only the headers the generated layer writes (a client's X-Request-Id may hold a literal `%`). `%` is
+        // looked for byte by byte: `String.contains(String)` is Foundation's substring search, on every ETag.
         for name in [HTTPField.Name.eTag, .location] {
-            if let value = response.headers[name], value.contains("%"), let decoded = value.removingPercentEncoding {
+            if let value = response.headers[name], value.utf8.contains(UInt8(ascii: "%")), let decoded = value.removingPercentEncoding {
                 response.headers[name] = decoded
             }
         }
@@ -153,11 +175,13 @@ struct RequestContentMiddleware<Context: RequestContext>: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var head = request.head
-        head.headerFields[.accept] = nil
+        // Only when present: removing an absent field still copies the request's header storage.
+        if head.headerFields[.accept] != nil { head.headerFields[.accept] = nil }
         var body = request.body
         var bytes: [UInt8] = []
         let query = request.uri.queryParameters.map { (key: String($0.key), value: String($0.value)) }
-        let template = routes.template(forPath: request.uri.path, method: request.method)
+        // The router's matched template when it has one (the same text as the table's; no second scan).
+        let template = context.endpointPath ?? routes.template(forPath: request.uri.path, method: request.method)
         if let template, let problem = parameters.problem(method: request.method, template: template, path: request.uri.path, query: query) {
             throw problem
         }
@@ -174,7 +198,11 @@ struct RequestContentMiddleware<Context: RequestContext>: RouterMiddleware {
             }
         }
         do {
-            return try await RequestPreconditions.$ifMatch.withValue(request.headers[.ifMatch]) {
+            // Without `If-Match` the task-local keeps its default (nil): no binding to push and pop.
+            guard let ifMatch = request.headers[.ifMatch] else {
+                return try await next(Request(head: head, body: body), context)
+            }
+            return try await RequestPreconditions.$ifMatch.withValue(ifMatch) {
                 try await next(Request(head: head, body: body), context)
             }
         } catch let error as ServerError {
@@ -258,7 +286,7 @@ struct DatabaseAffinityMiddleware<Context: RequestContext>: RouterMiddleware {
 struct LocationHeaderMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var response = try await next(request, context)
-        if let location = response.headers[.location], location.contains("%"), let decoded = location.removingPercentEncoding {
+        if let location = response.headers[.location], location.utf8.contains(UInt8(ascii: "%")), let decoded = location.removingPercentEncoding {
             response.headers[.location] = decoded
         }
         return response

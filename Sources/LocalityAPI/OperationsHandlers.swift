@@ -10,12 +10,21 @@ import OpenAPIRuntime
 import Prometheus
 
 /// Implements the generated `APIProtocol`. Handlers stay thin: parse, call the domain, shape the response.
-struct APIHandlers: APIProtocol {
+/// A class for the same reason as `DomainServices`: the generated server copies it for every request.
+final class APIHandlers: APIProtocol {
     let pool: PGPool
     let migrator: Migrator
     let registry: PrometheusCollectorRegistry
     let services: DomainServices
     let drainNotice: DrainNotice
+
+    init(pool: PGPool, migrator: Migrator, registry: PrometheusCollectorRegistry, services: DomainServices, drainNotice: DrainNotice) {
+        self.pool = pool
+        self.migrator = migrator
+        self.registry = registry
+        self.services = services
+        self.drainNotice = drainNotice
+    }
 
     func getHealth(_ input: Operations.GetHealth.Input) async throws -> Operations.GetHealth.Output {
         .ok(.init(body: .json(.init(status: .ok))))

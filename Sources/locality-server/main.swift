@@ -1,4 +1,8 @@
 import ArgumentParser
+#if canImport(Glibc)
+// `stdout` is a mutable C global; the log handler reads it once (below).
+@preconcurrency import Glibc
+#endif
 import Foundation
 import Hummingbird
 import LocalityAPI
@@ -8,6 +12,7 @@ import LocalityPostgres
 import Logging
 import OTel
 import ServiceLifecycle
+import Synchronization
 
 @main
 struct LocalityServer: AsyncParsableCommand {
@@ -231,9 +236,7 @@ struct LocalityServer: AsyncParsableCommand {
         let level = configuration.logLevel
         // With tracing on, every line logged inside a request carries its trace and span ids beside the request id.
         LoggingSystem.bootstrap({ label, metadataProvider in
-            var handler = StreamLogHandler.standardOutput(label: label, metadataProvider: metadataProvider)
-            handler.logLevel = level
-            return SingleLineLogHandler(handler)
+            SingleLineLogHandler(label: label, level: level, metadataProvider: metadataProvider)
         }, metadataProvider: configuration.tracing ? OTel.makeLoggingMetadataProvider() : nil)
         let logger = Logger(label: "locality-server")
         var observability: [any Service] = []
@@ -325,34 +328,91 @@ struct LocalityServer: AsyncParsableCommand {
 
 /// One entry, one line: PostgreSQL's messages (and a few others) carry newlines, which split an entry in two for
 /// every log shipper reading lines. Newlines in the message and in metadata become `⏎`.
+///
+/// Writes exactly what swift-log's `StreamLogHandler` wrote to standard output (`<time> <level> <label>: k=v … [source]
+/// message`, metadata sorted by key, one `fflush` per line so lines are there at once), but formats the line itself:
+/// the access log writes one per request, and `StreamLogHandler` re-sorted and re-joined the logger's metadata on
+/// every change of it (twice per request: request id, user), copied the metadata into a second dictionary to
+/// flatten it, and called `localtime` (a `stat` of /etc/localtime each time) and `strftime` per line. Measured in
+/// Benchmarks/README.md ("Where the time goes").
 struct SingleLineLogHandler: LogHandler {
-    var wrapped: StreamLogHandler
+    /// The C library's `stdout`, read once (a mutable C global to Swift's concurrency checking).
+    nonisolated(unsafe) private static let standardOutput: UnsafeMutablePointer<FILE> = stdout
+    let label: String
+    var logLevel: Logger.Level
+    var metadata: Logger.Metadata = [:]
+    let metadataProvider: Logger.MetadataProvider?
 
-    init(_ wrapped: StreamLogHandler) {
-        self.wrapped = wrapped
-    }
-
-    var logLevel: Logger.Level {
-        get { wrapped.logLevel }
-        set { wrapped.logLevel = newValue }
-    }
-
-    var metadata: Logger.Metadata {
-        get { wrapped.metadata }
-        set { wrapped.metadata = newValue }
+    init(label: String, level: Logger.Level, metadataProvider: Logger.MetadataProvider?) {
+        self.label = label
+        self.logLevel = level
+        self.metadataProvider = metadataProvider
     }
 
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { wrapped[metadataKey: key] }
-        set { wrapped[metadataKey: key] = newValue }
+        get { metadata[key] }
+        set { metadata[key] = newValue }
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+    func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
         func flat(_ text: String) -> String {
-            text.contains(where: \.isNewline) ? text.split(whereSeparator: \.isNewline).joined(separator: " ⏎ ") : text
+            // Printable ASCII (nearly every value) holds no newline: checked byte by byte, not by Character.
+            if text.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) { return text }
+            return text.contains(where: \.isNewline) ? text.split(whereSeparator: \.isNewline).joined(separator: " ⏎ ") : text
         }
-        wrapped.log(level: level, message: "\(flat(message.description))", metadata: metadata?.mapValues { .string(flat($0.description)) },
-                    source: source, file: file, function: function, line: line)
+        // As StreamLogHandler: the logger's metadata, then the provider's (tracing ids), then the call's.
+        var merged = metadata
+        if let provided = metadataProvider?.get(), !provided.isEmpty {
+            merged.merge(provided) { _, provided in provided }
+        }
+        if let explicit, !explicit.isEmpty {
+            merged.merge(explicit) { _, explicit in explicit }
+        }
+        var text = LogTimestamp.now()
+        text.reserveCapacity(256)
+        text += " "
+        text += level.rawValue
+        if !label.isEmpty { text += " " }
+        text += label
+        text += ":"
+        for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
+            text += " "
+            text += key
+            text += "="
+            text += flat(value.description)
+        }
+        text += " ["
+        text += source
+        text += "] "
+        text += flat(message.description)
+        text += "\n"
+        let file = Self.standardOutput
+        text.withUTF8 { bytes in
+            flockfile(file)
+            fwrite(bytes.baseAddress, 1, bytes.count, file)
+            fflush(file)
+            funlockfile(file)
+        }
+    }
+}
+
+/// The log's timestamp (`2026-11-30T18:40:07+0000`, StreamLogHandler's format), formatted once per second.
+enum LogTimestamp {
+    private static let cache = Mutex<(second: Int, text: String)>((second: -1, text: ""))
+
+    static func now() -> String {
+        var seconds = time(nil)
+        return cache.withLock { cached in
+            if cached.second == Int(seconds) { return cached.text }
+            // `localtime_r` reads the time zone once; `localtime` checks /etc/localtime on every call.
+            var parts = tm()
+            guard localtime_r(&seconds, &parts) != nil else { return "<unknown>" }
+            var buffer = [CChar](repeating: 0, count: 64)
+            guard strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%S%z", &parts) > 0 else { return "<unknown>" }
+            let text = buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+            cached = (second: Int(seconds), text: text)
+            return text
+        }
     }
 }
 

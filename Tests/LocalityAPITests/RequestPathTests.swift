@@ -49,4 +49,38 @@ struct RequestPathTests {
         #expect(table.methods(forPath: "/v1/boards").map(\.rawValue) == ["GET"])
         #expect(table.methods(forPath: "/v2/boards").isEmpty)
     }
+
+    /// A made-up request id has the form `UUID().uuidString.lowercased()` had: a version 4 UUID in lower case.
+    @Test func requestIDsAreLowerCaseVersion4UUIDs() {
+        var seen = Set<String>()
+        for _ in 0..<1_000 {
+            let id = RequestIDMiddleware<AppRequestContext>.newID()
+            let bytes = Array(id.utf8)
+            #expect(bytes.count == 36, "\(id)")
+            #expect(UUID(uuidString: id)?.uuidString.lowercased() == id, "\(id)")
+            #expect(bytes.count == 36 && bytes[14] == UInt8(ascii: "4") && "89ab".utf8.contains(bytes[19]), "\(id)")
+            seen.insert(id)
+        }
+        #expect(seen.count == 1_000)
+    }
+
+    /// Path parameters are percent-decoded before they are checked (only when they hold a `%`).
+    @Test func pathParametersAreCheckedDecoded() throws {
+        let rules = try ParameterRules(document: """
+            paths:
+              /v1/boards/{board_id}:
+                get:
+                  parameters:
+                    - {name: board_id, in: path, required: true, schema: {type: string, format: uuid}}
+            """)
+        let id = "0b7f9e1c-4a7d-4e8b-9c3f-2d1e0a9b8c7d"
+        let template = "/v1/boards/{board_id}"
+        #expect(rules.problem(method: .get, template: template, path: "/v1/boards/\(id)", query: []) == nil)
+        #expect(rules.problem(method: .head, template: template, path: "/v1/boards/\(id)", query: []) == nil)
+        // "%30" is "0": the decoded text is the same UUID.
+        #expect(rules.problem(method: .get, template: template, path: "/v1/boards/%30b7f9e1c-4a7d-4e8b-9c3f-2d1e0a9b8c7d", query: []) == nil)
+        let problem = try #require(rules.problem(method: .get, template: template, path: "/v1/boards/not-a-uuid", query: []))
+        #expect(problem.fieldErrors.map(\.field) == ["board_id"])
+        #expect(rules.problem(method: .get, template: template, path: "/v1/boards/%7Bnot%7D", query: []) != nil)
+    }
 }
