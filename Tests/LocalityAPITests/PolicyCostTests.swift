@@ -108,33 +108,4 @@ struct PolicyCostTests {
         }
         #expect(offending.isEmpty, "per-row context evaluation: \(offending)")
     }
-
-    /// A statement under the policies is planned once per session in a write transaction and in a read by id
-    /// (`ScopedDatabase.setContextGenericPlansSQL`), not afresh at every execution as PostgreSQL's `auto` mode
-    /// kept doing; other reads keep `auto` (their first five executions are planned with their values).
-    @Test func writesAndReadsByKeyReuseOneGenericPlan() async throws {
-        let database = try await TestDatabase.migrated()
-        try await database.withPool(maxConnections: 1) { pool in
-            let scoped = ScopedDatabase(pool: pool)
-            let scope = AccessScope.operatorScope(authorityID: UUID(), osUser: "test")
-            let sql = "SELECT count(*) FROM project WHERE authority_id = app_authority_id() AND id = $1"
-            let plansSQL = "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1"
-            func plans(readOnly: Bool) async throws -> (generic: Int, custom: Int) {
-                try await scoped.transaction(scope, readOnly: readOnly, retry: .never) { connection in
-                    for _ in 0..<3 { _ = try await connection.query(PGQuery(sql, [UUID().pg])) }
-                    return try await connection.query(PGQuery(plansSQL, [sql.pg])).first!.decode(Int.self, Int.self)
-                }
-            }
-            let afterWrites = try await plans(readOnly: false)
-            #expect(afterWrites.generic == 3 && afterWrites.custom == 0, "\(afterWrites)")
-            // The same statement in a read transaction is back to `auto`: planned with its values.
-            let afterReads = try await plans(readOnly: true)
-            #expect(afterReads.generic == 3 && afterReads.custom == 3, "\(afterReads)")
-            // A read by key in one round trip plans generically too (the board and project GETs).
-            let read = PGQuery("SELECT count(*) FROM board WHERE authority_id = app_authority_id() AND id = $1", [UUID().pg])
-            for _ in 0..<2 { _ = try await scoped.read(scope, read) }
-            let boardPlans = try await pool.query(PGQuery(plansSQL, [read.sql.pg])).first!.decode(Int.self, Int.self)
-            #expect(boardPlans.0 == 2 && boardPlans.1 == 0, "\(boardPlans)")
-        }
-    }
 }

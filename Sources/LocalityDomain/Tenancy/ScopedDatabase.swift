@@ -20,14 +20,6 @@ public struct ScopedDatabase: Sendable {
                set_config('app.request_id', $7, true)
         """
 
-    /// The context, and generic plans for the rest of the transaction. Why: with PostgreSQL's default
-    /// (`plan_cache_mode = auto`) the statements under row-level security kept being planned afresh at every
-    /// execution — the generic plan's estimate, with the policies' context unknown, never looked cheaper — which
-    /// was a third of a bid submission's database time. Used where every statement is a lookup by key or a
-    /// write (the write transactions, the one-statement reads by id); never for a read planned with its values
-    /// (`PGQuery.plannedWithValues`: lists whose left-out filters must drop out of the plan).
-    static let setContextGenericPlansSQL = setContextSQL + ", set_config('plan_cache_mode', 'force_generic_plan', true)"
-
     /// Runs `body` in a transaction carrying `scope`'s context; known constraint violations become domain
     /// errors (for example, a budget that would go below zero becomes `insufficientFunds`).
     ///
@@ -56,11 +48,11 @@ public struct ScopedDatabase: Sendable {
                 // The context goes with BEGIN in one round trip.
                 guard let bulkhead, let tenant = Self.tenantKey(scope) else {
                     return try await pool.withTransaction(
-                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope, genericPlans: !readOnly), fenced)
+                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), fenced)
                 }
                 return try await bulkhead.run(tenant) {
                     try await pool.withTransaction(
-                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope, genericPlans: !readOnly), fenced)
+                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), fenced)
                 }
             }
         } catch let error as PGError {
@@ -75,10 +67,10 @@ public struct ScopedDatabase: Sendable {
         do {
             return try await Self.routed(readOnly: true, primary: pool) { pool in
                 guard let bulkhead, let tenant = Self.tenantKey(scope) else {
-                    return try await pool.withConnectionRerunIfLost { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope, genericPlans: !query.plannedWithValues), query) }
+                    return try await pool.withConnectionRerunIfLost { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope), query) }
                 }
                 return try await bulkhead.run(tenant) {
-                    try await pool.withConnectionRerunIfLost { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope, genericPlans: !query.plannedWithValues), query) }
+                    try await pool.withConnectionRerunIfLost { try await $0.readInOneRoundTrip(prelude: Self.contextQuery(scope), query) }
                 }
             }
         } catch let error as PGError {
@@ -114,9 +106,9 @@ public struct ScopedDatabase: Sendable {
         try await connection.query(contextQuery(scope))
     }
 
-    static func contextQuery(_ scope: AccessScope, genericPlans: Bool = false) -> PGQuery {
+    static func contextQuery(_ scope: AccessScope) -> PGQuery {
         let boards = "{" + scope.boardIDs.map(\.uuidString).joined(separator: ",") + "}"
-        return PGQuery(genericPlans ? setContextGenericPlansSQL : setContextSQL, [
+        return PGQuery(setContextSQL, [
             (scope.authorityID?.uuidString ?? "").pg, (scope.supplierID?.uuidString ?? "").pg,
             (scope.userID?.uuidString ?? "").pg, scope.roles.map(\.rawValue).sorted().joined(separator: ",").pg,
             boards.pg, scope.actor.pg, (scope.requestID ?? "").pg,
