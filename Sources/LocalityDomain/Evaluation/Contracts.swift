@@ -238,40 +238,39 @@ public struct ContractService: Sendable {
         }
     }
 
-    /// Newest first, a page at a time, in one statement: each contract with its KPI revisions and variations
-    /// aggregated as JSON beside it (the same rows `fetch` reads with three queries per contract). The tenant is
-    /// stated in the query as well as by row-level security: the policies are an OR (staff's, supplier's), which
-    /// no index serves, while `(tenant, created_at, id)` serves this order and cursor directly.
+    /// Newest first, a page at a time, in one statement and one round trip: each contract with its KPI revisions
+    /// and variations aggregated as JSON beside it (the same rows `fetch` reads with three queries per contract).
+    /// The tenant is stated in the query as well as by row-level security: the policies are an OR (staff's,
+    /// supplier's), which no index serves, while `(tenant, created_at, id)` serves this order and cursor directly
+    /// — with bitmap scans off (`orderedScans`), or PostgreSQL sorts all of the tenant's contracts for a page.
     public func list(_ scope: AccessScope, page: PageRequest) async throws -> Page<Contract> {
         try scope.require(scope.isStaff || scope.has(.supplierUser), "see contracts")
         let afterCreated = page.after?.first.flatMap(PGDateFormat.date) ?? Date.distantFuture
         // The first page starts after the greatest key: (far future, ffff…) in descending order.
         let afterID = page.after?.dropFirst().first.flatMap(UUID.init(uuidString:)) ?? UUID(uuidString: "ffffffff-ffff-ffff-ffff-ffffffffffff")!
-        let rows = try await database.transaction(scope, readOnly: true) { connection in
-            try await connection.query("""
-                SELECT \(unsafeSQL: Self.columnsSQL), c.created_at,
-                       coalesce((SELECT json_agg(json_build_object(
-                                     'kpi_id', r.kpi_id, 'revision', r.revision, 'proposed_by', r.proposed_by, 'removal', r.removal,
-                                     'definition', r.definition, 'reason', r.reason, 'created_at', r.created_at,
-                                     'accepted_by', coalesce((SELECT array_agg(a.party::text ORDER BY a.party) FROM kpi_acceptance a
-                                                              WHERE a.authority_id = r.authority_id AND a.revision_id = r.id), '{}'))
-                                     ORDER BY k.created_at, k.id, r.revision)
-                                 FROM contract_kpi k JOIN kpi_revision r ON r.authority_id = k.authority_id AND r.kpi_id = k.id
-                                 WHERE k.authority_id = c.authority_id AND k.contract_id = c.id), '[]')::text,
-                       coalesce((SELECT json_agg(json_build_object(
-                                     'id', v.id, 'proposed_by', v.proposed_by, 'reason', v.reason, 'changes', v.changes::text, 'status', v.status,
-                                     'created_at', v.created_at, 'decided_at', v.decided_at) ORDER BY v.created_at, v.id)
-                                 FROM contract_variation v WHERE v.authority_id = c.authority_id AND v.contract_id = c.id), '[]')::text
-                FROM contract c
-                WHERE \(unsafeSQL: scope.isStaff ? "c.authority_id = app_authority_id()" : "c.supplier_id = app_supplier_id()")
-                  AND (c.created_at, c.id) < (\(afterCreated), \(afterID))
-                ORDER BY c.created_at DESC, c.id DESC LIMIT \(page.limit + 1)
-                """).map { row -> (Contract, Date) in
-                var contract = try Self.decodeColumns(row)
-                contract.kpis = try Self.decodeKPIs(try row.decode(String.self, at: 15))
-                contract.variations = try Self.decodeVariations(try row.decode(String.self, at: 16))
-                return (contract, try row.decode(Date.self, at: 14))
-            }
+        let rows = try await database.read(scope, """
+            SELECT \(unsafeSQL: Self.columnsSQL), c.created_at,
+                   coalesce((SELECT json_agg(json_build_object(
+                                 'kpi_id', r.kpi_id, 'revision', r.revision, 'proposed_by', r.proposed_by, 'removal', r.removal,
+                                 'definition', r.definition, 'reason', r.reason, 'created_at', r.created_at,
+                                 'accepted_by', coalesce((SELECT array_agg(a.party::text ORDER BY a.party) FROM kpi_acceptance a
+                                                          WHERE a.authority_id = r.authority_id AND a.revision_id = r.id), '{}'))
+                                 ORDER BY k.created_at, k.id, r.revision)
+                             FROM contract_kpi k JOIN kpi_revision r ON r.authority_id = k.authority_id AND r.kpi_id = k.id
+                             WHERE k.authority_id = c.authority_id AND k.contract_id = c.id), '[]')::text,
+                   coalesce((SELECT json_agg(json_build_object(
+                                 'id', v.id, 'proposed_by', v.proposed_by, 'reason', v.reason, 'changes', v.changes::text, 'status', v.status,
+                                 'created_at', v.created_at, 'decided_at', v.decided_at) ORDER BY v.created_at, v.id)
+                             FROM contract_variation v WHERE v.authority_id = c.authority_id AND v.contract_id = c.id), '[]')::text
+            FROM contract c
+            WHERE \(unsafeSQL: scope.isStaff ? "c.authority_id = app_authority_id()" : "c.supplier_id = app_supplier_id()")
+              AND (c.created_at, c.id) < (\(afterCreated), \(afterID))
+            ORDER BY c.created_at DESC, c.id DESC LIMIT \(page.limit + 1)
+            """, orderedScans: true).map { row -> (Contract, Date) in
+            var contract = try Self.decodeColumns(row)
+            contract.kpis = try Self.decodeKPIs(try row.decode(String.self, at: 15))
+            contract.variations = try Self.decodeVariations(try row.decode(String.self, at: 16))
+            return (contract, try row.decode(Date.self, at: 14))
         }
         let built = page.page(rows) { [PGDateFormat.string($0.1), $0.0.id.uuidString] }
         return Page(items: built.items.map(\.0), nextCursor: built.nextCursor)
@@ -553,7 +552,7 @@ public struct ContractService: Sendable {
             let (kpiID, revision, proposedBy, removal, definition, reason, createdAt, accepted) = try row.decode(
                 UUID.self, Int.self, String.self, Bool.self, String.self, String.self, Date.self, [String].self)
             return (kpiID, KPIRevision(revision: revision, proposedBy: try storedEnum(proposedBy, column: "kpi_revision.proposed_by"), removal: removal,
-                                       definition: try snakeCaseDecoder.decode(KPIDefinition.self, from: Data(definition.utf8)), reason: reason,
+                                       definition: try plainDecoder.decode(StoredKPIDefinition.self, from: Data(definition.utf8)).definition, reason: reason,
                                        acceptedBy: try accepted.map { try storedEnum($0, column: "kpi_acceptance.party") }, createdAt: createdAt))
         }
         contract.kpis = groupKPIs(revisions)
@@ -569,10 +568,26 @@ public struct ContractService: Sendable {
         return contract
     }
 
-    private static var snakeCaseDecoder: JSONDecoder {
+    private static let snakeCaseDecoder: JSONDecoder = {
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         return decoder
+    }()
+
+    /// `contract.social_value` as stored (the bid's commitments, snake-case keys), with its keys spelt out (see
+    /// `decodeKPIs`).
+    static func decodeSocialValue(_ json: String) throws -> [SocialValueCommitment] {
+        if json == "[]" { return [] }
+        struct Stored: Decodable {
+            var measureCode: String, measureName: String, unit: String, quantity: Double, proxyValuePence: Int
+            enum CodingKeys: String, CodingKey {
+                case measureCode = "measure_code", measureName = "measure_name", unit, quantity, proxyValuePence = "proxy_value_pence"
+            }
+        }
+        return try plainDecoder.decode([Stored].self, from: Data(json.utf8)).map {
+            SocialValueCommitment(measureCode: $0.measureCode, measureName: $0.measureName, unit: $0.unit, quantity: $0.quantity,
+                                  proxyValuePence: $0.proxyValuePence)
+        }
     }
 
     /// The contract's own columns (`columnsSQL`, from column 0); KPIs and variations are left empty.
@@ -583,7 +598,7 @@ public struct ContractService: Sendable {
             startDate: try row.decode(String.self, at: 6), endDate: try row.decode(String.self, at: 7),
             contractManager: try row.decode(String.self, at: 8), standstillEndsOn: try row.decode(String.self, at: 9),
             status: try storedEnum(try row.decode(String.self, at: 10), column: "contract.status"),
-            socialValue: try snakeCaseDecoder.decode([SocialValueCommitment].self, from: Data(try row.decode(String.self, at: 11).utf8)),
+            socialValue: try decodeSocialValue(try row.decode(String.self, at: 11)),
             terminationReason: try row.decode(String?.self, at: 12), amountPaidPence: try row.decode(Int?.self, at: 13),
             kpis: [], variations: [])
     }
@@ -607,29 +622,58 @@ public struct ContractService: Sendable {
                                  createdAt: createdAt, decidedAt: decidedAt)
     }
 
-    /// The JSON array of revisions built by `list` (json_agg keeps the KPI order of `fetch`).
+    /// The JSON array of revisions built by `list` (json_agg keeps the KPI order of `fetch`). Its keys are spelt out
+    /// rather than converted from snake case: on a page of contracts Foundation's key conversion (split, capitalise,
+    /// join and hash every key of every object) cost more than parsing the JSON itself.
     static func decodeKPIs(_ json: String) throws -> [ContractKPI] {
         struct Row: Decodable {
             var kpiId: UUID
             var revision: Int
             var proposedBy: String
             var removal: Bool
-            var definition: KPIDefinition
+            var definition: StoredKPIDefinition
             var reason: String
             var createdAt: String
             var acceptedBy: [String]
+            enum CodingKeys: String, CodingKey {
+                case kpiId = "kpi_id", revision, proposedBy = "proposed_by", removal, definition, reason, createdAt = "created_at"
+                case acceptedBy = "accepted_by"
+            }
         }
-        let rows = try snakeCaseDecoder.decode([Row].self, from: Data(json.utf8))
+        let rows = try plainDecoder.decode([Row].self, from: Data(json.utf8))
         return groupKPIs(try rows.map { row in
             (row.kpiId, KPIRevision(revision: row.revision, proposedBy: try storedEnum(row.proposedBy, column: "kpi_revision.proposed_by"),
-                                    removal: row.removal, definition: row.definition, reason: row.reason,
+                                    removal: row.removal, definition: row.definition.definition, reason: row.reason,
                                     acceptedBy: try row.acceptedBy.map { try storedEnum($0, column: "kpi_acceptance.party") },
                                     createdAt: try jsonTime(row.createdAt)))
         })
     }
 
+    /// `kpi_revision.definition` as stored: `KPIDefinition` encoded with snake-case keys.
+    struct StoredKPIDefinition: Decodable {
+        var definition: KPIDefinition
+        enum CodingKeys: String, CodingKey {
+            case title, measure, unit, baseline, target, targetDate = "target_date", frequency, evidenceSource = "evidence_source"
+            case amberThresholdPercent = "amber_threshold_percent"
+        }
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            definition = KPIDefinition(
+                title: try c.decode(String.self, forKey: .title), measure: try c.decode(String.self, forKey: .measure),
+                unit: try c.decode(KPIUnit.self, forKey: .unit), baseline: try c.decode(Double.self, forKey: .baseline),
+                target: try c.decode(Double.self, forKey: .target), targetDate: try c.decode(String.self, forKey: .targetDate),
+                frequency: try c.decode(ReportingFrequency.self, forKey: .frequency),
+                evidenceSource: try c.decode(String.self, forKey: .evidenceSource),
+                amberThresholdPercent: try c.decode(Int.self, forKey: .amberThresholdPercent))
+        }
+    }
+
+    /// Stateless after configuration, so one is shared (Foundation's `JSONDecoder` is `Sendable`).
+    private static let plainDecoder = JSONDecoder()
+
     /// The JSON array of variations built by `list`.
     static func decodeVariations(_ json: String) throws -> [ContractVariation] {
+        if json == "[]" { return [] }
         struct Row: Decodable {
             var id: UUID
             var proposedBy: String
@@ -638,8 +682,11 @@ public struct ContractService: Sendable {
             var status: String
             var createdAt: String
             var decidedAt: String?
+            enum CodingKeys: String, CodingKey {
+                case id, proposedBy = "proposed_by", reason, changes, status, createdAt = "created_at", decidedAt = "decided_at"
+            }
         }
-        return try snakeCaseDecoder.decode([Row].self, from: Data(json.utf8)).map { row in
+        return try plainDecoder.decode([Row].self, from: Data(json.utf8)).map { row in
             try variation(id: row.id, proposedBy: row.proposedBy, reason: row.reason, changes: Data(row.changes.utf8),
                           status: row.status, createdAt: try jsonTime(row.createdAt), decidedAt: try row.decidedAt.map(jsonTime))
         }
@@ -647,7 +694,7 @@ public struct ContractService: Sendable {
 
     /// A timestamptz as json_build_object writes it (`2026-11-30T08:23:33.123456+00:00`).
     static func jsonTime(_ text: String) throws -> Date {
-        guard let date = PGDateFormat.date(text.replacingOccurrences(of: "T", with: " ")) else {
+        guard let date = PGDateFormat.date(text) else {  // the parser takes the `T` as well as PostgreSQL's space
             throw DomainError.invalid("created_at", "unreadable time \(text)")
         }
         return date

@@ -165,7 +165,9 @@ public struct ProjectService: Sendable {
     }
 
     static let selectSQL = """
-        SELECT p.id, p.authority_id, p.board_id, p.theme_id, s.code, p.financial_year, p.title, p.description,
+        SELECT p.id, p.authority_id, p.board_id, p.theme_id,
+               (SELECT s.code FROM funding_stream s WHERE s.authority_id = p.authority_id AND s.id = p.funding_stream_id),
+               p.financial_year, p.title, p.description,
                p.outcomes_sought, p.school_urns, p.max_value_pence, p.bid_deadline, p.questions_close_at,
                p.planned_start::text, p.planned_end::text, p.contract_manager, p.evaluation::text,
                CASE WHEN p.status = 'open' AND p.bid_deadline <= statement_timestamp() THEN 'closed' ELSE p.status::text END,
@@ -175,7 +177,7 @@ public struct ProjectService: Sendable {
                                           ORDER BY a.created_at)
                          FROM project_amendment a WHERE a.authority_id = p.authority_id AND a.project_id = p.id), '[]')::text,
                p.value_includes_vat, p.procurement_method
-        FROM project p JOIN funding_stream s ON s.authority_id = p.authority_id AND s.id = p.funding_stream_id
+        FROM project p
         """
 
     // MARK: Reading
@@ -187,25 +189,25 @@ public struct ProjectService: Sendable {
         return try Self.decode(row)
     }
 
-    /// Board staff: their boards' projects in every state, newest first. The authority is stated in the query as
-    /// well as by row-level security, whose OR of policies (staff's, suppliers') no index serves.
+    /// Board staff: their boards' projects in every state, newest first, in one round trip. The authority is
+    /// stated in the query as well as by row-level security, whose OR of policies (staff's, suppliers') no index
+    /// serves; with bitmap scans off (`orderedScans`) PostgreSQL walks `project_listing` or `project_board` in
+    /// order and stops at the page's end instead of sorting all of the authority's projects.
     public func list(_ scope: AccessScope, filter: ProjectFilter, page: PageRequest) async throws -> Page<Project> {
         try scope.require(scope.isStaff, "list projects (suppliers use opportunities)")
         let after = Self.createdCursor(page)
-        let projects = try await database.transaction(scope, readOnly: true) { connection in
-            // Planned with the values each time (PGQuery.plannedWithValues): a kept generic plan cannot drop the
-            // filters left out and read every project of the authority before sorting.
-            try await connection.query(("""
-                \(unsafeSQL: Self.selectSQL)
-                WHERE p.authority_id = app_authority_id()
-                  AND (\(filter.boardID)::uuid IS NULL OR p.board_id = \(filter.boardID))
-                  AND (\(filter.status?.rawValue)::text IS NULL
-                       OR (CASE WHEN p.status = 'open' AND p.bid_deadline <= statement_timestamp() THEN 'closed' ELSE p.status::text END) = \(filter.status?.rawValue))
-                  AND (\(filter.text)::text IS NULL OR p.search @@ websearch_to_tsquery('english', \(filter.text)))
-                  AND (p.created_at, p.id) < (\(after.0), \(after.1))
-                ORDER BY p.created_at DESC, p.id DESC LIMIT \(page.limit + 1)
-                """ as PGQuery).plannedWithValuesEachTime).map(Self.decode)
-        }
+        // Planned with the values each time (PGQuery.plannedWithValues): a kept generic plan cannot drop the
+        // filters left out.
+        let projects = try await database.read(scope, ("""
+            \(unsafeSQL: Self.selectSQL)
+            WHERE p.authority_id = app_authority_id()
+              AND (\(filter.boardID)::uuid IS NULL OR p.board_id = \(filter.boardID))
+              AND (\(filter.status?.rawValue)::text IS NULL
+                   OR (CASE WHEN p.status = 'open' AND p.bid_deadline <= statement_timestamp() THEN 'closed' ELSE p.status::text END) = \(filter.status?.rawValue))
+              AND (\(filter.text)::text IS NULL OR p.search @@ websearch_to_tsquery('english', \(filter.text)))
+              AND (p.created_at, p.id) < (\(after.0), \(after.1))
+            ORDER BY p.created_at DESC, p.id DESC LIMIT \(page.limit + 1)
+            """ as PGQuery).plannedWithValuesEachTime, orderedScans: true).map(Self.decode)
         return page.page(projects) { [PGDateFormat.string($0.createdAt), $0.id.uuidString] }
     }
 
@@ -528,10 +530,12 @@ public struct ProjectService: Sendable {
         String(decoding: try AuditLog.auditEncoder.encode(value), as: UTF8.self)
     }
 
-    /// One for every row (a decoder's options are fixed once set, and decoding with it is thread-safe).
+    /// One for every row (a decoder's options are fixed once set, and decoding with it is thread-safe). Keys are
+    /// spelt out by the stored shapes below rather than converted from snake case: on a page of projects
+    /// Foundation's key conversion (split, capitalise, join and hash every key of every object) cost more than
+    /// parsing the JSON.
     private static let rowJSONDecoder: JSONDecoder = {
         let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
         decoder.dateDecodingStrategy = .custom { decoder in
             let text = try decoder.singleValueContainer().decode(String.self)
             guard let date = PGDateFormat.date(text) else {
@@ -541,6 +545,31 @@ public struct ProjectService: Sendable {
         }
         return decoder
     }()
+
+    /// `project.evaluation` as stored (`EvaluationModel` with snake-case keys).
+    struct StoredEvaluationModel: Decodable {
+        var model: EvaluationModel
+        enum CodingKeys: String, CodingKey {
+            case priceWeight = "price_weight", qualityWeight = "quality_weight", socialValueWeight = "social_value_weight"
+            case qualityCriteria = "quality_criteria", socialValueCriteria = "social_value_criteria"
+        }
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            model = EvaluationModel(
+                priceWeight: try c.decode(Int.self, forKey: .priceWeight), qualityWeight: try c.decode(Int.self, forKey: .qualityWeight),
+                socialValueWeight: try c.decode(Int.self, forKey: .socialValueWeight),
+                qualityCriteria: try c.decode([EvaluationModel.Criterion].self, forKey: .qualityCriteria),
+                socialValueCriteria: try c.decode([EvaluationModel.Criterion].self, forKey: .socialValueCriteria))
+        }
+    }
+
+    /// The amendments `selectSQL` aggregates.
+    struct StoredAmendment: Decodable {
+        var id: UUID, note: String, oldDeadline: Date, newDeadline: Date, createdAt: Date
+        enum CodingKeys: String, CodingKey {
+            case id, note, oldDeadline = "old_deadline", newDeadline = "new_deadline", createdAt = "created_at"
+        }
+    }
 
     static func decode(_ row: PGRow) throws -> Project {
         let decoder = rowJSONDecoder
@@ -555,13 +584,15 @@ public struct ProjectService: Sendable {
             bidDeadline: try row.decode(Date?.self, at: 11), questionsCloseAt: try row.decode(Date?.self, at: 12),
             plannedStart: try row.decode(String?.self, at: 13), plannedEnd: try row.decode(String?.self, at: 14),
             contractManager: try row.decode(String.self, at: 15),
-            evaluation: try evaluationText.map { try decoder.decode(EvaluationModel.self, from: Data($0.utf8)) },
+            evaluation: try evaluationText.map { try decoder.decode(StoredEvaluationModel.self, from: Data($0.utf8)).model },
             status: try storedEnum(try row.decode(String.self, at: 17), column: "project.status"),
             statusReason: try row.decode(String?.self, at: 18), version: try row.decode(Int.self, at: 19),
             publishedAt: try row.decode(Date?.self, at: 20), createdAt: try row.decode(Date.self, at: 21),
             updatedAt: try row.decode(Date.self, at: 22),
             // Most projects were never amended: no decoder for an empty list.
-            amendments: amendmentsText == "[]" ? [] : try decoder.decode([ProjectAmendment].self, from: Data(amendmentsText.utf8)),
+            amendments: amendmentsText == "[]" ? [] : try decoder.decode([StoredAmendment].self, from: Data(amendmentsText.utf8)).map {
+                ProjectAmendment(id: $0.id, note: $0.note, oldDeadline: $0.oldDeadline, newDeadline: $0.newDeadline, createdAt: $0.createdAt)
+            },
             valueIncludesVAT: try row.decode(Bool.self, at: 24), procurementMethod: try row.decode(String.self, at: 25))
     }
 }
