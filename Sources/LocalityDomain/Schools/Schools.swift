@@ -63,27 +63,38 @@ public struct SchoolService: Sendable {
         // Causing concern or not: a semi- or anti-join, not a comparison per row.
         let openConcern = "SELECT 1 FROM school_concern c WHERE c.authority_id = s.authority_id AND c.urn = s.urn AND c.cleared_on IS NULL"
         let concernFilter = filter.causingConcern.map { $0 ? "AND EXISTS (\(openConcern))" : "AND NOT EXISTS (\(openConcern))" } ?? ""
-        let schools = try await database.transaction(scope, readOnly: true) { connection in
-            // The page of schools first, then their open concerns: joined before the sort and limit, a name search
-            // matching 3,000 of 25,000 schools looked up 3,000 concerns (each through its policy) to keep 51.
-            // Planned with the values each time (PGQuery.plannedWithValues), so the filters left out drop out.
-            try await connection.query(("""
-                SELECT s.urn, s.name, s.establishment_type, s.phase, s.status, s.is_open, s.board_id, s.district, s.postcode,
-                       c.id, c.category, c.reason, c.since::text
-                FROM (SELECT s.authority_id, s.urn, s.name, s.establishment_type, s.phase, s.status, s.is_open, s.board_id, s.district,
-                             s.postcode
-                      FROM school s
-                      WHERE (\(filter.boardID)::uuid IS NULL OR s.board_id = \(filter.boardID))
-                        AND (\(filter.phase)::text IS NULL OR s.phase = \(filter.phase))
-                        AND (\(filter.open)::boolean IS NULL OR s.is_open = \(filter.open))
-                        \(unsafeSQL: concernFilter)
-                        AND (\(filter.text)::text IS NULL OR s.urn = \(urn) OR s.name ILIKE '%' || \(filter.text) || '%')
-                        AND (s.name, s.urn) > (\(afterName), \(afterURN))
-                      ORDER BY s.name, s.urn LIMIT \(page.limit + 1)) s
-                LEFT JOIN school_concern c ON c.authority_id = s.authority_id AND c.urn = s.urn AND c.cleared_on IS NULL
-                ORDER BY s.name, s.urn
-                """ as PGQuery).plannedWithValuesEachTime).map(Self.decode)
-        }
+        // The page of schools first, then their open concerns: joined before the sort and limit, a name search
+        // matching 3,000 of 25,000 schools looked up 3,000 concerns (each through its policy) to keep 51.
+        // Planned with the values each time (PGQuery.plannedWithValues), so the filters left out drop out.
+        //
+        // A name search finds the page's keys first, from `school_listing` (authority, name, urn) alone: the
+        // pattern is tested on the index's names in order without reading a row (an index-only scan), and only
+        // the page's rows are read after. Otherwise PostgreSQL, estimating few matches, read every school of the
+        // authority and sorted the matches (10 ms against 3 ms for 25,000 schools). Other filters read the rows.
+        let keys = filter.text == nil ? "s.authority_id, s.urn, s.name, s.establishment_type, s.phase, s.status, s.is_open, s.board_id, s.district, s.postcode" : "s.authority_id, s.urn, s.name"
+        let rowsOfKeys = filter.text == nil ? "" : "JOIN school r ON r.authority_id = k.authority_id AND r.urn = k.urn"
+        let row = filter.text == nil ? "k" : "r"
+        // The index's order, and its authority stated (the policy's too): without them, a concern filter's plan got slower.
+        let authority = filter.text == nil ? "" : "AND s.authority_id = (SELECT app_authority_id())"
+        let order = filter.text == nil ? "s.name, s.urn" : "s.authority_id, s.name, s.urn"
+        let schools = try await database.read(scope, ("""
+            SELECT \(unsafeSQL: row).urn, \(unsafeSQL: row).name, \(unsafeSQL: row).establishment_type, \(unsafeSQL: row).phase,
+                   \(unsafeSQL: row).status, \(unsafeSQL: row).is_open, \(unsafeSQL: row).board_id, \(unsafeSQL: row).district,
+                   \(unsafeSQL: row).postcode, c.id, c.category, c.reason, c.since::text
+            FROM (SELECT \(unsafeSQL: keys)
+                  FROM school s
+                  WHERE (\(filter.boardID)::uuid IS NULL OR s.board_id = \(filter.boardID)) \(unsafeSQL: authority)
+                    AND (\(filter.phase)::text IS NULL OR s.phase = \(filter.phase))
+                    AND (\(filter.open)::boolean IS NULL OR s.is_open = \(filter.open))
+                    \(unsafeSQL: concernFilter)
+                    AND (\(filter.text)::text IS NULL OR s.urn = \(urn) OR s.name ILIKE '%' || \(filter.text) || '%')
+                    AND (s.name, s.urn) > (\(afterName), \(afterURN))
+                  ORDER BY \(unsafeSQL: order) LIMIT \(page.limit + 1)) k
+            \(unsafeSQL: rowsOfKeys)
+            LEFT JOIN school_concern c ON c.authority_id = k.authority_id AND c.urn = k.urn AND c.cleared_on IS NULL
+            ORDER BY k.name, k.urn
+            """ as PGQuery).plannedWithValuesEachTime)
+            .map(Self.decode)
         return page.page(schools) { [$0.name, String($0.urn)] }
     }
 
