@@ -82,6 +82,44 @@ extension ScaleDataTests {
         #expect(Set(expected).count == expected.count)
     }
 
+    /// A page of projects, of contracts, or of a school name search is one round trip (context and statement
+    /// pipelined; each was BEGIN + context, the statement, COMMIT) that walks the ordered index of the listing and
+    /// stops at the page's end. Under the policies' OR PostgreSQL estimated a handful of rows and read all of the
+    /// authority's projects or contracts through a bitmap and sorted them (5–7 ms against 1 ms at national
+    /// scale), or every school of the authority for a name (10 ms against 3). Fails while any of these lists
+    /// takes more than one round trip once its statements are prepared, or does not use its ordered index.
+    @Test func pagesOfProjectsContractsAndSchoolsWalkTheirOrderedIndexInOneRoundTrip() async throws {
+        let (database, _) = try await Fixture.shared.get()
+        let admin = Self.staff("admin", [.authorityAdmin])
+        let page = try PageRequest(limit: 5)
+        let lists: [(String, String, @Sendable (ScopedDatabase) async throws -> Int)] = [
+            ("projects", "project_listing", { try await ProjectService(database: $0).list(admin, filter: ProjectFilter(), page: page).items.count }),
+            ("contracts", "contract_listing", { try await ContractService(database: $0).list(admin, page: page).items.count }),
+            ("schools named Oakfield", "school_listing", {
+                try await SchoolService(database: $0).list(admin, filter: SchoolFilter(text: "Oakfield"), page: page).items.count
+            }),
+        ]
+        try await database.withPool(conninfo: database.superuserConninfo, maxConnections: 1) { statistics in
+            for (name, index, list) in lists {
+                let (count, trips) = try await database.withPool(maxConnections: 1) { pool in
+                    let scoped = ScopedDatabase(pool: pool)
+                    _ = try await list(scoped)  // the session prepares the statements it keeps
+                    let before = try await pool.withConnection { $0.requestCount }
+                    let count = try await list(scoped)
+                    let after = try await pool.withConnection { $0.requestCount }
+                    return (count, after - before)
+                }
+                // Index statistics reach pg_stat_user_indexes when the session ends (`indexScans` ends them).
+                let indexBefore = try await Self.indexScans(statistics)
+                _ = try await database.withPool(maxConnections: 1) { try await list(ScopedDatabase(pool: $0)) }
+                let used = try await Self.indexScans(statistics)[index, default: 0] - indexBefore[index, default: 0]
+                #expect(count == 5, "\(name): \(count) rows")
+                #expect(trips == 1, "\(name): \(trips) round trips")
+                #expect(used > 0, "\(name) did not use \(index)")
+            }
+        }
+    }
+
     /// The evaluation report reads every bid's scores in two statements: it made two more per bid (2 + 2N).
     @Test func theEvaluationReportTakesTheSameRoundTripsWhateverTheBids() async throws {
         let (database, _) = try await Fixture.shared.get()
