@@ -7,7 +7,8 @@
 #
 # Needs: a release `locality-server` serving BASE on that database, `locality-admin` (.build/release), psql, wrk.
 # Reads authority scale-<SEED>-1 (a large one: 25,000 schools at the default size) and its first board.
-# Environment: D (seconds per operation, 10), C (connections, 8), T (wrk threads, 2), AS_OF (the generator's
+# Environment: D (seconds per operation, 10), WARM (seconds of warm-up before each, 1), C (connections, 8),
+# T (wrk threads, 2), AS_OF (the generator's
 # --as-of, default today), ONLY (an extended regular expression: measure only the operations whose
 # "operation|role" matches, e.g. ONLY='Dashboard|listContracts' for a before/after run of a few).
 set -euo pipefail
@@ -105,6 +106,9 @@ for row in "${ROWS[@]}"; do
   status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $tok" "$BASE$path")
   [ "$status" = 200 ] || { echo "| $op | $role | - | HTTP $status | - |"; continue; }
   rows=$(count "$rows_sql")
+  # A warm-up first (WARM seconds, 1 by default; 0 for none): the server opens pool connections as it needs
+  # them and each session prepares a statement on its first use, which would otherwise land in the p99.
+  [ "${WARM:-1}" = 0 ] || wrk -t"$T" -c"$C" -d"${WARM:-1}s" -H "Authorization: Bearer $tok" "$BASE$path" >/dev/null
   out=$(wrk -t"$T" -c"$C" -d"${D}s" --latency -H "Authorization: Bearer $tok" "$BASE$path")
   p99=$(awk '/^ +99%/ { v=$2; if (v ~ /us$/) { sub(/us$/, "", v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v=v*1000 }; printf "%.1f", v }' <<<"$out")
   rps=$(awk '/^Requests\/sec/ { printf "%.0f", $2 }' <<<"$out")
