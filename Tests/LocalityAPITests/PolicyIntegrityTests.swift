@@ -122,6 +122,70 @@ struct PolicyIntegrityTests {
         #expect(seenByAdmin == 1)
     }
 
+    /// Pins (0033): a contract's KPIs, periods and returns carry its board and supplier, which their read policies
+    /// compare instead of looking the contract up. The copies are filled on insert without the writer naming them,
+    /// cannot be set to another board, follow the contract's board, and a return stays append-only otherwise.
+    @Test func monitoringRowsCarryTheirContractsBoardAndFollowIt() async throws {
+        let world = try await World.make()
+        let contract = world.market.active
+        let (first, second) = (world.a.boards[0].id, world.a.boards[1].id)
+        let counts: PGQuery = """
+            SELECT (SELECT count(*) FROM contract_kpi WHERE contract_id = \(contract)),
+                   (SELECT count(*) FROM reporting_period WHERE contract_id = \(contract)),
+                   (SELECT count(*) FROM kpi_return r JOIN reporting_period p ON p.authority_id = r.authority_id AND p.id = r.period_id
+                    WHERE p.contract_id = \(contract))
+            """
+        try await world.database.withPool(conninfo: world.database.superuserConninfo, maxConnections: 1) { pool in
+            func boards() async throws -> Set<UUID> {
+                Set(try await pool.query("""
+                    SELECT board_id FROM contract_kpi WHERE contract_id = \(contract)
+                    UNION ALL SELECT board_id FROM reporting_period WHERE contract_id = \(contract)
+                    UNION ALL SELECT r.board_id FROM kpi_return r JOIN reporting_period p ON p.authority_id = r.authority_id AND p.id = r.period_id
+                              WHERE p.contract_id = \(contract)
+                    """).map { try $0.decode(UUID.self, at: 0) })
+            }
+            let (kpis, periods, returns) = try await pool.query(counts).first!.decode(Int.self, Int.self, Int.self)
+            #expect(kpis > 0 && periods > 0 && returns > 0, "the active contract has KPIs, periods and returns")
+            #expect(try await boards() == [first])
+            let suppliers = try await pool.query("""
+                SELECT DISTINCT r.supplier_id FROM kpi_return r JOIN reporting_period p ON p.authority_id = r.authority_id AND p.id = r.period_id
+                WHERE p.contract_id = \(contract)
+                """).map { try $0.decode(UUID.self, at: 0) }
+            #expect(suppliers == [world.supplierID])
+            do {
+                try await pool.query("UPDATE reporting_period SET board_id = \(second) WHERE contract_id = \(contract)")
+                Issue.record("a period was moved to a board its contract is not on")
+            } catch let error as PGError {
+                #expect(error.constraint == "reporting_period_contract_scope", "\(error)")
+            }
+            do {
+                try await pool.query("""
+                    UPDATE kpi_return SET actual = coalesce(actual, 0) + 1 WHERE id = (SELECT r.id FROM kpi_return r JOIN reporting_period p
+                                                                 ON p.authority_id = r.authority_id AND p.id = r.period_id
+                                                                 WHERE p.contract_id = \(contract) LIMIT 1)
+                    """)
+                Issue.record("a return was changed")
+            } catch let error as PGError {
+                #expect(error.message.contains("append-only"), "\(error)")
+            }
+            try await pool.query("""
+                UPDATE project SET board_id = \(second) WHERE id = (SELECT project_id FROM contract WHERE id = \(contract))
+                """)
+            #expect(try await boards() == [second])
+        }
+        // The policies read the copies: the first board's LIM sees none of the rows now, an admin and the supplier all.
+        let lim = try await Self.asRole(world, Self.staff(world, .lim)) { try await $0.query(counts).first!.decode(Int.self, Int.self, Int.self) }
+        let admin = try await Self.asRole(world, Self.staff(world, .authorityAdmin)) {
+            try await $0.query(counts).first!.decode(Int.self, Int.self, Int.self)
+        }
+        let supplierScope = AccessScope(authorityID: nil, supplierID: world.supplierID, userID: world.supplierUserID, roles: [.supplierUser],
+                                        boardIDs: [], actor: "test")
+        let supplier = try await Self.asRole(world, supplierScope) { try await $0.query(counts).first!.decode(Int.self, Int.self, Int.self) }
+        #expect(lim == (0, 0, 0))
+        #expect(admin.0 > 0 && admin.1 > 0 && admin.2 > 0)
+        #expect(supplier == admin)
+    }
+
     /// Pins: a stored value the code does not know fails the read, naming the column, instead of reading as
     /// a default (on main an unknown rating read as "no rating").
     @Test func anUnknownStoredEnumValueFailsTheRead() async throws {

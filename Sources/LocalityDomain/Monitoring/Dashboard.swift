@@ -35,7 +35,10 @@ public struct DashboardService: Sendable {
     /// each with its KPIs' latest ratings, took 100–150 ms). Those two sets are read by index (0029:
     /// contract_running, project_year) and joined after: a filter on an enum such as `status IN (…)` is not
     /// leakproof, so PostgreSQL applies it only after the row-level policies, and the contracts and counts
-    /// started from all 1,800 projects of the authority, checking each contract's policy (1,407 lookups). Every query names the authority beside row-level
+    /// started from all 1,800 projects of the authority, checking each contract's policy (1,407 lookups). The year's
+    /// projects come first and find their contract each (`OFFSET 0` keeps that order): under row-level security the
+    /// planner's estimate of the authority's contracts is a handful, and with fresh statistics it started from all
+    /// 1,407 of them instead (5.9 ms, against 0.5). Every query names the authority beside row-level
     /// security, whose OR of policies gives the planner no index (the project counts scanned every authority's
     /// projects: 1.2 s at 34 authorities).
     public func dashboard(_ scope: AccessScope, boardID: UUID?, financialYear: String) async throws -> Dashboard {
@@ -80,9 +83,10 @@ public struct DashboardService: Sendable {
                                  WHERE k.authority_id = c.authority_id AND k.contract_id = c.id), '{}')
                 FROM (SELECT c.* FROM contract c WHERE c.authority_id = app_authority_id() AND c.status IN ('kpi_negotiation', 'active')
                       UNION ALL
-                      SELECT c.* FROM project p JOIN contract c ON c.authority_id = p.authority_id AND c.project_id = p.id
-                      WHERE p.authority_id = app_authority_id() AND p.financial_year = \(financialYear)
-                        AND c.status NOT IN ('kpi_negotiation', 'active')) c
+                      SELECT c.* FROM project p
+                      CROSS JOIN LATERAL (SELECT c.* FROM contract c WHERE c.authority_id = p.authority_id AND c.project_id = p.id
+                                            AND c.status NOT IN ('kpi_negotiation', 'active') OFFSET 0) c
+                      WHERE p.authority_id = app_authority_id() AND p.financial_year = \(financialYear)) c
                 JOIN project p ON p.authority_id = c.authority_id AND p.id = c.project_id
                 JOIN supplier s ON s.id = c.supplier_id
                 WHERE \(boardID)::uuid IS NULL OR c.board_id = \(boardID)
@@ -93,7 +97,10 @@ public struct DashboardService: Sendable {
                 return Dashboard.ContractLine(contractID: id, boardID: board, projectTitle: title, supplierName: supplier, status: status,
                                               valuePence: value, kpiRatings: ratings)
             }
-            // The active contracts first, by the partial index contract_running (0029), then their periods.
+            // The active contracts first, by the partial index contract_running (0029), then their periods; the open
+            // plans first (corrective_action_plan_live), then each one's contract. The cached generic plan took the
+            // authority's contracts for one row (row-level security hides the estimate) and probed for plans from
+            // all 1,407 of them (1.8 ms, against 0.1): `OFFSET 0` keeps the lookup per plan.
             let (overdue, openPlans) = try await connection.query("""
                 WITH active AS MATERIALIZED (SELECT c.authority_id, c.id FROM contract c
                                              WHERE c.authority_id = app_authority_id() AND c.status = 'active'
@@ -101,7 +108,9 @@ public struct DashboardService: Sendable {
                 SELECT (SELECT count(*) FROM active c JOIN reporting_period rp ON rp.authority_id = c.authority_id AND rp.contract_id = c.id
                         WHERE rp.due < current_date
                           AND NOT EXISTS (SELECT 1 FROM kpi_return x WHERE x.authority_id = rp.authority_id AND x.period_id = rp.id)),
-                       (SELECT count(*) FROM corrective_action_plan a JOIN contract c ON c.authority_id = a.authority_id AND c.id = a.contract_id
+                       (SELECT count(*) FROM corrective_action_plan a
+                        CROSS JOIN LATERAL (SELECT c.board_id FROM contract c WHERE c.authority_id = a.authority_id AND c.id = a.contract_id
+                                            OFFSET 0) c
                         WHERE a.authority_id = app_authority_id() AND a.status <> 'closed' AND (\(boardID)::uuid IS NULL OR c.board_id = \(boardID)))
                 """).first!.decode(Int.self, Int.self)
             return Dashboard(budget: budget, projectsByStatus: Dictionary(statuses, uniquingKeysWith: +), contracts: contracts,

@@ -462,8 +462,8 @@ public struct ScaleSeed: Sendable {
         """,
         "ANALYZE contract",
         """
-        INSERT INTO contract_kpi (authority_id, id, contract_id, created_at)
-        SELECT $1, md5($2 || ':kpi:' || c.id || ':' || q)::uuid, c.id, c.created_at + q * interval '1 second'
+        INSERT INTO contract_kpi (authority_id, id, contract_id, board_id, supplier_id, created_at)
+        SELECT $1, md5($2 || ':kpi:' || c.id || ':' || q)::uuid, c.id, c.board_id, c.supplier_id, c.created_at + q * interval '1 second'
         FROM contract c, generate_series(0, 1 + \(pick("kpis", "c.id", "2"))) q
         WHERE c.authority_id = $1
         """,
@@ -526,8 +526,8 @@ public struct ScaleSeed: Sendable {
         // Monitoring: a period every 120 days of each started contract, a return for most periods already due
         // (one in ten of an active contract's is overdue), and a corrective action plan for each KPI rated Red.
         """
-        INSERT INTO reporting_period (authority_id, id, contract_id, kpi_id, label, starts, ends, due)
-        SELECT $1, md5($2 || ':period:' || k.id || ':' || q)::uuid, c.id, k.id, 'Period ' || (q + 1),
+        INSERT INTO reporting_period (authority_id, id, contract_id, board_id, supplier_id, kpi_id, label, starts, ends, due)
+        SELECT $1, md5($2 || ':period:' || k.id || ':' || q)::uuid, c.id, c.board_id, c.supplier_id, k.id, 'Period ' || (q + 1),
                c.start_date + q * 120, least(c.start_date + q * 120 + 119, c.end_date), least(c.start_date + q * 120 + 119, c.end_date) + 14
         FROM contract c JOIN contract_kpi k ON k.authority_id = c.authority_id AND k.contract_id = c.id,
              generate_series(0, (c.end_date - c.start_date) / 120) q
@@ -535,8 +535,8 @@ public struct ScaleSeed: Sendable {
         """,
         "ANALYZE reporting_period",
         """
-        INSERT INTO kpi_return (authority_id, id, period_id, version, actual, narrative, computed_rating, submitted_by, submitted_at)
-        SELECT $1, md5($2 || ':return:' || rp.id)::uuid, rp.id, 1, 10 + \(pick("actual", "rp.id", "90")),
+        INSERT INTO kpi_return (authority_id, id, period_id, board_id, supplier_id, version, actual, narrative, computed_rating, submitted_by, submitted_at)
+        SELECT $1, md5($2 || ':return:' || rp.id)::uuid, rp.id, rp.board_id, rp.supplier_id, 1, 10 + \(pick("actual", "rp.id", "90")),
                'Delivered as planned this period.',
                CASE WHEN \(pick("rating", "rp.id", "10")) < 7 THEN 'green' WHEN \(pick("rating", "rp.id", "10")) < 9 THEN 'amber' ELSE 'red' END,
                'user:' || u.id, rp.ends + time '12:00' + interval '7 days'
