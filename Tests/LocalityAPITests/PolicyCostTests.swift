@@ -19,7 +19,7 @@ struct PolicyCostTests {
                                "kpi_acceptance_party", "kpi_return_supplier", "kpi_revision_initial", "kpi_revision_party",
                                "monitoring_visit_board", "rating_override_board", "reporting_period_board"],
         "app_may_evaluate": ["bid_panel_after_deadline", "scorecard_own"],
-        "app_oversees_bid": ["individual_score_peers", "moderated_score_lim", "scorecard_oversight"],
+        "app_oversees_bid": ["moderated_score_lim", "scorecard_oversight"],
         "app_submitted_scorecard": ["individual_score_peers"],
         "app_sees_school": ["school_concern_read", "school_contract_read", "spip_priority_read"],
         "app_supplier_admitted_to": ["school_contract_hosi"],

@@ -199,3 +199,70 @@ extension ScaleDataTests {
         }
     }
 }
+
+extension ScaleDataTests {
+    /// Pins (0034): a bid and its scores carry the project's board, which the peers' policy on individual scores
+    /// compares instead of calling app_oversees_bid per row. On the generated data every copy is its project's
+    /// board; the board's LIM reads a project's scores (the evaluation report) and another board's LIM none; a copy
+    /// cannot be set to another board, and follows the project's.
+    @Test func scoresCarryTheirProjectsBoard() async throws {
+        let (database, _) = try await Fixture.shared.get()
+        let (project, otherBoard) = try await database.withPool(conninfo: database.superuserConninfo, maxConnections: 1) { pool in
+            let mismatches = try await pool.query("""
+                SELECT (SELECT count(*) FROM bid b JOIN project p ON p.authority_id = b.authority_id AND p.id = b.project_id
+                        WHERE b.board_id <> p.board_id),
+                       (SELECT count(*) FROM individual_score s JOIN bid b ON b.authority_id = s.authority_id AND b.id = s.bid_id
+                        WHERE s.board_id <> b.board_id),
+                       (SELECT count(*) FROM individual_score)
+                """).first!.decode(Int.self, Int.self, Int.self)
+            #expect(mismatches.0 == 0 && mismatches.1 == 0)
+            #expect(mismatches.2 > 0, "the generated data has scores")
+            let project = try await pool.query("""
+                SELECT b.project_id FROM individual_score s JOIN bid b ON b.authority_id = s.authority_id AND b.id = s.bid_id
+                WHERE s.authority_id = \(Self.authority) AND s.board_id = \(Self.board) AND s.submitted LIMIT 1
+                """).first!.decode(UUID.self, at: 0)
+            let otherBoard = try await pool.query("""
+                SELECT id FROM board WHERE authority_id = \(Self.authority) AND id <> \(Self.board) LIMIT 1
+                """).first!.decode(UUID.self, at: 0)
+            // Inside transactions that roll back: the fixture is shared.
+            try await pool.withConnection { connection in
+                do {
+                    try await connection.withTransaction { connection in
+                        try await connection.query("UPDATE individual_score SET board_id = \(otherBoard) WHERE bid_id IN (SELECT id FROM bid WHERE project_id = \(project))")
+                    }
+                    Issue.record("a score was moved to a board its bid is not on")
+                } catch let error as PGError {
+                    #expect(error.constraint == "individual_score_bid_board", "\(error)")
+                }
+                struct RolledBack: Error {}
+                do {
+                    try await connection.withTransaction { connection in
+                        try await connection.query("UPDATE project SET board_id = \(otherBoard) WHERE id = \(project)")
+                        let boards = try await connection.query("""
+                            SELECT DISTINCT s.board_id FROM individual_score s JOIN bid b ON b.authority_id = s.authority_id AND b.id = s.bid_id
+                            WHERE b.project_id = \(project)
+                            UNION SELECT DISTINCT board_id FROM bid WHERE project_id = \(project)
+                            """).map { try $0.decode(UUID.self, at: 0) }
+                        #expect(boards == [otherBoard])
+                        throw RolledBack()
+                    }
+                } catch is RolledBack {}
+            }
+            return (project, otherBoard)
+        }
+        func report(_ boards: [UUID]) async throws -> Int {
+            try await database.withPool { pool in
+                try await EvaluationService(database: ScopedDatabase(pool: pool)).report(Self.staff("lim:0", [.lim], boards: boards), projectID: project)
+            }.lines.reduce(0) { $0 + $1.individual.count }
+        }
+        #expect(try await report([Self.board]) > 0)
+        let hidden = try await database.withPool { pool in
+            try await ScopedDatabase(pool: pool).transaction(Self.staff("lim:0", [.lim], boards: [otherBoard]), readOnly: true) { connection in
+                try await connection.query("""
+                    SELECT count(*) FROM individual_score s WHERE s.bid_id IN (SELECT id FROM bid WHERE project_id = \(project))
+                    """).first!.decode(Int.self, at: 0)
+            }
+        }
+        #expect(hidden == 0)
+    }
+}

@@ -370,9 +370,9 @@ public struct ScaleSeed: Sendable {
         "ANALYZE project",
         // Bids: 3–6 per published project from consecutive admitted suppliers; bid 0 is the cheapest and the best.
         """
-        INSERT INTO bid (authority_id, id, project_id, supplier_id, status, price_pence, approach, outputs, kpis, declarations,
+        INSERT INTO bid (authority_id, id, project_id, board_id, supplier_id, status, price_pence, approach, outputs, kpis, declarations,
                          submitted_at, receipt_sha256, created_at, updated_at, outcome_note)
-        SELECT $1, x.bid_id, x.pid, md5($11 || ':supplier:' || ((($12 - 1) * 7 + x.m) % $10))::uuid, x.status::bid_status,
+        SELECT $1, x.bid_id, x.pid, x.board_id, md5($11 || ':supplier:' || ((($12 - 1) * 7 + x.m) % $10))::uuid, x.status::bid_status,
                x.max_value * (60 + x.b * 5 + \(pick("price", "x.bid_id", "5"))) / 100,
                'Our approach: ' || \(words)[1 + \(pick("a1", "x.bid_id", "12"))] || ' sessions led by specialists, with '
                    || \(words)[1 + \(pick("a2", "x.bid_id", "12"))] || ' follow-up.', '',
@@ -391,7 +391,7 @@ public struct ScaleSeed: Sendable {
                coalesce(CASE WHEN x.status <> 'draft' THEN x.deadline - (1 + x.b) * interval '1 day' END,
                         x.published_at + interval '1 day' + x.b * interval '1 hour'),
                CASE WHEN x.status IN ('awarded', 'unsuccessful') THEN 'Scored in evaluation.' END
-        FROM (SELECT p.id AS pid, p.max_value_pence AS max_value, p.bid_deadline AS deadline, p.published_at, p.planned_end, b,
+        FROM (SELECT p.id AS pid, p.board_id, p.max_value_pence AS max_value, p.bid_deadline AS deadline, p.published_at, p.planned_end, b,
                      md5($2 || ':bid:' || p.id || ':' || b)::uuid AS bid_id,
                      (\(pick("bidder", "p.id", "$9")) + b) % $9 AS m,
                      CASE WHEN p.status = 'awarded' AND b = 0 THEN 'awarded'
@@ -425,8 +425,8 @@ public struct ScaleSeed: Sendable {
         """,
         "ANALYZE scorecard",
         """
-        INSERT INTO individual_score (authority_id, bid_id, user_id, criterion_kind, criterion, score, comment, submitted, updated_at)
-        SELECT $1, c.bid_id, c.user_id, k.kind::criterion_kind, k.name,
+        INSERT INTO individual_score (authority_id, bid_id, board_id, user_id, criterion_kind, criterion, score, comment, submitted, updated_at)
+        SELECT $1, c.bid_id, b.board_id, c.user_id, k.kind::criterion_kind, k.name,
                CASE WHEN b.status = 'awarded' THEN 5 ELSE 1 + \(pick("score", "c.bid_id::text || c.user_id::text || k.name", "4")) END,
                'Evidence reviewed against the criterion.', true, c.submitted_at
         FROM scorecard c JOIN bid b ON b.authority_id = c.authority_id AND b.id = c.bid_id,
