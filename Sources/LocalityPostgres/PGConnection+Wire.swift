@@ -25,6 +25,8 @@ extension PGConnection {
         }
         requestCount += 1
         let request = PGRequest(connection: self, work: work, cancellable: cancellable, ticket: issueTicket())
+        // Whatever the outcome, the connection is the task's again from here.
+        defer { request.handBack.take() }
         guard cancellable else {
             return try await withUnsafeThrowingContinuation { continuation in
                 request.continuation = continuation

@@ -396,6 +396,8 @@ final class PGRequest: @unchecked Sendable {
     /// Sent by the calling task (everything but close): the loop only waits for the reply.
     var sentByCaller = false
     var started: ContinuousClock.Instant?
+    /// The connection's hand-back from the loop thread (or whoever finished the request) to the task.
+    let handBack = PGHandOff()
 
     init(connection: PGConnection, work: Work, cancellable: Bool, ticket: UInt64) {
         self.connection = connection
@@ -424,6 +426,7 @@ final class PGRequest: @unchecked Sendable {
             connection.lastReply = now
             if let started, let onQueryTime = connection.onQueryTime { onQueryTime(now - started) }
         }
+        handBack.give()
         continuation?.resume(with: result)
     }
 }

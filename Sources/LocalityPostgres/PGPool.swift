@@ -352,7 +352,12 @@ public final class PGPool: Service, Sendable {
     private func waitForGrant(id: Int, home: PGIOLoop?) async throws -> Grant {
         let timeout = configuration.acquireTimeout
         var timer: Task<Void, any Error>? = nil
-        defer { timer?.cancel() }
+        defer {
+            timer?.cancel()
+            // Whoever granted took this lock after its last use of the connection and before resuming us:
+            // taking it once more orders that use before ours where the sanitizer can see it (see `PGHandOff`).
+            state.withLock { _ in }
+        }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
                 enum Outcome {

@@ -3,8 +3,14 @@ import Foundation
 /// Runs blocking `body` on a new thread and resumes the caller with its result: for rare blocking work
 /// (connecting, COPY) that must stay off Swift's cooperative threads and off the I/O loop.
 func runOnOwnThread<R: Sendable>(name: String, _ body: @escaping @Sendable () throws -> R) async throws -> R {
-    try await withCheckedThrowingContinuation { continuation in
-        startThread(named: name) { continuation.resume(with: Result { try body() }) }
+    let handOff = PGHandOff()
+    defer { handOff.take() }
+    return try await withCheckedThrowingContinuation { continuation in
+        startThread(named: name) {
+            let result = Result { try body() }
+            handOff.give()
+            continuation.resume(with: result)
+        }
     }
 }
 
