@@ -242,6 +242,19 @@ struct EvaluationTests {
             #expect((outcome.jsonObject["outcome_note"] as? String)?.contains("total") == true)
             // Awarding again is refused.
             #expect(try await client.call(.post, "/v1/projects/\(project)/award", token: lim, body: ["bid_id": lower(world.market.awardBid)]).status == .conflict)
+            // The list is encoded in one pass (`PreEncodedBody`: keys in the document's order, so `id` first) and
+            // says what the contract's own page says; HEAD gets its length and no body.
+            let list = try await client.call(.get, "/v1/contracts?limit=100", token: lim)
+            #expect(list.status == .ok)
+            #expect(String(buffer: list.body).hasPrefix(#"{"items":[{"id":""#))
+            #expect(list.headers[.contentType]?.hasPrefix("application/json") == true)
+            #expect(list.headers[.contentLength] == String(list.body.readableBytes))
+            let listed = try #require(list.items.first { $0["id"] as? String == contract["id"] as? String })
+            let alone = try await client.call(.get, "/v1/contracts/\(contract["id"] as? String ?? "")", token: lim)
+            #expect(NSDictionary(dictionary: listed).isEqual(to: alone.jsonObject))
+            let head = try await client.call(.head, "/v1/contracts?limit=100", token: lim)
+            #expect(head.status == .ok && head.body.readableBytes == 0)
+            #expect(head.headers[.contentLength] == String(list.body.readableBytes))
         }
     }
 
