@@ -135,6 +135,24 @@ struct PolicyIntegrityTests {
                    (SELECT count(*) FROM kpi_return r JOIN reporting_period p ON p.authority_id = r.authority_id AND p.id = r.period_id
                     WHERE p.contract_id = \(contract))
             """
+        let revisionCounts: PGQuery = """
+            SELECT (SELECT count(*) FROM kpi_revision r JOIN contract_kpi k ON k.authority_id = r.authority_id AND k.id = r.kpi_id
+                    WHERE k.contract_id = \(contract)),
+                   (SELECT count(*) FROM kpi_acceptance a JOIN kpi_revision r ON r.authority_id = a.authority_id AND r.id = a.revision_id
+                    JOIN contract_kpi k ON k.authority_id = r.authority_id AND k.id = r.kpi_id WHERE k.contract_id = \(contract))
+            """
+        // The contract's revisions by id, and how many acceptances they have, read before any policy applies.
+        let (revisionIDs, acceptanceCount) = try await world.database.withPool(conninfo: world.database.superuserConninfo, maxConnections: 1) { pool in
+            let ids = try await pool.query("""
+                SELECT r.id FROM kpi_revision r JOIN contract_kpi k ON k.authority_id = r.authority_id AND k.id = r.kpi_id WHERE k.contract_id = \(contract)
+                """).map { try $0.decode(UUID.self, at: 0) }
+            let accepted = try await pool.query("SELECT count(*) FROM kpi_acceptance WHERE revision_id = ANY(\(ids))").first!.decode(Int.self, at: 0)
+            return (ids, accepted)
+        }
+        let ownRevisionCounts: PGQuery = """
+            SELECT (SELECT count(*) FROM kpi_revision WHERE id = ANY(\(revisionIDs))),
+                   (SELECT count(*) FROM kpi_acceptance WHERE revision_id = ANY(\(revisionIDs)))
+            """
         try await world.database.withPool(conninfo: world.database.superuserConninfo, maxConnections: 1) { pool in
             func boards() async throws -> Set<UUID> {
                 Set(try await pool.query("""
@@ -142,16 +160,52 @@ struct PolicyIntegrityTests {
                     UNION ALL SELECT board_id FROM reporting_period WHERE contract_id = \(contract)
                     UNION ALL SELECT r.board_id FROM kpi_return r JOIN reporting_period p ON p.authority_id = r.authority_id AND p.id = r.period_id
                               WHERE p.contract_id = \(contract)
+                    UNION ALL SELECT r.board_id FROM kpi_revision r JOIN contract_kpi k ON k.authority_id = r.authority_id AND k.id = r.kpi_id
+                              WHERE k.contract_id = \(contract)
+                    UNION ALL SELECT a.board_id FROM kpi_acceptance a JOIN kpi_revision r ON r.authority_id = a.authority_id AND r.id = a.revision_id
+                              JOIN contract_kpi k ON k.authority_id = r.authority_id AND k.id = r.kpi_id WHERE k.contract_id = \(contract)
                     """).map { try $0.decode(UUID.self, at: 0) })
             }
             let (kpis, periods, returns) = try await pool.query(counts).first!.decode(Int.self, Int.self, Int.self)
             #expect(kpis > 0 && periods > 0 && returns > 0, "the active contract has KPIs, periods and returns")
+            let (revisions, acceptances) = try await pool.query(revisionCounts).first!.decode(Int.self, Int.self)
+            #expect(revisions >= kpis && acceptances > 0, "its KPIs have revisions, and the agreed ones acceptances")
             #expect(try await boards() == [first])
             let suppliers = try await pool.query("""
                 SELECT DISTINCT r.supplier_id FROM kpi_return r JOIN reporting_period p ON p.authority_id = r.authority_id AND p.id = r.period_id
                 WHERE p.contract_id = \(contract)
                 """).map { try $0.decode(UUID.self, at: 0) }
             #expect(suppliers == [world.supplierID])
+            let revisionSuppliers = try await pool.query("""
+                SELECT a.supplier_id FROM kpi_acceptance a JOIN kpi_revision r ON r.authority_id = a.authority_id AND r.id = a.revision_id
+                JOIN contract_kpi k ON k.authority_id = r.authority_id AND k.id = r.kpi_id WHERE k.contract_id = \(contract)
+                UNION SELECT r.supplier_id FROM kpi_revision r JOIN contract_kpi k ON k.authority_id = r.authority_id AND k.id = r.kpi_id
+                WHERE k.contract_id = \(contract)
+                """).map { try $0.decode(UUID.self, at: 0) }
+            #expect(revisionSuppliers == [world.supplierID])
+            // A revision's or an acceptance's copy cannot be moved alone; otherwise both stay append-only.
+            let moves: [(PGQuery, String)] = [
+                ("UPDATE kpi_revision SET board_id = \(second) WHERE kpi_id IN (SELECT id FROM contract_kpi WHERE contract_id = \(contract))",
+                 "kpi_revision_kpi_scope"),
+                ("""
+                 UPDATE kpi_acceptance SET board_id = \(second) WHERE revision_id IN (SELECT r.id FROM kpi_revision r JOIN contract_kpi k
+                     ON k.authority_id = r.authority_id AND k.id = r.kpi_id WHERE k.contract_id = \(contract))
+                 """, "kpi_acceptance_revision_scope"),
+            ]
+            for (statement, constraint) in moves {
+                do {
+                    try await pool.query(statement)
+                    Issue.record("a copy was moved to a board its contract is not on: \(constraint)")
+                } catch let error as PGError {
+                    #expect(error.constraint == constraint, "\(error)")
+                }
+            }
+            do {
+                try await pool.query("UPDATE kpi_revision SET reason = 'changed' WHERE kpi_id IN (SELECT id FROM contract_kpi WHERE contract_id = \(contract))")
+                Issue.record("a revision was changed")
+            } catch let error as PGError {
+                #expect(error.message.contains("append-only"), "\(error)")
+            }
             do {
                 try await pool.query("UPDATE reporting_period SET board_id = \(second) WHERE contract_id = \(contract)")
                 Issue.record("a period was moved to a board its contract is not on")
@@ -184,6 +238,16 @@ struct PolicyIntegrityTests {
         #expect(lim == (0, 0, 0))
         #expect(admin.0 > 0 && admin.1 > 0 && admin.2 > 0)
         #expect(supplier == admin)
+        // The same for revisions and acceptances, counted by id from their own tables (a join through contract_kpi
+        // would hide them behind its policy), so only their own policies decide.
+        let limRevisions = try await Self.asRole(world, Self.staff(world, .lim)) { try await $0.query(ownRevisionCounts).first!.decode(Int.self, Int.self) }
+        let adminRevisions = try await Self.asRole(world, Self.staff(world, .authorityAdmin)) {
+            try await $0.query(ownRevisionCounts).first!.decode(Int.self, Int.self)
+        }
+        let supplierRevisions = try await Self.asRole(world, supplierScope) { try await $0.query(ownRevisionCounts).first!.decode(Int.self, Int.self) }
+        #expect(limRevisions == (0, 0))
+        #expect(adminRevisions == (revisionIDs.count, acceptanceCount))
+        #expect(supplierRevisions == adminRevisions)
     }
 
     /// Pins: a stored value the code does not know fails the read, naming the column, instead of reading as

@@ -469,8 +469,8 @@ public struct ScaleSeed: Sendable {
         """,
         "ANALYZE contract_kpi",
         """
-        INSERT INTO kpi_revision (authority_id, id, kpi_id, revision, proposed_by, actor, definition, reason, created_at)
-        SELECT $1, md5($2 || ':revision:' || k.id || ':1')::uuid, k.id, 1, 'supplier', 'user:' || u.id,
+        INSERT INTO kpi_revision (authority_id, id, kpi_id, board_id, supplier_id, revision, proposed_by, actor, definition, reason, created_at)
+        SELECT $1, md5($2 || ':revision:' || k.id || ':1')::uuid, k.id, k.board_id, k.supplier_id, 1, 'supplier', 'user:' || u.id,
                jsonb_build_object('title', 'KPI ' || (extract(epoch FROM k.created_at - c.created_at)::int + 1), 'measure', 'Pupils taking part', 'unit', 'count',
                                   'baseline', 0, 'target', 40, 'target_date', c.end_date::text, 'frequency', 'termly',
                                   'evidence_source', 'Attendance registers', 'amber_threshold_percent', 80),
@@ -482,8 +482,8 @@ public struct ScaleSeed: Sendable {
         "ANALYZE kpi_revision",
         // Both parties accepted the KPIs of every contract that has started by the as-of date.
         """
-        INSERT INTO kpi_acceptance (authority_id, revision_id, party, actor, accepted_at)
-        SELECT $1, r.id, party::contract_party, CASE party WHEN 'board' THEN 'user:' || p.created_by ELSE r.actor END,
+        INSERT INTO kpi_acceptance (authority_id, revision_id, board_id, supplier_id, party, actor, accepted_at)
+        SELECT $1, r.id, r.board_id, r.supplier_id, party::contract_party, CASE party WHEN 'board' THEN 'user:' || p.created_by ELSE r.actor END,
                r.created_at + interval '2 days'
         FROM kpi_revision r JOIN contract_kpi k ON k.authority_id = r.authority_id AND k.id = r.kpi_id
         JOIN contract c ON c.authority_id = k.authority_id AND c.id = k.contract_id
