@@ -20,7 +20,7 @@ extension APIHandlers {
         let page = try await services.budgets.entries(
             try Authenticated.scope(), boardID: try pathID(input.path.boardId, "board"),
             financialYear: input.query.financialYear, page: PageRequest(limit: input.query.limit, cursor: input.query.cursor))
-        return .ok(.init(body: .json(.init(items: page.items.map(Components.Schemas.LedgerEntry.init), nextCursor: page.nextCursor))))
+        return .ok(.init(body: .json(PreEncodedBody.offer(.init(items: page.items.map(Components.Schemas.LedgerEntry.init), nextCursor: page.nextCursor), standIn: .init(items: [])))))
     }
 
     func postLedgerEntry(_ input: Operations.PostLedgerEntry.Input) async throws -> Operations.PostLedgerEntry.Output {

@@ -95,9 +95,8 @@ extension APIHandlers {
     func listContracts(_ input: Operations.ListContracts.Input) async throws -> Operations.ListContracts.Output {
         let page = try await services.contracts.list(
             try Authenticated.scope(), page: PageRequest(limit: input.query.limit, cursor: input.query.cursor))
-        // A page is up to 100 contracts with every KPI revision: encoded here, in one pass (`PreEncodedBody`).
-        let list = Components.Schemas.ContractList(items: page.items.map(Components.Schemas.Contract.init), nextCursor: page.nextCursor)
-        return .ok(.init(body: .json(PreEncodedBody.offer(list, standIn: .init(items: [], nextCursor: list.nextCursor)))))
+        return .ok(.init(body: .json(PreEncodedBody.offer(.init(items: page.items.map(Components.Schemas.Contract.init), nextCursor: page.nextCursor),
+                                                               standIn: .init(items: [])))))
     }
 
     func getContract(_ input: Operations.GetContract.Input) async throws -> Operations.GetContract.Output {

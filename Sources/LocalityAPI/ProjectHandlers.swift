@@ -13,7 +13,7 @@ extension APIHandlers {
             try Authenticated.scope(),
             filter: ProjectFilter(boardID: try bodyID(query.boardId, field: "board_id"), status: status, text: query.q),
             page: PageRequest(limit: query.limit, cursor: query.cursor))
-        return .ok(.init(body: .json(.init(items: page.items.map(Components.Schemas.Project.init), nextCursor: page.nextCursor))))
+        return .ok(.init(body: .json(PreEncodedBody.offer(.init(items: page.items.map(Components.Schemas.Project.init), nextCursor: page.nextCursor), standIn: .init(items: [])))))
     }
 
     func listOpportunities(_ input: Operations.ListOpportunities.Input) async throws -> Operations.ListOpportunities.Output {
@@ -25,7 +25,7 @@ extension APIHandlers {
                 themeID: try bodyID(query.themeId, field: "theme_id"), closingBefore: query.closingBefore,
                 minValuePence: query.minValuePence.map(Int.init), maxValuePence: query.maxValuePence.map(Int.init), text: query.q),
             page: PageRequest(limit: query.limit, cursor: query.cursor))
-        return .ok(.init(body: .json(.init(items: page.items.map(Components.Schemas.Project.init), nextCursor: page.nextCursor))))
+        return .ok(.init(body: .json(PreEncodedBody.offer(.init(items: page.items.map(Components.Schemas.Project.init), nextCursor: page.nextCursor), standIn: .init(items: [])))))
     }
 
     func createProject(_ input: Operations.CreateProject.Input) async throws -> Operations.CreateProject.Output {

@@ -27,7 +27,7 @@ extension APIHandlers {
     func listSchoolContracts(_ input: Operations.ListSchoolContracts.Input) async throws -> Operations.ListSchoolContracts.Output {
         let page = try await services.spip.listContracts(
             try Authenticated.scope(), page: PageRequest(limit: input.query.limit, cursor: input.query.cursor))
-        return .ok(.init(body: .json(.init(items: page.items.map(Components.Schemas.SchoolContract.init), nextCursor: page.nextCursor))))
+        return .ok(.init(body: .json(PreEncodedBody.offer(.init(items: page.items.map(Components.Schemas.SchoolContract.init), nextCursor: page.nextCursor), standIn: .init(items: [])))))
     }
 
     func addSchoolContractOutput(_ input: Operations.AddSchoolContractOutput.Input) async throws -> Operations.AddSchoolContractOutput.Output {

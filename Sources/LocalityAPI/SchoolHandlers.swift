@@ -9,7 +9,7 @@ extension APIHandlers {
             filter: SchoolFilter(boardID: try bodyID(query.boardId, field: "board_id"), phase: query.phase, open: query.open,
                                  causingConcern: query.causingConcern, text: query.q),
             page: PageRequest(limit: query.limit, cursor: query.cursor))
-        return .ok(.init(body: .json(.init(items: page.items.map(Components.Schemas.School.init), nextCursor: page.nextCursor))))
+        return .ok(.init(body: .json(PreEncodedBody.offer(.init(items: page.items.map(Components.Schemas.School.init), nextCursor: page.nextCursor), standIn: .init(items: [])))))
     }
 
     func getSchoolBoardRules(_ input: Operations.GetSchoolBoardRules.Input) async throws -> Operations.GetSchoolBoardRules.Output {

@@ -435,6 +435,10 @@ struct StreamingSingleValueContainer: SingleValueEncodingContainer {
 /// 200, the transport sends the slot's bytes instead. The bytes are the encoding of a value of the generated
 /// type, so the contract is the same; with no slot (a test calling the handler directly) or when the encoder
 /// cannot write the value, `offer` returns the value itself and `JSONEncoder` encodes it as before.
+///
+/// Used for the lists whose pages are large (projects, opportunities, contracts, schools, school contracts, ledger
+/// entries): `JSONEncoder` was 35–56% of the server's CPU on such a page (`perf`, Benchmarks/README.md). Audit
+/// events are left to `JSONEncoder`: their free-form `before`/`after` objects would come out in hash order.
 final class PreEncodedBody: Sendable {
     @TaskLocal static var slot: PreEncodedBody?
 
