@@ -57,14 +57,33 @@ final class JSONByteSink {
         if T.self == Bool.self { return writeBool(Self.read(value, as: Bool.self)) }
         if T.self == Double.self { return try writeDouble(Self.read(value, as: Double.self)) }
         if T.self == Date.self { return writeString(try dateTranscoder.encode(Self.read(value, as: Date.self))) }
-        if T.self == Float.self { return try writeDouble(Double(Self.read(value, as: Float.self))) }
+        if T.self == Float.self { return try writeDouble(Self.read(value, as: Float.self)) }
+        // The containers' overloads for the other integer widths come here through the generic path (their
+        // default implementations): without these a value would ask its single-value container again, forever.
+        if T.self == Int8.self { return writeInteger(Self.read(value, as: Int8.self)) }
+        if T.self == Int16.self { return writeInteger(Self.read(value, as: Int16.self)) }
+        if T.self == UInt.self { return writeInteger(Self.read(value, as: UInt.self)) }
+        if T.self == UInt8.self { return writeInteger(Self.read(value, as: UInt8.self)) }
+        if T.self == UInt16.self { return writeInteger(Self.read(value, as: UInt16.self)) }
+        if T.self == UInt32.self { return writeInteger(Self.read(value, as: UInt32.self)) }
+        if T.self == UInt64.self { return writeInteger(Self.read(value, as: UInt64.self)) }
         if T.self == Data.self || T.self == URL.self || T.self == Decimal.self {
             throw StreamingJSONEncoder.Unsupported(description: "\(T.self) is encoded by JSONEncoder")
         }
+        // A type this encoder does not know that asks its single-value container for itself again would recurse
+        // until the stack ran out; no answer of the API nests anywhere near this deep.
+        guard depth < Self.maximumDepth else {
+            throw StreamingJSONEncoder.Unsupported(description: "\(T.self) nests deeper than \(Self.maximumDepth)")
+        }
+        depth += 1
+        defer { depth -= 1 }
         let encoder = StreamingValueEncoder(sink: self)
         try value.encode(to: encoder)
         try encoder.finish()
     }
+
+    private static let maximumDepth = 256
+    @exclusivity(unchecked) private var depth = 0
 
     /// `value` as `U`, which the caller has checked `T` is.
     private static func read<T, U>(_ value: T, as type: U.Type) -> U {
@@ -83,8 +102,8 @@ final class JSONByteSink {
         bytes.append(contentsOf: value.description.utf8)
     }
 
-    /// As `JSONEncoder` writes a double: its shortest description, without a trailing `.0`.
-    func writeDouble(_ value: Double) throws {
+    /// As `JSONEncoder` writes a double (or a float): its shortest description, without a trailing `.0`.
+    func writeDouble(_ value: some BinaryFloatingPoint & LosslessStringConvertible) throws {
         guard value.isFinite else {
             throw EncodingError.invalidValue(value, .init(codingPath: [], debugDescription: "Unable to encode \(value) directly in JSON."))
         }
@@ -270,7 +289,7 @@ struct StreamingKeyedContainer<Key: CodingKey>: KeyedEncodingContainerProtocol {
 
     mutating func encode(_ value: Float, forKey key: Key) throws {
         try member(key)
-        try encoder.sink.writeDouble(Double(value))
+        try encoder.sink.writeDouble(value)
     }
 
     mutating func encode(_ value: Int, forKey key: Key) throws {

@@ -97,9 +97,17 @@ struct StreamingJSONEncoderTests {
         for value in doubles {
             #expect(Data(try PreEncodedBody.encoder.encode(value)) == (try Self.foundationEncoded(value)), "\(value)")
         }
+        let floats: [Float] = [0, 0.1, 12.5, 1e-7, 3.4e38, 1.0 / 3]
+        #expect(Data(try PreEncodedBody.encoder.encode(floats)) == (try Self.foundationEncoded(floats)))
         let integers: [Int64] = [0, 1, -1, .max, .min, 9_007_199_254_740_993]
         #expect(Data(try PreEncodedBody.encoder.encode(integers)) == (try Self.foundationEncoded(integers)))
         #expect(Data(try PreEncodedBody.encoder.encode([true, false])) == (try Self.foundationEncoded([true, false])))
+        // The other integer types go through each container's generic path.
+        struct Widths: Encodable {
+            let a: Int8 = -8, b: Int16 = 300, c: UInt = 5, d: UInt8 = 255, e: UInt64 = .max, f: [UInt32] = [1, 2], g: Int32? = nil
+        }
+        #expect(try Self.canonical(PreEncodedBody.encoder.encode(Widths())) == Self.canonical(try Self.foundationEncoded(Widths())))
+        #expect(Data(try PreEncodedBody.encoder.encode([Int8(-1), 2])) == (try Self.foundationEncoded([Int8(-1), 2])))
         // Not a number: refused, as JSONEncoder refuses it.
         #expect(throws: EncodingError.self) { try PreEncodedBody.encoder.encode([1.0, .nan]) }
         #expect(throws: EncodingError.self) { try PreEncodedBody.encoder.encode(Double.infinity) }
@@ -153,9 +161,17 @@ struct StreamingJSONEncoderTests {
         struct Bytes: Encodable {
             let data = Data([1, 2, 3])
         }
+        /// Asks for itself again, as a type with a single-value container this encoder did not know would.
+        struct Itself: Encodable {
+            func encode(to encoder: any Encoder) throws {
+                var container = encoder.singleValueContainer()
+                try container.encode(self)
+            }
+        }
         #expect(throws: StreamingJSONEncoder.Unsupported.self) { try PreEncodedBody.encoder.encode(LateWrite()) }
         #expect(throws: StreamingJSONEncoder.Unsupported.self) { try PreEncodedBody.encoder.encode(SuperUser()) }
         #expect(throws: StreamingJSONEncoder.Unsupported.self) { try PreEncodedBody.encoder.encode(Bytes()) }
+        #expect(throws: StreamingJSONEncoder.Unsupported.self) { try PreEncodedBody.encoder.encode(Itself()) }
 
         let slot = PreEncodedBody()
         let kept = PreEncodedBody.$slot.withValue(slot) { PreEncodedBody.offer([Bytes()], standIn: []) }
