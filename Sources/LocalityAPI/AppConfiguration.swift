@@ -68,6 +68,11 @@ public struct AppConfiguration: Sendable {
     /// instance if its notifications stop arriving unnoticed. Usually they arrive within milliseconds of the
     /// commit. Zero turns the cache (and its listener session) off.
     public var authenticationCacheLifetime: Duration = .seconds(10)
+    /// How long an answer to a read may be given again from memory (`ResponseCache`): the most a change that
+    /// nobody announced (an operator's SQL while notifications are lost unnoticed) can take to show. Changes made
+    /// through the services show at once on this instance and within milliseconds on the others; an operator's SQL
+    /// within milliseconds too (migration 0036's triggers). Zero turns the response cache off.
+    public var responseCacheLifetime: Duration = .seconds(2)
     /// How long the notification listener waits before reconnecting after its session is lost (the cache is
     /// bypassed meanwhile).
     public var authenticationListenerReconnectDelay: Duration = .seconds(1)

@@ -33,6 +33,7 @@ public func buildApplication(
     onMetricsServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in },
     onDemoSeeded: @Sendable (DemoSeed.Result?) -> Void = { _ in },
     authenticationCache: AuthenticationCache? = nil,
+    dataChanges: DataChanges? = nil,
     onReplicaRouter: @Sendable (ReplicaRouter) -> Void = { _ in },
     drainNotice: DrainNotice = DrainNotice()
 ) async throws -> some ApplicationProtocol {
@@ -131,7 +132,11 @@ public func buildApplication(
     // its own cache to watch it.
     let cache = authenticationCache ?? (configuration.authenticationCacheLifetime > .zero
         ? AuthenticationCache(lifetime: configuration.authenticationCacheLifetime) : nil)
-    let domain = DomainServices(database: ScopedDatabase(pool: pool, bulkhead: bulkhead), authenticationCache: cache)
+    // Some reads answered from memory while nothing they read has changed (see ResponseCache, DataChanges); a test
+    // may pass its own record of changes to watch it.
+    let changes = configuration.responseCacheLifetime > .zero ? dataChanges ?? DataChanges() : nil
+    let responseCache = changes.map { ResponseCache(changes: $0, lifetime: configuration.responseCacheLifetime) }
+    let domain = DomainServices(database: ScopedDatabase(pool: pool, bulkhead: bulkhead, changes: changes), authenticationCache: cache)
     // Before the middleware that write (rate limits, authentication's record of a token's use): the replica
     // read fence is the primary's position when the request began.
     if let replicaRouter { router.add(middleware: ReplicaReadMiddleware(router: replicaRouter, routes: routes)) }
@@ -163,7 +168,7 @@ public func buildApplication(
     // Compact JSON (the runtime's default also pretty-prints) with keys still sorted, so output stays stable.
     let openAPIConfiguration = Configuration(dateTranscoder: InternetDateTranscoder(), jsonEncodingOptions: [.sortedKeys])
     try handlers.registerHandlers(
-        on: RecordingTransport(router: router, table: routes), configuration: openAPIConfiguration)
+        on: RecordingTransport(router: router, table: routes, responseCache: responseCache), configuration: openAPIConfiguration)
 
     // Services stop in reverse order: the servers first (finishing in-flight requests), then the pool,
     // then the embedded cluster.
@@ -175,15 +180,16 @@ public func buildApplication(
         services.append(replicaRouter.replica)
         services.append(replicaRouter)
     }
-    if let cache {
-        services.append(AuthenticationListener(
-            cache: cache, logger: logger,
+    if cache != nil || changes != nil {
+        let caches = CacheListener.Caches(authentication: cache, data: changes)
+        services.append(CacheListener(
+            caches: caches, logger: logger,
             listener: PGNotificationListener(
                 // LISTEN is session state: straight to PostgreSQL, past any transaction pooler.
                 configuration: .init(conninfo: configuration.database.listenDatabaseURL ?? endpoints.applicationConninfo,
                                      applicationName: "locality-server"),
-                channels: [AuthenticationCache.channel], reconnectDelay: configuration.authenticationListenerReconnectDelay,
-                handler: { [logger] event in AuthenticationListener.apply(event, to: cache, logger: logger) })))
+                channels: caches.channels, reconnectDelay: configuration.authenticationListenerReconnectDelay,
+                handler: { [logger] event in CacheListener.apply(event, to: caches, logger: logger) })))
     }
     if let metricsPort = configuration.metricsPort {
         services.append(MetricsServer.application(
@@ -206,10 +212,20 @@ public func buildApplication(
     )
 }
 
-/// Runs the session that keeps every instance's authentication cache right: `LISTEN locality_auth`, applied
-/// to the cache; while the session is down the cache is empty and bypassed.
-struct AuthenticationListener: Service {
-    let cache: AuthenticationCache
+/// Runs the session that keeps every instance's caches right: `LISTEN locality_auth` for the authentication cache,
+/// `LISTEN locality_data` for the record of data changes behind the response cache; while the session is down
+/// neither is trusted.
+struct CacheListener: Service {
+    struct Caches: Sendable {
+        let authentication: AuthenticationCache?
+        let data: DataChanges?
+
+        var channels: [String] {
+            (authentication != nil ? [AuthenticationCache.channel] : []) + (data != nil ? [DataChanges.channel] : [])
+        }
+    }
+
+    let caches: Caches
     let logger: Logger
     let listener: PGNotificationListener
 
@@ -217,20 +233,27 @@ struct AuthenticationListener: Service {
         listener.start()
         try? await gracefulShutdown()
         listener.stop()
-        cache.listenerDown()
+        caches.authentication?.listenerDown()
+        caches.data?.listenerDown()
     }
 
-    static func apply(_ event: PGNotificationListener.Event, to cache: AuthenticationCache, logger: Logger) {
+    static func apply(_ event: PGNotificationListener.Event, to caches: Caches, logger: Logger) {
         switch event {
         case .listening:
-            cache.listenerUp()
-        case .notification(_, let payload):
-            cache.apply(notificationPayload: payload)
-        case .lost(let reason):
-            if cache.isEnabled {
-                logger.warning("authentication cache off: its notification session was lost", metadata: ["reason": "\(reason)"])
+            caches.authentication?.listenerUp()
+            caches.data?.listenerUp()
+        case .notification(let channel, let payload):
+            if channel == DataChanges.channel {
+                caches.data?.apply(notificationPayload: payload)
+            } else {
+                caches.authentication?.apply(notificationPayload: payload)
             }
-            cache.listenerDown()
+        case .lost(let reason):
+            if caches.authentication?.isEnabled == true || caches.data?.isEnabled == true {
+                logger.warning("authentication and response caches off: their notification session was lost", metadata: ["reason": "\(reason)"])
+            }
+            caches.authentication?.listenerDown()
+            caches.data?.listenerDown()
         }
     }
 }

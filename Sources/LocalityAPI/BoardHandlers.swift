@@ -18,6 +18,7 @@ extension APIHandlers {
 
     func getBoard(_ input: Operations.GetBoard.Input) async throws -> Operations.GetBoard.Output {
         let board = try await services.boards.get(try Authenticated.scope(), id: try pathID(input.path.boardId, "board"))
+        ResponseCache.keep()
         return .ok(.init(body: .json(.init(board))))
     }
 

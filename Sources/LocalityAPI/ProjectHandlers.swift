@@ -43,6 +43,13 @@ extension APIHandlers {
 
     func getProject(_ input: Operations.GetProject.Input) async throws -> Operations.GetProject.Output {
         let project = try await services.projects.get(try Authenticated.scope(), id: try pathID(input.path.projectId, "project"))
+        // The clock changes an open project at its deadline (it reads as closed, and its bids unseal): kept until a
+        // second before, a margin for the database's clock against ours.
+        if project.status != .open {
+            ResponseCache.keep()
+        } else if let deadline = project.bidDeadline {
+            ResponseCache.keep(until: deadline.addingTimeInterval(-1))
+        }
         return .ok(.init(headers: .init(eTag: Self.etag(project)), body: .json(.init(project))))
     }
 

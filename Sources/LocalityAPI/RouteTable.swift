@@ -1,4 +1,5 @@
 import HTTPTypes
+import LocalityDomain
 import Hummingbird
 import NIOCore
 import OpenAPIRuntime
@@ -74,6 +75,8 @@ final class RouteTable: Sendable {
 struct RecordingTransport<Context: RequestContext>: ServerTransport {
     let router: Router<Context>
     let table: RouteTable
+    /// Answers of GET handlers that allow it, kept in memory (nil: none).
+    var responseCache: ResponseCache?
 
     func register(
         _ handler: @escaping @Sendable (HTTPRequest, HTTPBody?, ServerRequestMetadata) async throws -> (HTTPResponse, HTTPBody?),
@@ -81,10 +84,10 @@ struct RecordingTransport<Context: RequestContext>: ServerTransport {
         path: String
     ) throws {
         table.record(path: path, method: method)
-        Self.route(handler, method: method, path: path, on: router)
+        Self.route(handler, method: method, path: path, on: router, cache: responseCache)
         if method == .get {
             table.record(path: path, method: .head)
-            Self.route(handler, method: .head, path: path, on: router)
+            Self.route(handler, method: .head, path: path, on: router, cache: responseCache)
         }
     }
 
@@ -98,7 +101,8 @@ struct RecordingTransport<Context: RequestContext>: ServerTransport {
         _ handler: @escaping @Sendable (HTTPRequest, HTTPBody?, ServerRequestMetadata) async throws -> (HTTPResponse, HTTPBody?),
         method: HTTPRequest.Method,
         path: String,
-        on router: Router<Context>
+        on router: Router<Context>,
+        cache: ResponseCache? = nil
     ) {
         router.on(RouterPath(path), method: method) { request, context -> Response in
             var body: HTTPBody?
@@ -109,33 +113,56 @@ struct RecordingTransport<Context: RequestContext>: ServerTransport {
             var parameters: [String: Substring] = [:]
             for (key, value) in context.parameters where parameters[String(key)] == nil { parameters[String(key)] = value }
             let metadata = ServerRequestMetadata(pathParameters: parameters)
-            let response: HTTPResponse
-            let responseBody: HTTPBody?
-            if method == .get || method == .head {
-                // A large answer may come encoded already (`PreEncodedBody`); it replaces the stand-in's body.
-                let slot = PreEncodedBody()
-                (response, responseBody) = try await PreEncodedBody.$slot.withValue(slot) {
+            guard method == .get || method == .head else {
+                let (response, responseBody) = try await handler(request.head, body, metadata)
+                return try await Self.response(response, responseBody).response
+            }
+            // A read its handler allowed to keep may be answered from memory (ResponseCache).
+            let key = cache != nil ? ResponseCache.key(for: request, principal: Authenticated.principal) : nil
+            if let cache, let key, let kept = cache.answer(for: key) {
+                return Response(status: .ok, headers: kept.headers, body: ResponseBody(byteBuffer: kept.body))
+            }
+            let ticket = key != nil ? cache?.changes.ticket() : nil
+            let offer = ticket != nil ? ResponseCache.Offer() : nil
+            // A large answer may come encoded already (`PreEncodedBody`); it replaces the stand-in's body.
+            let slot = PreEncodedBody()
+            let (response, responseBody) = try await ResponseCache.Offer.$current.withValue(offer) {
+                try await PreEncodedBody.$slot.withValue(slot) {
                     try await handler(request.head, body, metadata)
                 }
-                if let bytes = slot.take(), response.status == .ok {
-                    var headers = response.headerFields
-                    headers[.contentLength] = nil
-                    return Response(status: response.status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
-                }
+            }
+            let answer: (response: Response, kept: ByteBuffer?)
+            if let bytes = slot.take(), response.status == .ok {
+                var headers = response.headerFields
+                headers[.contentLength] = nil
+                let buffer = ByteBuffer(bytes: bytes)
+                answer = (Response(status: response.status, headers: headers, body: ResponseBody(byteBuffer: buffer)), buffer)
             } else {
-                (response, responseBody) = try await handler(request.head, body, metadata)
+                answer = try await Self.response(response, responseBody)
             }
-            guard let responseBody else {
-                return Response(status: response.status, headers: response.headerFields, body: ResponseBody(byteBuffer: ByteBuffer()))
+            if let cache, let key, let ticket, let offer, response.status == .ok, let buffer = answer.kept {
+                let (keep, until) = offer.kept
+                if keep {
+                    cache.keep(.init(headers: answer.response.headers, body: buffer), for: key, ticket: ticket, until: until)
+                }
             }
-            guard case .known(let length) = responseBody.length else {
-                return Response(status: response.status, headers: response.headerFields,
-                                body: ResponseBody(asyncSequence: responseBody.map { ByteBuffer(bytes: $0) }))
-            }
-            var buffer = ByteBuffer()
-            buffer.reserveCapacity(Int(length))
-            for try await chunk in responseBody { buffer.writeBytes(chunk) }
-            return Response(status: response.status, headers: response.headerFields, body: ResponseBody(byteBuffer: buffer))
+            return answer.response
         }
+    }
+
+    /// The Hummingbird response for a generated one: a body of known length in one buffer (also returned, for the
+    /// response cache), any other streamed.
+    private static func response(_ response: HTTPResponse, _ responseBody: HTTPBody?) async throws -> (response: Response, kept: ByteBuffer?) {
+        guard let responseBody else {
+            return (Response(status: response.status, headers: response.headerFields, body: ResponseBody(byteBuffer: ByteBuffer())), ByteBuffer())
+        }
+        guard case .known(let length) = responseBody.length else {
+            return (Response(status: response.status, headers: response.headerFields,
+                             body: ResponseBody(asyncSequence: responseBody.map { ByteBuffer(bytes: $0) })), nil)
+        }
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(Int(length))
+        for try await chunk in responseBody { buffer.writeBytes(chunk) }
+        return (Response(status: response.status, headers: response.headerFields, body: ResponseBody(byteBuffer: buffer)), buffer)
     }
 }

@@ -50,6 +50,9 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "Seconds a token's principal may be answered from memory: the longest a revocation can go unnoticed; 0 = no cache [LOCALITY_AUTH_CACHE_SECONDS] (default 10).")
     var authCacheSeconds: Int?
 
+    @Option(help: "Seconds an answer to a board or project read may be given again from memory while nothing it read has changed: the longest an unannounced change (SQL while notifications are lost) can go unseen; 0 = no cache [LOCALITY_RESPONSE_CACHE_SECONDS] (default 2).")
+    var responseCacheSeconds: Int?
+
     @Option(help: "After SIGTERM, seconds in-flight requests get to finish before the process exits anyway [LOCALITY_SHUTDOWN_DEADLINE_SECONDS] (default 10).")
     var shutdownDeadlineSeconds: Int?
 
@@ -146,6 +149,10 @@ struct LocalityServer: AsyncParsableCommand {
         let authCacheSeconds = try authCacheSeconds ?? environmentValue("AUTH_CACHE_SECONDS").map { try parseInt($0, "LOCALITY_AUTH_CACHE_SECONDS") } ?? 10
         guard (0...300).contains(authCacheSeconds) else { throw ValidationError("--auth-cache-seconds must be between 0 and 300") }
         configuration.authenticationCacheLifetime = .seconds(authCacheSeconds)
+        let responseCacheSeconds = try responseCacheSeconds
+            ?? environmentValue("RESPONSE_CACHE_SECONDS").map { try parseInt($0, "LOCALITY_RESPONSE_CACHE_SECONDS") } ?? 2
+        guard (0...60).contains(responseCacheSeconds) else { throw ValidationError("--response-cache-seconds must be between 0 and 60") }
+        configuration.responseCacheLifetime = .seconds(responseCacheSeconds)
         configuration.idleTimeoutSeconds = try idleTimeoutSeconds
             ?? environmentValue("IDLE_TIMEOUT_SECONDS").map { try parseInt($0, "LOCALITY_IDLE_TIMEOUT_SECONDS") } ?? configuration.idleTimeoutSeconds
         configuration.maxConnections = try maxConnections
@@ -217,10 +224,10 @@ struct LocalityServer: AsyncParsableCommand {
         }
         configuration.database.pooler = poolerMode
         configuration.database.listenDatabaseURL = dbListenURL ?? environmentValue("DB_LISTEN_URL")
-        if poolerMode == .transaction, configuration.database.listenDatabaseURL == nil, authCacheSeconds > 0 {
+        if poolerMode == .transaction, configuration.database.listenDatabaseURL == nil, authCacheSeconds > 0 || responseCacheSeconds > 0 {
             // LISTEN through a transaction pooler lands on whichever server session ran it: notifications
             // would be lost silently and revoked tokens honoured for the cache's whole lifetime.
-            throw ValidationError("--db-pooler transaction needs --db-listen-url (LOCALITY_DB_LISTEN_URL) pointing at PostgreSQL itself, or --auth-cache-seconds 0")
+            throw ValidationError("--db-pooler transaction needs --db-listen-url (LOCALITY_DB_LISTEN_URL) pointing at PostgreSQL itself, or --auth-cache-seconds 0 --response-cache-seconds 0")
         }
         configuration.seedDemo = demo || environmentValue("DEMO").map { $0 == "true" || $0 == "1" } ?? false
         configuration.logLevel = try logging.level(default: .info)

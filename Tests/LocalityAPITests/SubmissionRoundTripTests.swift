@@ -6,10 +6,11 @@ import Testing
 
 /// Bid submission's conversation with PostgreSQL (issue 14): BEGIN with the tenant context, the bid locked, the
 /// project with its deadline check and the social-value catalogue, the update with its audit append, COMMIT —
-/// five round trips (eight before: the project, the check, each measure and the audit append went on their own).
+/// five round trips (eight before: the project, the check, each measure and the audit append went on their own) —
+/// and, after the commit, its announcement to every instance's response cache (`DataChanges`): six.
 @Suite("Bid submission round trips")
 struct SubmissionRoundTripTests {
-    @Test func aSubmissionTakesFiveRoundTrips() async throws {
+    @Test func aSubmissionTakesSixRoundTrips() async throws {
         let world = try await World.make()
         let supplier = AccessScope(authorityID: nil, supplierID: world.supplierID, userID: world.supplierUserID, roles: [.supplierUser],
                                    boardIDs: [], actor: "user:\(lower(world.supplierUserID))")
@@ -23,7 +24,7 @@ struct SubmissionRoundTripTests {
             let (submitted, receipt) = try await bids.submit(supplier, id: second.id)
             let after = try await pool.withConnection { $0.requestCount }
             #expect(submitted.status == .submitted && receipt.bidID == second.id)
-            #expect(after - before == 5)
+            #expect(after - before == 6)
         }
         // The audit record of the submission is the one the service describes.
         try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in

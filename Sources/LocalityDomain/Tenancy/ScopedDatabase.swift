@@ -7,10 +7,14 @@ public struct ScopedDatabase: Sendable {
     public let pool: PGPool
     /// When set (the API), each tenant's transactions hold at most its limit of the pool at once.
     public let bulkhead: TenantBulkhead?
+    /// This instance's record of data changes (the API's response cache), told of each write as it ends. Every
+    /// write is announced to the other instances (`DataChanges.announce`) whether or not this is set.
+    public let changes: DataChanges?
 
-    public init(pool: PGPool, bulkhead: TenantBulkhead? = nil) {
+    public init(pool: PGPool, bulkhead: TenantBulkhead? = nil, changes: DataChanges? = nil) {
         self.pool = pool
         self.bulkhead = bulkhead
+        self.changes = changes
     }
 
     static let setContextSQL = """
@@ -34,6 +38,24 @@ public struct ScopedDatabase: Sendable {
         isolation: PGIsolationLevel = .readCommitted,
         readOnly: Bool = false,
         retry: PGTransactionRetry = .onConflict(),
+        _ body: (PGConnection) async throws -> R
+    ) async throws -> R {
+        if readOnly { return try await unannouncedTransaction(scope, isolation: isolation, readOnly: true, retry: retry, body) }
+        // Announced after it ends, before its request is answered: the caller's next read, on any instance, sees it
+        // (DataChanges). A failure that may hide a commit is announced too.
+        let result: R
+        do {
+            result = try await unannouncedTransaction(scope, isolation: isolation, readOnly: false, retry: retry, body)
+        } catch {
+            if DataChanges.mayHaveCommitted(error) { await DataChanges.announce(scope, local: changes, on: pool) }
+            throw error
+        }
+        await DataChanges.announce(scope, local: changes, on: pool)
+        return result
+    }
+
+    private func unannouncedTransaction<R: Sendable>(
+        _ scope: AccessScope, isolation: PGIsolationLevel, readOnly: Bool, retry: PGTransactionRetry,
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
         // A write of a request sent with an Idempotency-Key commits only while that request still holds its key,
