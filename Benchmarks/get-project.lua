@@ -1,6 +1,9 @@
 -- wrk script: GET /v1/projects/{id} as the demo LIM, on a project this script creates first (the demo seeds none,
 -- so compare.sh's {project} placeholder would fall back to the list route /v1/projects/):
 --   OURS_PATH=/v1/me ROLE=lim OURS_LUA=Benchmarks/get-project.lua ../shared/bench/compare.sh   (with /v1/me quoted, see README)
+-- The path reaches each thread as the global `project_path` (thread:set): a `local` here would be the upvalue
+-- `request` reads in every thread's own Lua state, where setup never ran, and wrk.format would fall back to the
+-- command line's URL (/v1/me): how this script measured /v1/me until stop 19.
 local here = debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./"
 local path
 
@@ -18,9 +21,9 @@ function setup(thread)
     end
     path = "/v1/projects/" .. id
   end
-  thread:set("path", path)
+  thread:set("project_path", path)
 end
 
 function request()
-  return wrk.format("GET", path)
+  return wrk.format("GET", project_path)
 end

@@ -242,6 +242,7 @@ struct LocalityServer: AsyncParsableCommand {
 
         let level = configuration.logLevel
         // With tracing on, every line logged inside a request carries its trace and span ids beside the request id.
+        LogFlusher.start()
         LoggingSystem.bootstrap({ label, metadataProvider in
             SingleLineLogHandler(label: label, level: level, metadataProvider: metadataProvider)
         }, metadataProvider: configuration.tracing ? OTel.makeLoggingMetadataProvider() : nil)
@@ -337,11 +338,15 @@ struct LocalityServer: AsyncParsableCommand {
 /// every log shipper reading lines. Newlines in the message and in metadata become `⏎`.
 ///
 /// Writes exactly what swift-log's `StreamLogHandler` wrote to standard output (`<time> <level> <label>: k=v … [source]
-/// message`, metadata sorted by key, one `fflush` per line so lines are there at once), but formats the line itself:
+/// message`, metadata sorted by key), but formats the line itself:
 /// the access log writes one per request, and `StreamLogHandler` re-sorted and re-joined the logger's metadata on
 /// every change of it (twice per request: request id, user), copied the metadata into a second dictionary to
 /// flatten it, and called `localtime` (a `stat` of /etc/localtime each time) and `strftime` per line. Measured in
 /// Benchmarks/README.md ("Where the time goes").
+///
+/// Info lines and quieter (the access log's, one per request) are flushed by `LogFlusher` within 100 ms, not one by
+/// one: a flush per line was a `write(2)` per request, 13% of a cached read's server CPU (Benchmarks/README.md,
+/// stop 19). A notice, warning or error flushes at once, after whatever preceded it.
 struct SingleLineLogHandler: LogHandler {
     /// The C library's `stdout`, read once (a mutable C global to Swift's concurrency checking).
     nonisolated(unsafe) private static let standardOutput: UnsafeMutablePointer<FILE> = stdout
@@ -397,8 +402,28 @@ struct SingleLineLogHandler: LogHandler {
         text.withUTF8 { bytes in
             flockfile(file)
             fwrite(bytes.baseAddress, 1, bytes.count, file)
-            fflush(file)
+            if level > .info || !LogFlusher.isRunning { fflush(file) }
             funlockfile(file)
+        }
+    }
+}
+
+/// Flushes standard output every 100 ms, from a thread of its own (never a cooperative or I/O thread), so that info
+/// lines need no `write(2)` each; the process's exit flushes the rest. A process killed outright (SIGKILL) loses
+/// at most the last 100 ms of info lines.
+enum LogFlusher {
+    private static let running = Atomic<Bool>(false)
+
+    static var isRunning: Bool { running.load(ordering: .relaxed) }
+
+    static func start() {
+        guard running.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+        nonisolated(unsafe) let file: UnsafeMutablePointer<FILE> = stdout
+        Thread.detachNewThread {
+            while true {
+                usleep(100_000)
+                fflush(file)
+            }
         }
     }
 }
