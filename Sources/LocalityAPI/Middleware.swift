@@ -135,11 +135,14 @@ struct BodyLimitMiddleware<Context: RequestContext>: RouterMiddleware {
 ///   (`%22v3%22`), which no client compares correctly (`Location` likewise, `/` as `%2F`);
 /// - every 503 says when to come back (`Retry-After`), including readiness and database problems.
 struct HTTPConventionsMiddleware<Context: RequestContext>: RouterMiddleware {
+    /// Built once: an array literal in `handle` was an allocation per request.
+    private static var percentDecoded: [HTTPField.Name] { percentDecodedHeaders }
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var response = try await next(request, context)
         // Only the headers the generated layer writes (a client's X-Request-Id may hold a literal `%`). `%` is
         // looked for byte by byte: `String.contains(String)` is Foundation's substring search, on every ETag.
-        for name in [HTTPField.Name.eTag, .location] {
+        for name in Self.percentDecoded {
             if let value = response.headers[name], value.utf8.contains(UInt8(ascii: "%")), let decoded = value.removingPercentEncoding {
                 response.headers[name] = decoded
             }
@@ -155,6 +158,8 @@ struct HTTPConventionsMiddleware<Context: RequestContext>: RouterMiddleware {
         return response
     }
 }
+
+private let percentDecodedHeaders: [HTTPField.Name] = [.eTag, .location]
 
 /// The request side of the contract, checked before the generated layer sees the request (it would answer
 /// these with 500s, after running the handler, or accept them silently):

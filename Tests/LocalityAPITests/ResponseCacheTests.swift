@@ -44,9 +44,12 @@ struct ResponseCacheTests {
             #expect(other.status == .ok)
             #expect(try await client.call(.get, project, token: lim).jsonObject["title"] as? String == title)
             // A write in the LIM's council ends it at once.
+            let heard = changes.events()
             let own = try await client.call(.patch, "/v1/boards/\(lower(world.a.boards[1].id))", token: adminA, body: ["chair": "Alpha chair"])
             #expect(own.status == .ok)
             #expect(try await client.call(.get, project, token: lim).jsonObject["title"] as? String == "Changed unannounced")
+            // The instance hears its own announcement too, a second (harmless) ending: wait for it before keeping more.
+            _ = try await waitFor(heard, count: 2) { $0 == .changed(world.a.authority.id) }
 
             // A board read is kept the same way, and a conditional read always reaches the database.
             let board = "/v1/boards/\(lower(world.a.boards[0].id))"
@@ -86,7 +89,7 @@ struct ResponseCacheTests {
 
                 // An operator's SQL (triggers on): announced at its commit as "anything may have changed".
                 events = changesB.events()
-                try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+                _ = try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
                     try await connection.query("UPDATE project SET title = 'Changed by SQL' WHERE id = \(world.market.draft)")
                 }
                 _ = try await waitFor(events) { $0 == .changed(nil) }
@@ -106,7 +109,7 @@ struct ResponseCacheTests {
         try await app.test(.live) { client in
             try await waitUntilEnabled(changes)
             let events = changes.events()
-            try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+            _ = try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
                 try await connection.query("""
                     UPDATE project SET bid_deadline = d, questions_close_at = d - interval '1 minute'
                     FROM (VALUES (\(near), now() + interval '900 milliseconds'), (\(far), now() + interval '1 hour')) v(id, d)
@@ -142,7 +145,7 @@ struct ResponseCacheTests {
             try await waitUntilEnabled(changes)
             #expect(try await client.call(.get, project, token: lim).status == .ok)
             let events = changes.events()
-            try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
+            _ = try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
                 try await connection.query("""
                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                     WHERE datname = current_database() AND application_name = 'locality-server-listen'
@@ -190,15 +193,19 @@ struct ResponseCacheTests {
     }
 }
 
-/// Waits (no sleeping) for the first data change event that `matches`, or fails after `bound`.
+/// Waits (no sleeping) for the `count`th data change event that `matches`, or fails after `bound`.
 func waitFor(
-    _ events: AsyncStream<DataChanges.Event>, within bound: Duration = .seconds(10),
+    _ events: AsyncStream<DataChanges.Event>, within bound: Duration = .seconds(10), count: Int = 1,
     _ matches: @escaping @Sendable (DataChanges.Event) -> Bool
 ) async throws -> Duration {
     let start = ContinuousClock.now
     let found = try await withThrowingTaskGroup(of: Bool.self) { group in
         group.addTask {
-            for await event in events where matches(event) { return true }
+            var seen = 0
+            for await event in events where matches(event) {
+                seen += 1
+                if seen == count { return true }
+            }
             return false
         }
         group.addTask {
