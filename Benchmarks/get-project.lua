@@ -3,7 +3,7 @@
 --   OURS_PATH=/v1/me ROLE=lim OURS_LUA=Benchmarks/get-project.lua ../shared/bench/compare.sh   (with /v1/me quoted, see README)
 -- The path reaches each thread as the global `project_path` (thread:set): a `local` here would be the upvalue
 -- `request` reads in every thread's own Lua state, where setup never ran, and wrk.format would fall back to the
--- command line's URL (/v1/me): how this script measured /v1/me until stop 19.
+-- command line's URL (/v1/me): how this script measured /v1/me until 2026-12-01.
 local here = debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./"
 local path
 

@@ -346,7 +346,7 @@ struct LocalityServer: AsyncParsableCommand {
 ///
 /// Info lines and quieter (the access log's, one per request) are flushed by `LogFlusher` within 100 ms, not one by
 /// one: a flush per line was a `write(2)` per request, 13% of a cached read's server CPU (Benchmarks/README.md,
-/// stop 19). A notice, warning or error flushes at once, after whatever preceded it.
+/// 2026-12-01 table). A notice, warning or error flushes at once, after whatever preceded it.
 struct SingleLineLogHandler: LogHandler {
     /// The C library's `stdout`, read once (a mutable C global to Swift's concurrency checking).
     nonisolated(unsafe) private static let standardOutput: UnsafeMutablePointer<FILE> = stdout
