@@ -7,15 +7,19 @@ import LocalityPostgres
 import PostgresTestSupport
 import Testing
 
-/// Waits (no sleeping) for the first event that `matches`, or fails after `bound`.
-func waitFor(
-    _ events: AsyncStream<AuthenticationCache.Event>, within bound: Duration = .seconds(10),
-    _ matches: @escaping @Sendable (AuthenticationCache.Event) -> Bool
+/// Waits (no sleeping) for the `count`th event that `matches` (a cache's `events()`), or fails after `bound`.
+func waitFor<Event: Sendable>(
+    _ events: AsyncStream<Event>, within bound: Duration = .seconds(10), count: Int = 1,
+    _ matches: @escaping @Sendable (Event) -> Bool
 ) async throws -> Duration {
     let start = ContinuousClock.now
     let found = try await withThrowingTaskGroup(of: Bool.self) { group in
         group.addTask {
-            for await event in events where matches(event) { return true }
+            var seen = 0
+            for await event in events where matches(event) {
+                seen += 1
+                if seen == count { return true }
+            }
             return false
         }
         group.addTask {

@@ -193,33 +193,6 @@ struct ResponseCacheTests {
     }
 }
 
-/// Waits (no sleeping) for the `count`th data change event that `matches`, or fails after `bound`.
-func waitFor(
-    _ events: AsyncStream<DataChanges.Event>, within bound: Duration = .seconds(10), count: Int = 1,
-    _ matches: @escaping @Sendable (DataChanges.Event) -> Bool
-) async throws -> Duration {
-    let start = ContinuousClock.now
-    let found = try await withThrowingTaskGroup(of: Bool.self) { group in
-        group.addTask {
-            var seen = 0
-            for await event in events where matches(event) {
-                seen += 1
-                if seen == count { return true }
-            }
-            return false
-        }
-        group.addTask {
-            try await Task.sleep(for: bound)   // a deadline, not synchronisation
-            return false
-        }
-        let first = try await group.next()!
-        group.cancelAll()
-        return first
-    }
-    #expect(found, "no matching data change within \(bound)")
-    return ContinuousClock.now - start
-}
-
 /// Waits until answers may be kept (the listener session is up).
 func waitUntilEnabled(_ changes: DataChanges) async throws {
     let events = changes.events()

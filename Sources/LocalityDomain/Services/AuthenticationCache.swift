@@ -44,12 +44,11 @@ public final class AuthenticationCache: Sendable {
         var entries: [Data: Entry] = [:]
         var enabled = false
         var generation: UInt64 = 0
-        var observers: [Int: AsyncStream<Event>.Continuation] = [:]
-        var nextObserver = 0
         var hits = 0
     }
 
     private let state = Mutex(State())
+    private let observers = EventObservers<Event>()
 
     public init(lifetime: Duration, capacity: Int = 10_000) {
         self.lifetime = lifetime
@@ -134,25 +133,13 @@ public final class AuthenticationCache: Sendable {
     }
 
     /// Every change from now on, for tests that wait for one (no sleeping).
-    public func events() -> AsyncStream<Event> {
-        let (stream, continuation) = AsyncStream<Event>.makeStream()
-        let id = state.withLock { state in
-            defer { state.nextObserver += 1 }
-            state.observers[state.nextObserver] = continuation
-            return state.nextObserver
-        }
-        continuation.onTermination = { [weak self] _ in
-            self?.state.withLock { _ = $0.observers.removeValue(forKey: id) }
-        }
-        return stream
-    }
+    public func events() -> AsyncStream<Event> { observers.stream() }
 
     private func change(_ event: Event, _ body: (inout State) -> Void) {
-        let observers = state.withLock { state in
+        state.withLock { state in
             state.generation &+= 1
             body(&state)
-            return Array(state.observers.values)
         }
-        for observer in observers { observer.yield(event) }
+        observers.yield(event)
     }
 }

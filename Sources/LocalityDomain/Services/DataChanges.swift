@@ -42,11 +42,10 @@ public final class DataChanges: Sendable {
         var everythingChangedAt: UInt64 = 0
         var authorityChangedAt: [UUID: UInt64] = [:]
         var enabled = false
-        var observers: [Int: AsyncStream<Event>.Continuation] = [:]
-        var nextObserver = 0
     }
 
     private let state = Mutex(State())
+    private let observers = EventObservers<Event>()
 
     public init() {}
 
@@ -97,26 +96,14 @@ public final class DataChanges: Sendable {
     }
 
     /// Every change from now on, for tests that wait for one (no sleeping).
-    public func events() -> AsyncStream<Event> {
-        let (stream, continuation) = AsyncStream<Event>.makeStream()
-        let id = state.withLock { state in
-            defer { state.nextObserver += 1 }
-            state.observers[state.nextObserver] = continuation
-            return state.nextObserver
-        }
-        continuation.onTermination = { [weak self] _ in
-            self?.state.withLock { _ = $0.observers.removeValue(forKey: id) }
-        }
-        return stream
-    }
+    public func events() -> AsyncStream<Event> { observers.stream() }
 
     private func change(_ event: Event, _ body: (inout State) -> Void) {
-        let observers = state.withLock { state in
+        state.withLock { state in
             state.sequence &+= 1
             body(&state)
-            return state.observers.isEmpty ? [] : Array(state.observers.values)
         }
-        for observer in observers { observer.yield(event) }
+        observers.yield(event)
     }
 
     /// Tells every instance (this one through `local`) that a write for `scope` has ended and may have changed its
