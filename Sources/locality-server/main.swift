@@ -101,7 +101,7 @@ struct LocalityServer: AsyncParsableCommand {
     @Option(help: "A pooler between the server and PostgreSQL: none, or transaction for PgBouncer's pool_mode = transaction (no startup options, no named prepared statements; the role must carry the session settings, see deploy/README.md) [LOCALITY_DB_POOLER] (default none).")
     var dbPooler: String?
 
-    @Option(help: "URL for the authentication cache's LISTEN session: PostgreSQL itself, never a transaction pooler [LOCALITY_DB_LISTEN_URL] (default --database-url; required with --db-pooler transaction unless --auth-cache-seconds 0).")
+    @Option(help: "URL for the authentication and response caches' LISTEN session: PostgreSQL itself, never a transaction pooler [LOCALITY_DB_LISTEN_URL] (default --database-url; required with --db-pooler transaction unless --auth-cache-seconds 0 --response-cache-seconds 0).")
     var dbListenURL: String?
 
     @Option(help: "A streaming replica's PostgreSQL URL, same role and database as --database-url: dashboards, reports, CSV exports, the OCDS feed and long lists read from it when it is caught up [LOCALITY_REPLICA_DATABASE_URL] (default none).")
