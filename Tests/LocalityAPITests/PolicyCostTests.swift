@@ -13,11 +13,16 @@ import Testing
 struct PolicyCostTests {
     /// Helpers that do depend on the row (a lookup by the row's key). Each is allowed per row, and only on the
     /// policies that have always used it: they guard writes of one row or a contract's few rows, or (app_sees_school,
-    /// app_oversees_bid) run only after the once-per-statement authority and role tests let the row through.
+    /// app_oversees_bid, and since 0037 the app_bid_project_closed helpers, which replaced inline sub-selects over
+    /// project whose own policies made every bid statement start about a hundred plan nodes) run only after the
+    /// once-per-statement authority, status and role tests let the row through.
     static let rowLookups: [String: Set<String>] = [
         "app_contract_party": ["complaint_board", "contract_kpi_party", "contract_variation_party", "corrective_action_plan_parties",
                                "kpi_acceptance_party", "kpi_return_supplier", "kpi_revision_initial", "kpi_revision_party",
                                "monitoring_visit_board", "rating_override_board", "reporting_period_board"],
+        "app_bid_project_closed": ["bid_owner_after_deadline", "bid_panel_after_deadline"],
+        "app_bid_project_closed_for_staff": ["bid_staff_after_deadline"],
+        "app_bid_project_closed_on_own_board": ["bid_lim_decide"],
         "app_may_evaluate": ["bid_panel_after_deadline", "scorecard_own"],
         "app_oversees_bid": ["moderated_score_lim", "scorecard_oversight"],
         "app_submitted_scorecard": ["individual_score_peers"],

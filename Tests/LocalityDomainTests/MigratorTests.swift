@@ -37,6 +37,7 @@ struct MigratorTests {
     @Test func statusListsPendingBeforeApplying() async throws {
         let database = try await TestDatabase.empty()
         let directory = try migrationsDirectory(["0001_one.sql": "CREATE TABLE one (id int);", "0002_two.sql": "CREATE TABLE two (id int);"])
+        defer { try? FileManager.default.removeItem(at: directory) }
         let migrator = Migrator(migrations: try Migration.load(from: directory), logger: logger)
         #expect(try await migrator.status(ownerConninfo: database.ownerConninfo).map(\.state) == [.pending, .pending])
         try await migrator.apply(ownerConninfo: database.ownerConninfo)
@@ -46,6 +47,7 @@ struct MigratorTests {
     @Test func anEditedAppliedFileIsRefusedByName() async throws {
         let database = try await TestDatabase.empty()
         let directory = try migrationsDirectory(["0001_boards.sql": "CREATE TABLE board (id int);"])
+        defer { try? FileManager.default.removeItem(at: directory) }
         try await Migrator(migrations: try Migration.load(from: directory), logger: logger).apply(ownerConninfo: database.ownerConninfo)
         try "CREATE TABLE board (id bigint);".write(to: directory.appendingPathComponent("0001_boards.sql"), atomically: true, encoding: .utf8)
         let edited = Migrator(migrations: try Migration.load(from: directory), logger: logger)
@@ -65,6 +67,7 @@ struct MigratorTests {
             "0001_ok.sql": "CREATE TABLE ok (id int);",
             "0002_broken.sql": "CREATE TABLE half (id int); SELECT no_such_function();",
         ])
+        defer { try? FileManager.default.removeItem(at: directory) }
         let migrator = Migrator(migrations: try Migration.load(from: directory), logger: logger)
         await #expect(throws: MigrationError.self) { try await migrator.apply(ownerConninfo: database.ownerConninfo) }
         let states = try await migrator.status(ownerConninfo: database.ownerConninfo).map(\.state)
@@ -82,6 +85,7 @@ struct MigratorTests {
             "0001_first.sql": "CREATE TABLE first (id int); SELECT pg_sleep(0.2);",
             "0002_second.sql": "CREATE TABLE second (id int);",
         ])
+        defer { try? FileManager.default.removeItem(at: directory) }
         let migrator = Migrator(migrations: try Migration.load(from: directory), logger: logger)
         let results = try await withThrowingTaskGroup(of: [Migration].self) { group in
             for _ in 0..<3 { group.addTask { try await migrator.apply(ownerConninfo: database.ownerConninfo) } }
@@ -96,6 +100,7 @@ struct MigratorTests {
 
     @Test func badlyNamedFilesAreRefused() throws {
         let directory = try migrationsDirectory(["1_oops.sql": "SELECT 1;"])
+        defer { try? FileManager.default.removeItem(at: directory) }
         #expect(throws: MigrationError.self) { try Migration.load(from: directory) }
     }
 

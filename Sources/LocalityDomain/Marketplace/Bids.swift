@@ -461,7 +461,15 @@ public struct BidService: Sendable {
 
     /// SHA-256 (lowercase hex) of `text`'s UTF-8 bytes.
     static func sha256Hex(_ text: String) -> String {
-        SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
+        // Hex by table: String(format:) per byte went through Foundation's formatter 32 times per receipt.
+        let digits = Array("0123456789abcdef".utf8)
+        var hex = [UInt8]()
+        hex.reserveCapacity(64)
+        for byte in SHA256.hash(data: Data(text.utf8)) {
+            hex.append(digits[Int(byte >> 4)])
+            hex.append(digits[Int(byte & 0x0f)])
+        }
+        return String(decoding: hex, as: UTF8.self)
     }
 
     static func fetch(_ connection: PGConnection, id: UUID, forUpdate: Bool = false) async throws -> Bid {
