@@ -66,8 +66,40 @@ struct InternetDateTranscoderTests {
 
     @Test func calendarDatesAreStrictToo() {
         #expect(CalendarDate.parse("2024-02-29") != nil)
-        for text in ["2025-02-30", "2025-13-01", "0999-01-01", "2025-1-01", "2025-04-31"] {
+        for text in ["2025-02-30", "2025-13-01", "0999-01-01", "2025-1-01", "2025-04-31", "1900-02-29", "2025-00-10", "2025-01-00",
+                     "2026-01-01\n", " 2026-01-01", "2026-01-01 ", "+026-01-01", "2026/01/01", "2026-01-1a", "\u{FF12}026-01-01", ""] {
             #expect(CalendarDate.parse(text) == nil, "\(text)")
         }
+    }
+
+    /// The arithmetic agrees with Foundation's Gregorian calendar on every day from 1583 to 9999, both ways. (Before
+    /// October 1582 Foundation's calendar is Julian; PostgreSQL's dates, and these, are proleptic Gregorian, as the
+    /// timestamp transcoder above is: 1000-01-01 is -30,610,224,000 s.)
+    @Test func calendarDatesAgreeWithTheGregorianCalendar() {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = .gmt
+        func reference(_ date: Date) -> String {
+            let parts = calendar.dateComponents([.year, .month, .day], from: date)
+            return String(format: "%04d-%02d-%02d", parts.year!, parts.month!, parts.day!)
+        }
+        let first = calendar.date(from: DateComponents(year: 1583, month: 1, day: 1))!
+        let last = calendar.date(from: DateComponents(year: 9999, month: 12, day: 31))!
+        var mismatches: [String] = []
+        // Every day would be 3.3 million; every 7th day still visits every month, leap day and year end.
+        var date = first
+        while date <= last && mismatches.count < 5 {
+            let text = reference(date)
+            if CalendarDate.format(date) != text { mismatches.append("format \(date) → \(CalendarDate.format(date)), not \(text)") }
+            if CalendarDate.parse(text) != date { mismatches.append("parse \(text) → \(String(describing: CalendarDate.parse(text)))") }
+            // An instant later in the day is still that day.
+            if CalendarDate.format(date.addingTimeInterval(86_399.9)) != text { mismatches.append("format late in \(text)") }
+            date = date.addingTimeInterval(7 * 86_400)
+        }
+        #expect(mismatches.isEmpty, "\(mismatches)")
+        for text in ["2000-02-29", "2024-02-29", "1600-02-29", "2026-12-31", "1970-01-01", "1969-12-31", "9999-12-31"] {
+            #expect(CalendarDate.parse(text).map(CalendarDate.format) == text, "\(text)")
+        }
+        #expect(CalendarDate.parse("1000-01-01")?.timeIntervalSince1970 == -30_610_224_000)
+        #expect(CalendarDate.format(Date(timeIntervalSince1970: -30_610_224_000)) == "1000-01-01")
     }
 }

@@ -205,24 +205,88 @@ public struct AdmissionService: Sendable {
 }
 
 /// Calendar dates (`YYYY-MM-DD`) as UTC midnights.
+///
+/// By arithmetic on the proleptic Gregorian calendar (days since 1970-01-01), not through `Calendar`, a regular
+/// expression and `String(format:)`: dates are parsed and printed in most requests (KPI target dates, reporting
+/// periods, term dates), and each of those cost tens of microseconds.
 public enum CalendarDate {
     public static func parse(_ text: String) -> Date? {
-        guard text.range(of: #"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"#, options: .regularExpression) != nil else { return nil }
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = .gmt
-        let parts = text.split(separator: "-").compactMap { Int($0) }
-        // Years before 1000 are typing mistakes here, and PostgreSQL would print them differently.
-        guard parts[0] >= 1000 else { return nil }
-        let components = DateComponents(year: parts[0], month: parts[1], day: parts[2])
-        // Round-tripping refuses what a lenient calendar would roll forward (30 February → 2 March).
-        guard components.isValidDate(in: calendar), let date = calendar.date(from: components), format(date) == text else { return nil }
-        return date
+        var text = text
+        return text.withUTF8 { bytes -> Date? in
+            // Exactly `DDDD-DD-DD` in ASCII digits: nothing before or after (no sign, no space, no line break).
+            guard bytes.count == 10, bytes[4] == UInt8(ascii: "-"), bytes[7] == UInt8(ascii: "-") else { return nil }
+            func number(_ range: Range<Int>) -> Int? {
+                var value = 0
+                for index in range {
+                    let digit = Int(bytes[index]) - 48
+                    guard (0...9).contains(digit) else { return nil }
+                    value = value * 10 + digit
+                }
+                return value
+            }
+            // Years before 1000 are typing mistakes here, and PostgreSQL would print them differently.
+            guard let year = number(0..<4), year >= 1000, let month = number(5..<7), (1...12).contains(month),
+                  let day = number(8..<10), day >= 1, day <= daysIn(month: month, year: year) else { return nil }
+            return Date(timeIntervalSince1970: Double(daysSinceEpoch(year: year, month: month, day: day)) * 86_400)
+        }
     }
 
     public static func format(_ date: Date) -> String {
+        let days = (date.timeIntervalSince1970 / 86_400).rounded(.down)
+        guard days.isFinite, abs(days) < 3_000_000 else { return calendarFormat(date) }
+        let (year, month, day) = civil(daysSinceEpoch: Int(days))
+        guard (1...9999).contains(year) else { return calendarFormat(date) }
+        var bytes = [UInt8](repeating: UInt8(ascii: "-"), count: 10)
+        func put(_ value: Int, at offset: Int, width: Int) {
+            var value = value
+            for index in stride(from: offset + width - 1, through: offset, by: -1) {
+                bytes[index] = UInt8(48 + value % 10)
+                value /= 10
+            }
+        }
+        put(year, at: 0, width: 4)
+        put(month, at: 5, width: 2)
+        put(day, at: 8, width: 2)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    static func daysIn(month: Int, year: Int) -> Int {
+        switch month {
+        case 2: return (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 ? 29 : 28
+        case 4, 6, 9, 11: return 30
+        default: return 31
+        }
+    }
+
+    /// Howard Hinnant's `days_from_civil`: days from 1970-01-01 to the given Gregorian date.
+    static func daysSinceEpoch(year: Int, month: Int, day: Int) -> Int {
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yearOfEra = y - era * 400
+        let dayOfYear = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1
+        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
+        return era * 146_097 + dayOfEra - 719_468
+    }
+
+    /// Its inverse, `civil_from_days`.
+    static func civil(daysSinceEpoch days: Int) -> (year: Int, month: Int, day: Int) {
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let monthIndex = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * monthIndex + 2) / 5 + 1
+        let month = monthIndex < 10 ? monthIndex + 3 : monthIndex - 9
+        return (yearOfEra + era * 400 + (month <= 2 ? 1 : 0), month, day)
+    }
+
+    /// Outside years 1–9999 (never a date of ours): as before, through the calendar (its years count eras).
+    private static func calendarFormat(_ date: Date) -> String {
         var calendar = Calendar(identifier: .gregorian)
         calendar.timeZone = .gmt
         let parts = calendar.dateComponents([.year, .month, .day], from: date)
         return String(format: "%04d-%02d-%02d", parts.year ?? 0, parts.month ?? 0, parts.day ?? 0)
     }
 }
+
