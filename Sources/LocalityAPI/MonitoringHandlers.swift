@@ -12,7 +12,7 @@ extension APIHandlers {
         guard let periodID = UUID(uuidString: body.periodId) else { throw DomainError.invalid("period_id", "must be a UUID") }
         func decimal(_ text: String?, _ field: String) throws -> Decimal? {
             guard let text else { return nil }
-            guard text.range(of: #"^-?[0-9]{1,12}(\.[0-9]{1,6})?$"#, options: .regularExpression) != nil, let value = Decimal(string: text) else {
+            guard text.isWholeMatch(of: #"^-?[0-9]{1,12}(\.[0-9]{1,6})?$"#), let value = Decimal(string: text) else {
                 throw DomainError.invalid(field, "must be a decimal number")
             }
             return value

@@ -214,6 +214,9 @@ struct HTTPStrictnessTests {
                 ("bid_deadline", "2025-02-30T12:00:00Z"), ("bid_deadline", "2027-01-01T24:00:00Z"), ("bid_deadline", "2027-01-01T23:60:00Z"),
                 ("bid_deadline", "0999-12-31T00:00:00Z"), ("bid_deadline", "2027-01-01"), ("bid_deadline", "2027-01-01T00:00:00"),
                 ("planned_start", "0999-01-01"), ("planned_start", "2025-02-30"), ("planned_end", "2025-13-01"),
+                // A trailing line break: `^…$` validators let it through (ICU's `$` matches before it), and the date
+                // parser then indexed parts the split had not made (the process stopped).
+                ("planned_start", "2027-01-01\n"), ("planned_end", "2027-01-01\r\n"),
             ]
             for (field, value) in refused {
                 let response = try await create([field: value])
@@ -221,6 +224,9 @@ struct HTTPStrictnessTests {
                 let fields = (response.jsonObject["errors"] as? [[String: Any]] ?? []).compactMap { $0["field"] as? String }
                 #expect(fields == [field], "\(field)=\(value)")
             }
+            let urn = try await create(["school_urns": ["123456\n"]])
+            #expect(urn.status == .unprocessableContent, "\(urn.status.code) \(String(buffer: urn.body))")
+            #expect((urn.jsonObject["errors"] as? [[String: Any]] ?? []).compactMap { $0["field"] as? String } == ["school_urns[0]"])
         }
     }
 

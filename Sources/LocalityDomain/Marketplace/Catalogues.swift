@@ -141,7 +141,7 @@ public struct CatalogueService: Sendable {
     ) async throws -> SocialValueMeasure {
         try scope.require(scope.isStaff && scope.has(.authorityAdmin), "add social-value measures")
         var validator = Validator()
-        validator.check(code.range(of: "^[A-Za-z0-9._-]{1,20}$", options: .regularExpression) != nil, "code",
+        validator.check(code.isWholeMatch(of: "^[A-Za-z0-9._-]{1,20}$"), "code",
                         "must be 1–20 letters, digits, '.', '_' or '-'")
         Self.validateMeasure(&validator, name: name, unit: unit, proxyValuePence: proxyValuePence)
         try validator.throwIfInvalid()

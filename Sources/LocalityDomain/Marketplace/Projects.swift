@@ -462,7 +462,7 @@ public struct ProjectService: Sendable {
         if let urns = fields.schoolURNs {
             validator.check(urns.count <= 500, "school_urns", "at most 500 schools")
             for (index, urn) in urns.enumerated() {
-                validator.check(urn.range(of: "^[0-9]{6,7}$", options: .regularExpression) != nil, "school_urns[\(index)]",
+                validator.check(urn.isWholeMatch(of: "^[0-9]{6,7}$"), "school_urns[\(index)]",
                                 "must be a 6–7 digit URN")
             }
         }

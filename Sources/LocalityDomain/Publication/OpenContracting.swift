@@ -68,7 +68,7 @@ public struct OpenContractingService: Sendable {
                           publishKPIActuals: Bool?, osUser: String = OperatorIdentity.osUser) async throws -> PublicationSettings {
         var validator = Validator()
         if let ocidPrefix {
-            validator.check(ocidPrefix.range(of: "^ocds-[a-z0-9]{6}$", options: .regularExpression) != nil, "ocid_prefix",
+            validator.check(ocidPrefix.isWholeMatch(of: "^ocds-[a-z0-9]{6}$"), "ocid_prefix",
                             "must be the prefix registered with the Open Contracting Partnership: ocds- and 6 lowercase letters or digits")
         }
         if let days = contractDetailsNoticeDays { validator.check((1...365).contains(days), "contract_details_notice_days", "must be 1–365") }

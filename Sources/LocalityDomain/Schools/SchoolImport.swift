@@ -340,7 +340,7 @@ public struct SchoolImportService: Sendable {
     public func setConcernCategory(_ scope: AccessScope, code: String, name: String) async throws {
         try scope.require(scope.isStaff && scope.has(.authorityAdmin), "manage concern categories")
         var validator = Validator()
-        validator.check(code.range(of: "^[a-z][a-z0-9_]{1,40}$", options: .regularExpression) != nil, "code", "must be lower-case letters, digits and _")
+        validator.check(code.isWholeMatch(of: "^[a-z][a-z0-9_]{1,40}$"), "code", "must be lower-case letters, digits and _")
         validator.text(name, "name", max: 200)
         try validator.throwIfInvalid()
         try await database.transaction(scope) { connection in

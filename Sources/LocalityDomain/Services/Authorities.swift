@@ -30,7 +30,7 @@ public struct AuthorityService: Sendable {
 
     public func create(slug: String, name: String, osUser: String = OperatorIdentity.osUser) async throws -> Authority {
         var validator = Validator()
-        validator.check(slug.range(of: "^[a-z0-9][a-z0-9-]{1,62}$", options: .regularExpression) != nil, "slug",
+        validator.check(slug.isWholeMatch(of: "^[a-z0-9][a-z0-9-]{1,62}$"), "slug",
                         "must be 2–63 lowercase letters, digits or hyphens")
         validator.text(name, "name", max: 200)
         try validator.throwIfInvalid()

@@ -120,7 +120,7 @@ public struct BoardService: Sendable {
         validator.text(name, "name", required: false, max: 200)
         if let name { validator.check(!name.trimmingCharacters(in: .whitespaces).isEmpty, "name", "must not be blank") }
         if let shortCode {
-            validator.check(shortCode.range(of: "^[A-Z0-9]{2,10}$", options: .regularExpression) != nil, "short_code",
+            validator.check(shortCode.isWholeMatch(of: "^[A-Z0-9]{2,10}$"), "short_code",
                             "must be 2–10 capital letters or digits")
         }
         validator.text(area, "area", required: false, max: 500)

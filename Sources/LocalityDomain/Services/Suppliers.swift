@@ -135,11 +135,11 @@ public struct SupplierService: Sendable {
         validator.check(registration.companiesHouseNumber != nil || registration.charityNumber != nil, "companies_house_number",
                         "give a Companies House number or a charity number")
         if let number = registration.companiesHouseNumber {
-            validator.check(number.range(of: "^([0-9]{8}|[A-Z]{2}[0-9]{6})$", options: .regularExpression) != nil,
+            validator.check(number.isWholeMatch(of: "^([0-9]{8}|[A-Z]{2}[0-9]{6})$"),
                             "companies_house_number", "must be 8 digits, or 2 capital letters and 6 digits (e.g. SC123456)")
         }
         if let number = registration.charityNumber {
-            validator.check(number.range(of: "^[0-9]{6,8}(-[0-9]{1,2})?$", options: .regularExpression) != nil,
+            validator.check(number.isWholeMatch(of: "^[0-9]{6,8}(-[0-9]{1,2})?$"),
                             "charity_number", "must be a registered charity number (6–8 digits)")
         }
         validator.text(registration.address, "address", max: 500)
@@ -160,5 +160,5 @@ public struct SupplierService: Sendable {
 }
 
 func isEmail(_ text: String) -> Bool {
-    text.count <= 254 && text.range(of: #"^[^@\s]+@[^@\s]+\.[^@\s]+$"#, options: .regularExpression) != nil
+    text.count <= 254 && text.isWholeMatch(of: #"^[^@\s]+@[^@\s]+\.[^@\s]+$"#)
 }

@@ -155,7 +155,7 @@ public struct UserService: Sendable {
     static func validate(email: String?, displayName: String?, roles: [RoleGrant]?) throws {
         var validator = Validator()
         if let email {
-            validator.check(email.count <= 254 && email.range(of: #"^[^@\s]+@[^@\s]+\.[^@\s]+$"#, options: .regularExpression) != nil,
+            validator.check(email.count <= 254 && email.isWholeMatch(of: #"^[^@\s]+@[^@\s]+\.[^@\s]+$"#),
                             "email", "must be an email address")
         }
         if let displayName { validator.text(displayName, "display_name", max: 200) }

@@ -69,3 +69,12 @@ public struct Validator {
         if !issues.isEmpty { throw DomainError.invalid(issues) }
     }
 }
+
+extension String {
+    /// Whether the regular expression matches the whole string. A validator's `^…$` alone is not enough: ICU's `$`
+    /// also matches before a final line break, so `"AB12\n"` passed `^[A-Z0-9]{2,10}$` (and a date with a trailing
+    /// line break reached code that split it into fewer parts than it indexed).
+    public func isWholeMatch(of pattern: String) -> Bool {
+        range(of: pattern, options: .regularExpression) == startIndex..<endIndex
+    }
+}
