@@ -289,4 +289,3 @@ public enum CalendarDate {
         return String(format: "%04d-%02d-%02d", parts.year ?? 0, parts.month ?? 0, parts.day ?? 0)
     }
 }
-

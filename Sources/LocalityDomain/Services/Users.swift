@@ -155,8 +155,7 @@ public struct UserService: Sendable {
     static func validate(email: String?, displayName: String?, roles: [RoleGrant]?) throws {
         var validator = Validator()
         if let email {
-            validator.check(email.count <= 254 && email.isWholeMatch(of: #"^[^@\s]+@[^@\s]+\.[^@\s]+$"#),
-                            "email", "must be an email address")
+            validator.check(isEmail(email), "email", "must be an email address")
         }
         if let displayName { validator.text(displayName, "display_name", max: 200) }
         if let roles {
