@@ -97,13 +97,14 @@ struct OperationsTests {
             let started = ContinuousClock.now
             let silent = try await withThrowingTaskGroup(of: String?.self) { group in
                 group.addTask { try await RawHTTP.exchange(port: port, "") }
-                group.addTask { try await Task.sleep(for: .seconds(15)); return nil }   // the test's own deadline
+                group.addTask { try await Task.sleep(for: .seconds(30)); return nil }   // the test's own deadline
                 let first = try await group.next()!
                 group.cancelAll()
                 return first
             }
             #expect(silent == "", "the server closed the silent connection without writing anything")
-            #expect(ContinuousClock.now - started < .seconds(10))
+            // Generous for a 1 s timeout: on a loaded 2-core machine timers and accepts have run seconds late.
+            #expect(ContinuousClock.now - started < .seconds(25))
             let answered = try await RawHTTP.exchange(port: port, "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             #expect(answered.hasPrefix("HTTP/1.1 200"))
         }
