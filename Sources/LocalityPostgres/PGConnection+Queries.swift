@@ -5,6 +5,7 @@ extension PGConnection {
     /// Runs one parameterised statement (prepared once per connection, then executed by name).
     @discardableResult
     public func query(_ query: PGQuery) async throws -> PGResult {
+        if deferredBegin != nil, let result = try await beginWith(query) { return result }
         let statement = statement(for: query)
         do {
             let work = PGRequest.Work.query(sql: query.sql, statement: statement, parameters: PGParameterArrays(query.binds))
@@ -31,22 +32,45 @@ extension PGConnection {
     /// prepared (behind a transaction pooler, or past the cache's capacity) go unnamed in the same pipeline:
     /// one sync point, so one transaction, which a transaction pooler keeps on one server session.
     public func readInOneRoundTrip(prelude: PGQuery, _ query: PGQuery) async throws -> PGResult {
-        guard let first = paired(statement(for: prelude), prelude), let second = paired(statement(for: query), query) else {
+        try await sendDeferredBegin()
+        guard let first = step(for: prelude), let second = step(for: query) else {
             return try await withTransaction(readOnly: true, prelude: prelude) { try await $0.query(query) }
         }
-        let work = PGRequest.Work.pipelinedPair(
-            first: first, firstParameters: PGParameterArrays(prelude.binds),
-            second: second, secondParameters: PGParameterArrays(query.binds))
-        return try await perform(work, cancellable: true)!
+        return try await perform(.pipelined(steps: [first, second], resultIndex: 1), cancellable: true)!
     }
 
-    /// How `query` goes into a pipelined pair; nil when it is yet to be prepared.
-    private func paired(_ statement: PGRequest.Statement, _ query: PGQuery) -> PGRequest.PairedStatement? {
-        switch statement {
-        case .cached(let name): .cached(name: name)
-        case .unnamed(let oids): .unnamed(sql: query.sql, oids: oids)
-        case .prepare: nil
+    /// How `query` goes into a pipeline; nil when it is yet to be prepared.
+    private func step(for query: PGQuery) -> PGRequest.PipelineStep? {
+        let statement: PGRequest.PairedStatement
+        switch self.statement(for: query) {
+        case .cached(let name): statement = .cached(name: name)
+        case .unnamed(let oids): statement = .unnamed(sql: query.sql, oids: oids)
+        case .prepare: return nil
         }
+        return PGRequest.PipelineStep(statement: statement, parameters: PGParameterArrays(query.binds))
+    }
+
+    /// The transaction's first statement: `BEGIN`, the context and `query` in one round trip, returning
+    /// `query`'s result (or the first error). Nil when one of the statements is yet to be prepared: then
+    /// `BEGIN` and the context have been sent (preparing the context if new) and `query` is the caller's to run.
+    private func beginWith(_ query: PGQuery) async throws -> PGResult? {
+        guard let (begin, prelude) = deferredBegin else { return nil }
+        if let context = step(for: prelude), let first = step(for: query) {
+            deferredBegin = nil
+            return try await perform(.pipelined(steps: [.text(begin), context, first], resultIndex: 2), cancellable: true)!
+        }
+        try await sendDeferredBegin()
+        return nil
+    }
+
+    /// Sends a transaction's deferred `BEGIN` and context on their own (one round trip), before a statement
+    /// that cannot go with them (trusted text, COPY, a statement to prepare).
+    func sendDeferredBegin() async throws {
+        guard let (begin, prelude) = deferredBegin else { return }
+        deferredBegin = nil
+        let work = PGRequest.Work.pipeline(
+            begin: begin, sql: prelude.sql, statement: statement(for: prelude), parameters: PGParameterArrays(prelude.binds))
+        _ = try await perform(work, cancellable: false)
     }
 
     /// Chooses the statement here, on the borrowing task, so the I/O loop only sends and reads.
@@ -58,6 +82,7 @@ extension PGConnection {
     /// Runs trusted SQL text with no parameters through the simple-query protocol (several statements
     /// allowed). For migrations and fixed commands only; values always go through `query`.
     public func execute(_ sql: String) async throws {
+        try await sendDeferredBegin()
         _ = try await perform(.simple(sql), cancellable: true)
     }
 
@@ -70,16 +95,24 @@ extension PGConnection {
 
     /// Runs `body` in a transaction: COMMIT when it returns, ROLLBACK when it throws.
     ///
-    /// `prelude`, when given, is sent together with `BEGIN` in one round trip (libpq pipeline mode) and runs
-    /// first inside the transaction: for the statement every transaction of a kind starts with (the tenant
-    /// context). It is not cancellable, like `BEGIN`.
+    /// `prelude`, when given, runs first inside the transaction: for the statement every transaction of a kind
+    /// starts with (the tenant context). `BEGIN` and the prelude are not sent on their own: they go with the
+    /// body's first statement, in one round trip (libpq pipeline mode), and a body that runs no statement costs
+    /// none. Neither is cancellable on its own; sent with the first statement, cancelling that cancels the
+    /// transaction.
+    ///
+    /// `afterCommit`, when given, is sent with `COMMIT` in the same round trip and runs after it, in a
+    /// transaction of its own, when the commit succeeded; its failure is not the transaction's and is not
+    /// reported (for a notice to other sessions that must never be part of the committed transaction).
     public func withTransaction<R: Sendable>(
         isolation: PGIsolationLevel = .readCommitted,
         readOnly: Bool = false,
         prelude: PGQuery? = nil,
+        afterCommit: PGQuery? = nil,
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
         let begin = "BEGIN ISOLATION LEVEL \(isolation.rawValue)\(readOnly ? " READ ONLY" : "")"
+        try await sendDeferredBegin()
         let outer = phase
         // Until COMMIT or ROLLBACK has been answered, the session counts as inside a transaction: a
         // connection returned in this phase is never lent again (see `checkIn`).
@@ -87,15 +120,17 @@ extension PGConnection {
         let result: R
         do {
             if let prelude {
-                let work = PGRequest.Work.pipeline(
-                    begin: begin, sql: prelude.sql, statement: statement(for: prelude), parameters: PGParameterArrays(prelude.binds))
-                _ = try await perform(work, cancellable: false)
+                deferredBegin = (begin, prelude)
             } else {
                 try await runUncancellable(begin)
             }
             result = try await body(self)
         } catch {
-            if !isBroken {
+            if deferredBegin != nil {
+                // Nothing was sent: there is no transaction to roll back.
+                deferredBegin = nil
+                phase = outer
+            } else if !isBroken {
                 do {
                     try await runUncancellable("ROLLBACK")
                     phase = outer
@@ -111,9 +146,21 @@ extension PGConnection {
             }
             throw error
         }
+        if deferredBegin != nil {
+            // The body ran no statement: nothing to begin, commit or follow.
+            deferredBegin = nil
+            phase = outer
+            return result
+        }
         let tag: String
+        var followUp = afterCommit
         do {
-            tag = try await runUncancellable("COMMIT")
+            if let afterCommit, let next = step(for: afterCommit) {
+                followUp = nil
+                tag = try await perform(.pipelined(steps: [.text("COMMIT"), next], resultIndex: 0), cancellable: false)!.commandTag
+            } else {
+                tag = try await runUncancellable("COMMIT")
+            }
         } catch {
             // A COMMIT the server refused (a deferred constraint, a serialization failure) ended the transaction.
             if !isBroken, PQtransactionStatus(handle) == PQTRANS_IDLE { phase = outer }
@@ -123,6 +170,10 @@ extension PGConnection {
         if tag == "ROLLBACK" {
             // The server ends a failed transaction with ROLLBACK even when asked to COMMIT.
             throw PGError(kind: .server, sqlState: "25P02", message: "the transaction failed and was rolled back")
+        }
+        if let followUp {
+            // Its first time on this session: run on its own, which prepares it for the next time.
+            _ = try? await query(followUp)
         }
         return result
     }

@@ -82,6 +82,18 @@ extension PGConnection {
                 markBroken()
                 return .finished(.failure(PGError(kind: .client, message: "COPY TO STDOUT is not supported; the session is discarded")))
             default:
+                if case .pipelined(_, let resultIndex) = request.work {
+                    // Keep the first error up to the reported step, else that step's result; nothing after it.
+                    let index = request.pipelineResults
+                    request.pipelineResults += 1
+                    let failed = PQresultStatus(result) == PGRES_FATAL_ERROR
+                    if request.pending != nil || index > resultIndex || (index < resultIndex && !failed) {
+                        PQclear(result)
+                    } else {
+                        request.pending = result
+                    }
+                    continue
+                }
                 if case .pipelining(.some(let name)) = request.stage {
                     // The second result of a pipeline that prepares is the prepare's: once it succeeds the
                     // statement exists on the server, whatever happens to its execution.

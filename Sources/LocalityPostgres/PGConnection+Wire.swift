@@ -13,7 +13,7 @@ extension PGConnection {
 
     private func performWork(_ work: PGRequest.Work, cancellable: Bool) async throws -> PGResult? {
         switch work {
-        case .query, .simple, .pipeline, .pipelinedPair:
+        case .query, .simple, .pipeline, .pipelined:
             // A cancel request still on its way would land on this statement instead of its own.
             await waitForCancels()
             // Statements a schema change made stale go once the session is outside a transaction.
@@ -67,7 +67,7 @@ extension PGConnection {
         case .close, .detach:
             loop.submit(request)
             return
-        case .query, .simple, .pipeline, .pipelinedPair:
+        case .query, .simple, .pipeline, .pipelined:
             break
         }
         var progress = send(request)
@@ -106,10 +106,10 @@ extension PGConnection {
             sent = PQsendQuery(handle, sql) == 1
         case .pipeline(let begin, let sql, let statement, let parameters):
             sent = sendPipeline(request, begin: begin, sql: sql, statement: statement, parameters: parameters)
-        case .pipelinedPair(let first, let firstParameters, let second, let secondParameters):
+        case .pipelined(let steps, _):
             request.stage = .pipelining(prepared: nil)
-            sent = PQenterPipelineMode(handle) == 1 && sendPaired(first, firstParameters)
-                && sendPaired(second, secondParameters) && PQpipelineSync(handle) == 1
+            sent = PQenterPipelineMode(handle) == 1 && steps.allSatisfy { sendPaired($0.statement, $0.parameters) }
+                && PQpipelineSync(handle) == 1
             // A half-queued pipeline leaves the session in an unknown state.
             if !sent { markBroken() }
         case .query(let sql, let statement, let parameters):
@@ -170,8 +170,8 @@ extension PGConnection {
         case .cached(let name):
             return sendPrepared(name, parameters)
         case .unnamed(let sql, let oids):
-            // Two unnamed statements in one pipeline are fine: the server parses, binds and runs each before
-            // it reads the next Parse, which replaces it.
+            // Several unnamed statements in one pipeline are fine: the server parses, binds and runs each
+            // before it reads the next Parse, which replaces it.
             return oids.withUnsafeBufferPointer { types in
                 PQsendQueryParams(
                     handle, sql, parameters.count, types.baseAddress, parameters.values, parameters.lengths, parameters.formats, 0

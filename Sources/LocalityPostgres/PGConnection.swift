@@ -41,6 +41,8 @@ public final class PGConnection: @unchecked Sendable {
     // Owner-confined lifecycle (see `PGConnection+Lifecycle`).
     /// Idle in the pool, lent, or lent inside `withTransaction`.
     var phase = Phase.inUse
+    /// A transaction's `BEGIN` and context not sent yet: they go with its first statement (`withTransaction`).
+    var deferredBegin: (begin: String, prelude: PGQuery)?
     /// The ticket of the last request made: each statement gets its own, so a cancel names its target.
     var lastTicket: UInt64 = 0
 

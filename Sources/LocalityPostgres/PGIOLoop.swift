@@ -238,7 +238,7 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
         let leaving: Bool
         switch request.work {
         case .close, .detach: leaving = true
-        case .query, .simple, .pipeline, .pipelinedPair: leaving = false
+        case .query, .simple, .pipeline, .pipelined: leaving = false
         }
         if leaving, fd >= 0, connection.loopSocket == fd {
             // Forget the socket before libpq closes it (or another loop takes it), so a later socket with
@@ -256,7 +256,7 @@ final class PGIOLoop: TaskExecutor, @unchecked Sendable {
             progress = .finished(.success(nil))
         case .detach:
             progress = .finished(.success(nil))
-        case .query, .simple, .pipeline, .pipelinedPair:
+        case .query, .simple, .pipeline, .pipelined:
             progress = .waiting(flushPending: request.flushPending)
         }
         if case .waiting = progress, fd >= 0 {
@@ -340,10 +340,12 @@ final class PGRequest: @unchecked Sendable {
         /// `BEGIN …` (text, no parameters) and one parameterised statement, sent together in libpq's
         /// pipeline mode: one round trip for both. The statement's result is the request's result.
         case pipeline(begin: String, sql: String, statement: Statement, parameters: PGParameterArrays)
-        /// Two statements (each prepared, or unnamed behind a transaction pooler) and a sync point in pipeline
-        /// mode: one implicit transaction, one round trip (`PGConnection.readInOneRoundTrip`). The second
-        /// statement's result is the request's result.
-        case pipelinedPair(first: PairedStatement, firstParameters: PGParameterArrays, second: PairedStatement, secondParameters: PGParameterArrays)
+        /// Statements (each prepared, or unnamed: behind a transaction pooler, or text such as `BEGIN`) and one
+        /// sync point in pipeline mode: one round trip. The request's result is the first error among the
+        /// steps up to `resultIndex`, else that step's result; what follows it is not reported (an error there
+        /// is ignored). Used for a read in one implicit transaction (`readInOneRoundTrip`), a transaction's
+        /// `BEGIN` and context sent with its first statement, and `COMMIT` with the statement that follows it.
+        case pipelined(steps: [PipelineStep], resultIndex: Int)
         /// `PQfinish`.
         case close
         /// Stop watching the idle connection's socket: it moves to another loop.
@@ -356,10 +358,20 @@ final class PGRequest: @unchecked Sendable {
         case unnamed(oids: [UInt32])
     }
 
-    /// A statement of a pipelined pair: one prepared before, or one sent unnamed with its text.
+    /// A statement of a pipeline: one prepared before, or one sent unnamed with its text.
     enum PairedStatement {
         case cached(name: String)
         case unnamed(sql: String, oids: [UInt32])
+    }
+
+    struct PipelineStep {
+        let statement: PairedStatement
+        let parameters: PGParameterArrays
+
+        /// Trusted SQL text without parameters (`BEGIN …`, `COMMIT`), sent unnamed.
+        static func text(_ sql: String) -> PipelineStep {
+            PipelineStep(statement: .unnamed(sql: sql, oids: []), parameters: PGParameterArrays([]))
+        }
     }
 
     /// Where a statement stands on the loop thread.
@@ -391,7 +403,7 @@ final class PGRequest: @unchecked Sendable {
     var pending: OpaquePointer?
     /// Output libpq could not write yet: the loop listens for writability too and flushes.
     var flushPending = false
-    /// Results of a pipeline seen so far (not counting skipped ones).
+    /// Results of a pipeline seen so far (not counting skipped ones): its steps' places, for `.pipelined`.
     var pipelineResults = 0
     /// Sent by the calling task (everything but close): the loop only waits for the reply.
     var sentByCaller = false
@@ -413,9 +425,8 @@ final class PGRequest: @unchecked Sendable {
         }
         switch work {
         case .query(_, _, let parameters), .pipeline(_, _, _, let parameters): parameters.deallocate()
-        case .pipelinedPair(_, let first, _, let second):
-            first.deallocate()
-            second.deallocate()
+        case .pipelined(let steps, _):
+            for step in steps { step.parameters.deallocate() }
         case .simple, .close, .detach: break
         }
         if cancellable { connection.endStatement(ticket) }

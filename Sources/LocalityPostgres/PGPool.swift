@@ -138,19 +138,22 @@ public final class PGPool: Service, Sendable {
     /// a deadlock or a connection lost before COMMIT was sent re-runs the whole transaction after a short
     /// randomised backoff (the next attempt borrows another connection, opened anew if need be). A connection
     /// lost while COMMIT was on its way is never retried: the transaction may have committed.
-    /// `prelude` is sent with `BEGIN` in one round trip (see `PGConnection.withTransaction`).
+    /// `prelude` goes with `BEGIN` and the body's first statement, `afterCommit` with `COMMIT`, each in one
+    /// round trip (see `PGConnection.withTransaction`).
     public func withTransaction<R: Sendable>(
         isolation: PGIsolationLevel = .readCommitted,
         readOnly: Bool = false,
         retry: PGTransactionRetry = .never,
         prelude: PGQuery? = nil,
+        afterCommit: PGQuery? = nil,
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
         var attempt = 1
         while true {
             do {
                 return try await withConnection { connection in
-                    try await connection.withTransaction(isolation: isolation, readOnly: readOnly, prelude: prelude, body)
+                    try await connection.withTransaction(
+                        isolation: isolation, readOnly: readOnly, prelude: prelude, afterCommit: afterCommit, body)
                 }
             } catch let error as PGError
                 where (error.isRetryableTransactionFailure || error.isCachedPlanInvalidated || error.lostBeforeCommit)

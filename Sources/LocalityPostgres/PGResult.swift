@@ -71,9 +71,25 @@ extension PGResult: RandomAccessCollection {
 public struct PGRow: Sendable {
     public let result: PGResult
     public let index: Int
+    /// Where this row's column 0 is in the result: for a statement that returns two records side by side, each
+    /// decoded by its own positional decoder (`shifted(by:)`).
+    public private(set) var firstColumn = 0
+
+    public init(result: PGResult, index: Int) {
+        self.result = result
+        self.index = index
+    }
+
+    /// The same row, its columns counted from `columns` further on.
+    public func shifted(by columns: Int) -> PGRow {
+        var row = self
+        row.firstColumn += columns
+        return row
+    }
 
     /// Decodes column `column` (zero-based). NULL decodes only into an `Optional`.
-    public func decode<T: PGDecodable>(_ type: T.Type = T.self, at column: Int) throws -> T {
+    public func decode<T: PGDecodable>(_ type: T.Type = T.self, at relative: Int) throws -> T {
+        let column = relative + firstColumn
         guard column >= 0, column < result.columnCount else {
             throw PGError(kind: .decoding, message: "column \(column) does not exist (the result has \(result.columnCount))")
         }
@@ -92,7 +108,7 @@ public struct PGRow: Sendable {
         guard let column = result.columnIndex(name) else {
             throw PGError(kind: .decoding, message: "column \"\(name)\" is not in the result", column: name)
         }
-        return try decode(type, at: column)
+        return try decode(type, at: column - firstColumn)
     }
 
     /// Decodes the leading columns in order: `let (id, name) = try row.decode(UUID.self, String.self)`.

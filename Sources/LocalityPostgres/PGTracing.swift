@@ -17,7 +17,7 @@ public enum PGTracing {
         let operation: String
         switch work {
         case .query(let sql, _, _), .simple(let sql), .pipeline(_, let sql, _, _): operation = keyword(sql)
-        case .pipelinedPair: operation = "PIPELINE"
+        case .pipelined: operation = "PIPELINE"
         case .close, .detach: return try await run()
         }
         let span = startSpan("db \(operation)", ofKind: .client)

@@ -1,5 +1,5 @@
 import Foundation
-import LocalityPostgres
+@testable import LocalityPostgres
 import PostgresTestSupport
 import Testing
 
@@ -108,26 +108,104 @@ struct ErrorAndTransactionTests {
         let database = try await TestDatabase.migrated()
         try await database.withPool(conninfo: database.ownerConninfo, maxConnections: 1) { pool in
             try await pool.query("CREATE TABLE t (v int)")
-            var bodyRan = false
-            do {
-                try await pool.withTransaction(prelude: "SELECT 1 / \(0)") { connection in
-                    bodyRan = true
-                    try await connection.query("INSERT INTO t VALUES (1)")
+            for round in 1...2 {
+                // The prelude goes with the body's first statement: its error is that statement's, and the statement
+                // never runs (round 1 prepares both statements; round 2 sends them together, prepared).
+                var statementReturned = false
+                do {
+                    try await pool.withTransaction(prelude: "SELECT 1 / \(0)") { connection in
+                        try await connection.query("INSERT INTO t VALUES (1)")
+                        statementReturned = true
+                    }
+                    Issue.record("the prelude's error was swallowed (round \(round))")
+                } catch let error as PGError {
+                    #expect(error.sqlState == "22012")
                 }
-                Issue.record("the prelude's error was swallowed")
-            } catch let error as PGError {
-                #expect(error.sqlState == "22012")
+                #expect(!statementReturned)
             }
-            #expect(!bodyRan)
             // Not left in pipeline mode or in the failed transaction: plain statements and transactions work.
             #expect(try await pool.query("SELECT 7").first!.decode(Int32.self, at: 0) == 7)
             _ = try await pool.withTransaction(prelude: "SELECT \(2)") { try await $0.query("INSERT INTO t VALUES (2)") }
             #expect(try await pool.query("SELECT array_agg(v) FROM t").first!.decode([Int].self, at: 0) == [2])
             // An invalid statement in the prelude (prepared inside the pipeline) fails the same way.
             await #expect(throws: PGError.self) {
-                try await pool.withTransaction(prelude: "SELEC \(1)") { _ in }
+                try await pool.withTransaction(prelude: "SELEC \(1)") { try await $0.query("SELECT 1") }
             }
             #expect(try await pool.query("SELECT 8").first!.decode(Int32.self, at: 0) == 8)
+        }
+    }
+
+    /// A transaction with a prelude and an after-commit statement: BEGIN, the prelude and the first statement in
+    /// one round trip, COMMIT and the after-commit statement in another; a body that runs nothing costs nothing.
+    @Test func beginTravelsWithTheFirstStatementAndCommitWithTheNext() async throws {
+        let database = try await TestDatabase.migrated()
+        try await database.withPool(conninfo: database.ownerConninfo, maxConnections: 1) { pool in
+            try await pool.query("CREATE TABLE t (v int)")
+            try await pool.query("CREATE TABLE followed (xact bigint, committed boolean)")
+            let follow: PGQuery = """
+                INSERT INTO followed SELECT txid_current(), EXISTS (SELECT 1 FROM t WHERE v = \(1))
+                """
+            for round in 1...3 {
+                let before = try await pool.withConnection { $0.requestCount }
+                let xact = try await pool.withTransaction(
+                    prelude: "SELECT set_config('app.round', \("\(round)"), true)", afterCommit: follow
+                ) { connection in
+                    let (setting, xact) = try await connection.query(
+                        "SELECT current_setting('app.round'), txid_current()").first!.decode(String.self, Int.self)
+                    #expect(setting == "\(round)")
+                    try await connection.query("DELETE FROM t")
+                    try await connection.query("INSERT INTO t VALUES (1)")
+                    return xact
+                }
+                let trips = try await pool.withConnection { $0.requestCount } - before
+                // Round 1 prepares each statement on its own; from round 2 on: three statements and COMMIT, four
+                // round trips (BEGIN and the prelude go with the first, the after-commit statement with COMMIT).
+                if round > 1 { #expect(trips == 4, "round \(round)") }
+                // The after-commit statement ran after the commit, in a transaction of its own, which saw the write.
+                let rows = try await pool.query("SELECT xact, committed FROM followed ORDER BY xact DESC LIMIT 1").first!
+                    .decode(Int.self, Bool.self)
+                #expect(rows.0 != xact && rows.1, "round \(round)")
+                #expect(try await pool.query("SELECT count(*) FROM followed").first!.decode(Int.self, at: 0) == round)
+            }
+            // A body that runs no statement sends nothing: no BEGIN, no COMMIT, no after-commit statement.
+            let before = try await pool.withConnection { $0.requestCount }
+            try await pool.withTransaction(prelude: "SELECT \(1)", afterCommit: follow) { _ in }
+            #expect(try await pool.withConnection { $0.requestCount } == before)
+            #expect(try await pool.query("SELECT count(*) FROM followed").first!.decode(Int.self, at: 0) == 3)
+        }
+    }
+
+    @Test func theAfterCommitStatementRunsOnlyAfterACommitAndItsFailureIsNotTheTransactions() async throws {
+        let database = try await TestDatabase.migrated()
+        try await database.withPool(conninfo: database.ownerConninfo, maxConnections: 1) { pool in
+            try await pool.query("CREATE TABLE t (v int)")
+            try await pool.query("CREATE TABLE followed (v int)")
+            try await pool.query("CREATE TABLE deferred (v int, id int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+            let follow: PGQuery = "INSERT INTO followed VALUES (\(1))"
+            for round in 1...2 {
+                // The body fails: rolled back, nothing follows.
+                await #expect(throws: PGError.self) {
+                    try await pool.withTransaction(prelude: "SELECT \(1)", afterCommit: follow) { connection in
+                        try await connection.query("INSERT INTO t VALUES (1)")
+                        try await connection.query("SELECT 1 / \(0)")
+                    }
+                }
+                // COMMIT fails (a deferred unique key): nothing committed, nothing follows.
+                await #expect(throws: PGError.self) {
+                    try await pool.withTransaction(prelude: "SELECT \(1)", afterCommit: follow) { connection in
+                        try await connection.query("INSERT INTO deferred VALUES (1, 1), (2, 1)")
+                    }
+                }
+                #expect(try await pool.query("SELECT count(*) FROM followed").first!.decode(Int.self, at: 0) == 0, "round \(round)")
+                #expect(try await pool.query("SELECT count(*) FROM deferred").first!.decode(Int.self, at: 0) == 0)
+            }
+            // The after-commit statement fails: the transaction committed all the same, and the session is usable.
+            for round in 1...2 {
+                try await pool.withTransaction(prelude: "SELECT \(1)", afterCommit: "SELECT 1 / \(0)") { connection in
+                    try await connection.query("INSERT INTO t VALUES (\(round))")
+                }
+            }
+            #expect(try await pool.query("SELECT array_agg(v ORDER BY v) FROM t").first!.decode([Int].self, at: 0) == [1, 2])
         }
     }
 

@@ -294,31 +294,32 @@ public struct BidService: Sendable {
         return (locked, project)
     }
 
-    /// `lockOwnBid`, also returning the database clock's time of the check that the project accepts bids.
-    /// Locks the bid first (one round trip fewer): when row-level security hides it from `FOR UPDATE` (its
-    /// deadline passed), or it is not the caller's, `lockOwnBid` finds out why.
+    /// `lockOwnBid`, also returning the database clock's time of the check that the project accepts bids and the
+    /// catalogue entries the bid's social value names. The bid locked, its project, the check and the catalogue in
+    /// one statement (one round trip; with BEGIN and the context, the transaction's first). When row-level security
+    /// hides the bid from `FOR UPDATE` (its deadline passed), or it is not the caller's, `lockOwnBid` finds out why.
     static func lockOwnBidTimed(_ connection: PGConnection, id: UUID, scope: AccessScope) async throws -> (Bid, Project, Date, Measures?) {
-        let visible = try await connection.query("""
-            \(unsafeSQL: selectSQL) WHERE b.id = \(id) FOR UPDATE OF b
-            """).first.map(decode)
-        if let locked = visible, locked.supplierID == scope.supplierID {
-            // The project and the check that it accepts bids in one statement (one round trip).
-            // The project, the check that it accepts bids and the catalogue entries the bid's social value names, in
-            // one statement (one round trip).
-            let codes = locked.socialValue.map(\.measureCode)
-            let result = try await connection.query("""
-                SELECT x.*, project_accepting_bids(x.authority_id, x.id) AS accepting_now, statement_timestamp() AS checked_at,
-                       (SELECT coalesce(jsonb_object_agg(m.code, jsonb_build_array(m.name, m.unit, m.proxy_value_pence)), '{}')::text
-                        FROM social_value_measure m
-                        WHERE m.authority_id = x.authority_id AND m.code = ANY (\(codes)) AND m.retired_at IS NULL) AS measures
-                FROM (\(unsafeSQL: ProjectService.selectSQL) WHERE p.id = \(locked.projectID)) x
-                """)
-            guard let row = result.first, let accepting = result.columnIndex("accepting_now"),
-                  let checked = result.columnIndex("checked_at"), let measures = result.columnIndex("measures")
-            else { throw DomainError.notFound("project") }
-            let project = try ProjectService.decode(row)
-            guard try row.decode(Bool.self, at: accepting) else { throw notAcceptingBids(project) }
-            return (locked, project, try row.decode(Date.self, at: checked), try Measures(json: row.decode(String.self, at: measures)))
+        // The bid's columns first (decoded as any bid read), then the project's after the `project_found` marker.
+        // The lock is taken in the subquery, before the project is read and checked; a bid changed meanwhile by a
+        // concurrent submission is read again once its lock is granted, as with any `FOR UPDATE`.
+        let result = try await connection.query("""
+            SELECT locked.*, x.id IS NOT NULL AS project_found, x.*,
+                   project_accepting_bids(x.authority_id, x.id) AS accepting_now, statement_timestamp() AS checked_at,
+                   (SELECT coalesce(jsonb_object_agg(m.code, jsonb_build_array(m.name, m.unit, m.proxy_value_pence)), '{}')::text
+                    FROM social_value_measure m
+                    WHERE m.authority_id = x.authority_id AND m.retired_at IS NULL
+                      AND m.code IN (SELECT c ->> 'measure_code' FROM jsonb_array_elements(locked.social_value::jsonb) c)) AS measures
+            FROM (\(unsafeSQL: selectSQL) WHERE b.id = \(id) FOR UPDATE OF b) locked
+            LEFT JOIN LATERAL (\(unsafeSQL: ProjectService.selectSQL) WHERE p.id = locked.project_id) x ON true
+            """)
+        if let row = result.first, let found = result.columnIndex("project_found") {
+            let locked = try decode(row)
+            if locked.supplierID == scope.supplierID {
+                guard try row.decode(Bool.self, at: found) else { throw DomainError.notFound("project") }
+                let project = try ProjectService.decode(row.shifted(by: found + 1))
+                guard try row.decode(Bool.self, "accepting_now") else { throw notAcceptingBids(project) }
+                return (locked, project, try row.decode(Date.self, "checked_at"), try Measures(json: row.decode(String.self, "measures")))
+            }
         }
         let (locked, project) = try await lockOwnBid(connection, id: id, scope: scope)
         let now = try await connection.query("SELECT statement_timestamp()").first!.decode(Date.self, at: 0)

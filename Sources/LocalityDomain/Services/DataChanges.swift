@@ -112,10 +112,15 @@ public final class DataChanges: Sendable {
     /// cache's lifetime (logged by the caller's metrics only).
     static func announce(_ scope: AccessScope, local: DataChanges?, on pool: PGPool) async {
         local?.changed(authority: scope.authorityID)
-        let payload = scope.authorityID?.uuidString.lowercased() ?? ""
         _ = try? await pool.withConnectionRerunIfLost { connection in
-            try await connection.query(PGQuery(announceSQL, [payload.pg]))
+            try await connection.query(announcement(scope))
         }
+    }
+
+    /// The announcement of a write for `scope`: run after its commit, in a transaction of its own (the services'
+    /// transactions send it with their COMMIT, `ScopedDatabase.transaction`).
+    static func announcement(_ scope: AccessScope) -> PGQuery {
+        PGQuery(announceSQL, [(scope.authorityID?.uuidString.lowercased() ?? "").pg])
     }
 
     /// Whether a write transaction that failed with `error` may nevertheless have committed (or left changes the

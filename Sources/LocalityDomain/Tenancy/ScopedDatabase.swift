@@ -40,22 +40,26 @@ public struct ScopedDatabase: Sendable {
         retry: PGTransactionRetry = .onConflict(),
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
-        if readOnly { return try await unannouncedTransaction(scope, isolation: isolation, readOnly: true, retry: retry, body) }
+        if readOnly {
+            return try await scopedTransaction(scope, isolation: isolation, readOnly: true, retry: retry, afterCommit: nil, body)
+        }
         // Announced after it ends, before its request is answered: the caller's next read, on any instance, sees it
-        // (DataChanges). A failure that may hide a commit is announced too.
+        // (DataChanges). The announcement goes to the others with the COMMIT, in the same round trip, and runs
+        // after it in a transaction of its own. A failure that may hide a commit is announced too.
         let result: R
         do {
-            result = try await unannouncedTransaction(scope, isolation: isolation, readOnly: false, retry: retry, body)
+            result = try await scopedTransaction(
+                scope, isolation: isolation, readOnly: false, retry: retry, afterCommit: DataChanges.announcement(scope), body)
         } catch {
             if DataChanges.mayHaveCommitted(error) { await DataChanges.announce(scope, local: changes, on: pool) }
             throw error
         }
-        await DataChanges.announce(scope, local: changes, on: pool)
+        changes?.changed(authority: scope.authorityID)
         return result
     }
 
-    private func unannouncedTransaction<R: Sendable>(
-        _ scope: AccessScope, isolation: PGIsolationLevel, readOnly: Bool, retry: PGTransactionRetry,
+    private func scopedTransaction<R: Sendable>(
+        _ scope: AccessScope, isolation: PGIsolationLevel, readOnly: Bool, retry: PGTransactionRetry, afterCommit: PGQuery?,
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
         // A write of a request sent with an Idempotency-Key commits only while that request still holds its key,
@@ -69,14 +73,16 @@ public struct ScopedDatabase: Sendable {
         do {
             // A read-only transaction of a request the API marked may go to a replica (ReplicaReads.swift).
             return try await Self.routed(readOnly: readOnly, primary: pool) { pool in
-                // The context goes with BEGIN in one round trip.
+                // The context goes with BEGIN and the first statement in one round trip.
                 guard let bulkhead, let tenant = Self.tenantKey(scope) else {
                     return try await pool.withTransaction(
-                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), fenced)
+                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope),
+                        afterCommit: afterCommit, fenced)
                 }
                 return try await bulkhead.run(tenant) {
                     try await pool.withTransaction(
-                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope), fenced)
+                        isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope),
+                        afterCommit: afterCommit, fenced)
                 }
             }
         } catch let error as PGError {
