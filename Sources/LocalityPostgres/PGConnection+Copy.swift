@@ -30,6 +30,7 @@ extension PGConnection {
         // COPY streams many chunks; doing it in blocking mode on a thread of its own keeps it simple and
         // keeps a bulk load from holding up the I/O loop. No request of ours is in flight meanwhile, so
         // the loop does not touch this connection.
+        try await sendDeferredBegin()
         await waitForCancels()
         let ticket = issueTicket()
         return try await withTaskCancellationHandler {
