@@ -164,7 +164,7 @@ let package = Package(
         ),
         .testTarget(
             name: "LocalityDomainTests",
-            dependencies: ["LocalityDomain", "PostgresTestSupport"],
+            dependencies: ["LocalityDomain", "LocalityPostgres", "PostgresTestSupport"],
             swiftSettings: swiftSettings
         ),
         // Runs the built `locality-admin` binary (.build/debug/locality-admin) against a fresh test database.

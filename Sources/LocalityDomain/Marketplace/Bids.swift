@@ -16,6 +16,12 @@ public struct ProposedKPI: Sendable, Codable, Equatable {
     public var frequency: ReportingFrequency
     public var evidenceSource: String
 
+    // Spelt out (the stored and audited snake case) so that rows decode, and receipts encode, without Foundation's
+    // key conversion, which splits, recases and joins every key of every object (see `AuditLog.plainEncoder`).
+    enum CodingKeys: String, CodingKey {
+        case title, measure, unit, baseline, target, targetDate = "target_date", frequency, evidenceSource = "evidence_source"
+    }
+
     public init(title: String, measure: String, unit: KPIUnit, baseline: Double, target: Double, targetDate: String,
                 frequency: ReportingFrequency, evidenceSource: String) {
         self.title = title
@@ -37,6 +43,10 @@ public struct SocialValueCommitment: Sendable, Codable, Equatable {
     public var unit: String
     public var quantity: Double
     public var proxyValuePence: Int
+
+    enum CodingKeys: String, CodingKey {
+        case measureCode = "measure_code", measureName = "measure_name", unit, quantity, proxyValuePence = "proxy_value_pence"
+    }
 }
 
 public struct BidDeclarations: Sendable, Codable, Equatable {
@@ -44,6 +54,10 @@ public struct BidDeclarations: Sendable, Codable, Equatable {
     public var informationAccurate: Bool
     /// Empty when the bidder has no conflict of interest to declare.
     public var conflictsOfInterest: String
+
+    enum CodingKeys: String, CodingKey {
+        case acceptsTerms = "accepts_terms", informationAccurate = "information_accurate", conflictsOfInterest = "conflicts_of_interest"
+    }
 
     public init(acceptsTerms: Bool, informationAccurate: Bool, conflictsOfInterest: String) {
         self.acceptsTerms = acceptsTerms
@@ -206,7 +220,7 @@ public struct BidService: Sendable {
                 pricePence: before.pricePence, approach: before.approach, outputs: before.outputs, kpis: before.kpis,
                 socialValue: before.socialValue.map { .init(measureCode: $0.measureCode, quantity: $0.quantity) },
                 declarations: before.declarations)
-            _ = try await Self.resolve(connection, content, project: project, submitting: true, measures: measures)
+            try await Self.validate(connection, content, project: project, submitting: true, measures: measures)
             let submittedAt = checkedAt
             var submitted = before
             submitted.submittedAt = submittedAt
@@ -364,10 +378,25 @@ public struct BidService: Sendable {
         }
     }
 
-    /// Validates content (field-level errors) and prices social value from the authority's catalogue (`measures`
-    /// when the caller read them already, else one query per commitment).
+    /// `validate`, then the fields as the bid's columns store them.
     static func resolve(_ connection: PGConnection, _ content: BidContent, project: Project, submitting: Bool,
                         measures: Measures? = nil) async throws -> ResolvedFields {
+        let valid = try await validate(connection, content, project: project, submitting: submitting, measures: measures)
+        return ResolvedFields(
+            price: content.pricePence, approach: content.approach ?? "", outputs: content.outputs ?? "",
+            kpis: try plainJSON(valid.kpis), socialValue: try plainJSON(valid.socialValue),
+            declarations: try content.declarations.map(plainJSON) ?? "{}")
+    }
+
+    static func plainJSON(_ value: some Encodable) throws -> String {
+        String(decoding: try AuditLog.plainEncoder.encode(value), as: UTF8.self)
+    }
+
+    /// Validates content (field-level errors) and prices social value from the authority's catalogue (`measures`
+    /// when the caller read them already, else one query per commitment).
+    @discardableResult
+    static func validate(_ connection: PGConnection, _ content: BidContent, project: Project, submitting: Bool,
+                         measures: Measures? = nil) async throws -> (kpis: [ProposedKPI], socialValue: [SocialValueCommitment]) {
         var validator = Validator()
         if let price = content.pricePence {
             validator.check(price > 0, "price_pence", "must be a positive number of pence")
@@ -430,10 +459,7 @@ public struct BidService: Sendable {
             validator.check(false, "declarations", "are required to submit")
         }
         try validator.throwIfInvalid()
-        return ResolvedFields(
-            price: content.pricePence, approach: content.approach ?? "", outputs: content.outputs ?? "",
-            kpis: try ProjectService.json(kpis), socialValue: try ProjectService.json(priced),
-            declarations: try content.declarations.map(ProjectService.json) ?? "{}")
+        return (kpis, priced)
     }
 
     /// The canonical form a receipt's digest covers: one line of JSON, keys sorted, snake_case, no
@@ -452,12 +478,17 @@ public struct BidService: Sendable {
             var socialValue: [SocialValueCommitment]
             var declarations: BidDeclarations?
             var submittedAt: String
+
+            enum CodingKeys: String, CodingKey {
+                case bidID = "bid_id", projectID = "project_id", supplierID = "supplier_id", pricePence = "price_pence", approach
+                case outputs, kpis, socialValue = "social_value", declarations, submittedAt = "submitted_at"
+            }
         }
         let canonical = Canonical(
             bidID: bid.id.lowercased, projectID: bid.projectID.lowercased, supplierID: bid.supplierID.lowercased,
             pricePence: bid.pricePence, approach: bid.approach, outputs: bid.outputs, kpis: bid.kpis, socialValue: bid.socialValue,
             declarations: bid.declarations, submittedAt: PGDateFormat.string(bid.submittedAt ?? Date()))
-        return String(decoding: (try? AuditLog.auditEncoder.encode(canonical)) ?? Data(), as: UTF8.self)
+        return String(decoding: (try? AuditLog.plainEncoder.encode(canonical)) ?? Data(), as: UTF8.self)
     }
 
     /// SHA-256 (lowercase hex) of `text`'s UTF-8 bytes.
@@ -482,8 +513,7 @@ public struct BidService: Sendable {
     }
 
     static func decode(_ row: PGRow) throws -> Bid {
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        let decoder = AuditLog.plainDecoder
         let declarationsText = try row.decode(String.self, at: 11)
         return Bid(
             id: try row.decode(UUID.self, at: 0), authorityID: try row.decode(UUID.self, at: 1), projectID: try row.decode(UUID.self, at: 2),
@@ -501,13 +531,17 @@ public struct BidService: Sendable {
 
 /// What the audit chain keeps of a bid: its state and its receipt, not its content (prices and
 /// approaches stay in the bid, whose access is sealed).
-struct AuditedBid: Encodable, Sendable {
+struct AuditedBid: SnakeCaseCodingKeys, Sendable {
     var id: UUID
     var projectID: UUID
     var status: BidStatus
     var version: Int
     var submittedAt: Date?
     var receiptSHA256: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, projectID = "project_id", status, version, submittedAt = "submitted_at", receiptSHA256 = "receipt_sha256"
+    }
 
     init(_ bid: Bid) {
         id = bid.id

@@ -252,14 +252,34 @@ public enum AuditLog {
 
     static func jsonBind(_ value: (any Encodable & Sendable)?) throws -> PGBind {
         guard let value else { return .null(oid: PGType.jsonb) }
-        return PGBind(oid: PGType.jsonb, text: String(decoding: try auditEncoder.encode(value), as: UTF8.self))
+        let encoder = value is any SnakeCaseCodingKeys ? plainEncoder : auditEncoder
+        return PGBind(oid: PGType.jsonb, text: String(decoding: try encoder.encode(value), as: UTF8.self))
     }
 
-    static var auditEncoder: JSONEncoder {
+    /// Snake-case keys, sorted, ISO 8601 times. One for every caller (an encoder's options are fixed once set, and
+    /// encoding with it is thread-safe).
+    static let auditEncoder: JSONEncoder = {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
         encoder.dateEncodingStrategy = .iso8601
         encoder.outputFormatting = [.sortedKeys]
         return encoder
-    }
+    }()
+
+    /// `auditEncoder` without the key conversion, for types whose coding keys are spelt in snake case already
+    /// (`SnakeCaseCodingKeys`): the same text, without Foundation splitting, recasing and joining every key.
+    static let plainEncoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }()
+
+    /// Plain decoding for the same types (`convertFromSnakeCase` would turn `target_date` into `targetDate`, which
+    /// their spelt-out keys no longer match).
+    static let plainDecoder = JSONDecoder()
 }
+
+/// A type whose coding keys (its own and its members') are spelt in snake case, so `AuditLog.plainEncoder` writes
+/// what `auditEncoder` would, more cheaply. `SnakeCaseCodingKeysTests` checks each such type against `auditEncoder`.
+protocol SnakeCaseCodingKeys: Encodable {}
