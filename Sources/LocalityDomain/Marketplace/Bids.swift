@@ -308,36 +308,59 @@ public struct BidService: Sendable {
         return (locked, project)
     }
 
-    /// `lockOwnBid`, also returning the database clock's time of the check that the project accepts bids and the
-    /// catalogue entries the bid's social value names. The bid locked, its project, the check and the catalogue in
-    /// one statement (one round trip; with BEGIN and the context, the transaction's first). When row-level security
-    /// hides the bid from `FOR UPDATE` (its deadline passed), or it is not the caller's, `lockOwnBid` finds out why.
-    static func lockOwnBidTimed(_ connection: PGConnection, id: UUID, scope: AccessScope) async throws -> (Bid, Project, Date, Measures?) {
+    /// What validating a bid needs of its project: whose catalogue prices its social value, and its maximum value.
+    struct ProjectTerms {
+        var authorityID: UUID
+        var maxValuePence: Int?
+
+        init(authorityID: UUID, maxValuePence: Int?) {
+            self.authorityID = authorityID
+            self.maxValuePence = maxValuePence
+        }
+
+        init(_ project: Project) {
+            self.init(authorityID: project.authorityID, maxValuePence: project.maxValuePence)
+        }
+    }
+
+    /// `lockOwnBid` for a submission: the bid locked, what validation needs of its project, the database clock's time
+    /// of the check that the project accepts bids, and the catalogue entries the bid's social value names, in one
+    /// statement (one round trip; with BEGIN and the context, the transaction's first). The project is read by its
+    /// key and only for the columns a submission uses: the full project read (its funding stream's code, its
+    /// amendments) is two more row-level-secured lookups a submission does not need. When row-level security hides
+    /// the bid from `FOR UPDATE` (its deadline passed), or it is not the caller's, `lockOwnBid` finds out why.
+    static func lockOwnBidTimed(_ connection: PGConnection, id: UUID, scope: AccessScope) async throws -> (Bid, ProjectTerms, Date, Measures?) {
         // The bid's columns first (decoded as any bid read), then the project's after the `project_found` marker.
         // The lock is taken in the subquery, before the project is read and checked; a bid changed meanwhile by a
-        // concurrent submission is read again once its lock is granted, as with any `FOR UPDATE`.
+        // concurrent submission is read again once its lock is granted, as with any `FOR UPDATE`. Whether the project
+        // accepts bids is `project_accepting_bids` spelt out on the row just read, at the statement's time (the
+        // same instant the policy that let `FOR UPDATE` lock the bid asked about).
         let result = try await connection.query("""
-            SELECT locked.*, x.id IS NOT NULL AS project_found, x.*,
-                   project_accepting_bids(x.authority_id, x.id) AS accepting_now, statement_timestamp() AS checked_at,
+            SELECT locked.*, p.id IS NOT NULL AS project_found, p.status::text AS project_status, p.max_value_pence,
+                   coalesce(p.status = 'open' AND p.bid_deadline > statement_timestamp(), false) AS accepting_now,
+                   statement_timestamp() AS checked_at,
                    (SELECT coalesce(jsonb_object_agg(m.code, jsonb_build_array(m.name, m.unit, m.proxy_value_pence)), '{}')::text
                     FROM social_value_measure m
-                    WHERE m.authority_id = x.authority_id AND m.retired_at IS NULL
+                    WHERE m.authority_id = p.authority_id AND m.retired_at IS NULL
                       AND m.code IN (SELECT c ->> 'measure_code' FROM jsonb_array_elements(locked.social_value::jsonb) c)) AS measures
             FROM (\(unsafeSQL: selectSQL) WHERE b.id = \(id) FOR UPDATE OF b) locked
-            LEFT JOIN LATERAL (\(unsafeSQL: ProjectService.selectSQL) WHERE p.id = locked.project_id) x ON true
+            LEFT JOIN project p ON p.authority_id = locked.authority_id AND p.id = locked.project_id
             """)
         if let row = result.first, let found = result.columnIndex("project_found") {
             let locked = try decode(row)
             if locked.supplierID == scope.supplierID {
                 guard try row.decode(Bool.self, at: found) else { throw DomainError.notFound("project") }
-                let project = try ProjectService.decode(row.shifted(by: found + 1))
-                guard try row.decode(Bool.self, "accepting_now") else { throw notAcceptingBids(project) }
-                return (locked, project, try row.decode(Date.self, "checked_at"), try Measures(json: row.decode(String.self, "measures")))
+                guard try row.decode(Bool.self, "accepting_now") else {
+                    let status: ProjectStatus = try storedEnum(try row.decode(String.self, "project_status"), column: "project.status")
+                    throw notAccepting(status: status)
+                }
+                return (locked, ProjectTerms(authorityID: locked.authorityID, maxValuePence: try row.decode(Int?.self, "max_value_pence")),
+                        try row.decode(Date.self, "checked_at"), try Measures(json: row.decode(String.self, "measures")))
             }
         }
         let (locked, project) = try await lockOwnBid(connection, id: id, scope: scope)
         let now = try await connection.query("SELECT statement_timestamp()").first!.decode(Date.self, at: 0)
-        return (locked, project, now, nil)
+        return (locked, ProjectTerms(project), now, nil)
     }
 
     /// Returns the statement time of the check (the database clock).
@@ -351,8 +374,13 @@ public struct BidService: Sendable {
     }
 
     static func notAcceptingBids(_ project: Project) -> DomainError {
-        .conflict(project.status == .open || project.status == .closed
-            ? "The bid deadline has passed; nothing was changed." : "The project is \(project.status.rawValue) and not accepting bids.")
+        notAccepting(status: project.status)
+    }
+
+    /// `status` as stored, or as read (`closed` once an open project's deadline has passed).
+    static func notAccepting(status: ProjectStatus) -> DomainError {
+        .conflict(status == .open || status == .closed
+            ? "The bid deadline has passed; nothing was changed." : "The project is \(status.rawValue) and not accepting bids.")
     }
 
     struct ResolvedFields {
@@ -381,7 +409,7 @@ public struct BidService: Sendable {
     /// `validate`, then the fields as the bid's columns store them.
     static func resolve(_ connection: PGConnection, _ content: BidContent, project: Project, submitting: Bool,
                         measures: Measures? = nil) async throws -> ResolvedFields {
-        let valid = try await validate(connection, content, project: project, submitting: submitting, measures: measures)
+        let valid = try await validate(connection, content, project: ProjectTerms(project), submitting: submitting, measures: measures)
         return ResolvedFields(
             price: content.pricePence, approach: content.approach ?? "", outputs: content.outputs ?? "",
             kpis: try plainJSON(valid.kpis), socialValue: try plainJSON(valid.socialValue),
@@ -395,7 +423,7 @@ public struct BidService: Sendable {
     /// Validates content (field-level errors) and prices social value from the authority's catalogue (`measures`
     /// when the caller read them already, else one query per commitment).
     @discardableResult
-    static func validate(_ connection: PGConnection, _ content: BidContent, project: Project, submitting: Bool,
+    static func validate(_ connection: PGConnection, _ content: BidContent, project: ProjectTerms, submitting: Bool,
                          measures: Measures? = nil) async throws -> (kpis: [ProposedKPI], socialValue: [SocialValueCommitment]) {
         var validator = Validator()
         if let price = content.pricePence {
