@@ -189,4 +189,47 @@ struct PolicyCostTests {
             }
         }
     }
+
+    /// The supplier's admitted authorities are read from supplier_admission once per transaction (0039), not in every
+    /// statement and policy-checked function call (six times per bid submission before), and still follow the
+    /// context (another supplier's transaction reads its own) and the data (a suspension is seen by the next one).
+    @Test func theSuppliersAdmittedAuthoritiesAreReadOncePerTransaction() async throws {
+        let world = try await World.make()
+        let authority = world.a.authority.id
+        let open = world.market.openEmpty
+        let supplier = AccessScope(authorityID: nil, supplierID: world.supplierID, userID: world.supplierUserID, roles: [.supplierUser],
+                                   boardIDs: [], actor: "user:test")
+        let applicant = AccessScope(authorityID: nil, supplierID: world.applicantID, userID: nil, roles: [.supplierUser], boardIDs: [],
+                                    actor: "user:test")
+        let admitted: PGQuery = "SELECT app_admitted_authority_ids()::text"
+        let admissionReads: PGQuery = """
+            SELECT coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0)::int FROM pg_stat_xact_user_tables WHERE relname = 'supplier_admission'
+            """
+        try await PGConnection.withConnection(.init(conninfo: world.database.applicationConninfo, applicationName: "t")) { connection in
+            try await connection.withTransaction { connection in
+                try await ScopedDatabase.setContext(supplier, on: connection)
+                for _ in 1...3 {
+                    #expect(try await connection.query("SELECT project_accepting_bids(\(authority), \(open))").first!.decode(Bool.self, at: 0))
+                    #expect(try await connection.query("SELECT count(*)::int FROM project WHERE id = \(open)").first!.decode(Int.self, at: 0) == 1)
+                }
+                #expect(try await connection.query(admitted).first!.decode(String.self, at: 0) == "{\(authority.lowercased)}")
+                #expect(try await connection.query(admissionReads).first!.decode(Int.self, at: 0) == 1)
+                // Another supplier in the same transaction: its own list, read afresh (the applicant is not admitted).
+                try await ScopedDatabase.setContext(applicant, on: connection)
+                #expect(try await connection.query(admitted).first!.decode(String.self, at: 0) == "{}")
+                #expect(try await connection.query("SELECT count(*)::int FROM project WHERE id = \(open)").first!.decode(Int.self, at: 0) == 0)
+                #expect(try await connection.query(admissionReads).first!.decode(Int.self, at: 0) == 2)
+            }
+            try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { owner in
+                try await owner.query("""
+                    UPDATE supplier_admission SET status = 'suspended' WHERE authority_id = \(authority) AND supplier_id = \(world.supplierID)
+                    """)
+            }
+            try await connection.withTransaction { connection in
+                try await ScopedDatabase.setContext(supplier, on: connection)
+                #expect(try await connection.query(admitted).first!.decode(String.self, at: 0) == "{}")
+                #expect(try await !connection.query("SELECT project_accepting_bids(\(authority), \(open))").first!.decode(Bool.self, at: 0))
+            }
+        }
+    }
 }
