@@ -59,10 +59,16 @@ func concurrently(
     let connections = (0..<count).map { _ in
         OwnConnection(client: TestClient(host: "localhost", port: port, configuration: .init(timeout: .seconds(60))))
     }
-    for connection in connections { connection.client.connect() }
     let results = try await withThrowingTaskGroup(of: (Int, Data).self) { group in
         for (index, connection) in connections.enumerated() {
-            group.addTask { try await request(index, connection) }
+            group.addTask {
+                // Connect in the task that writes at once: a connection opened up front and written to only when
+                // a starved test process gets round to it can sit idle past the server's idle timeout and be
+                // closed under the request ("I/O on closed channel", seen once in CI). A child task always runs
+                // its body, cancelled or not, so every client is connected before `shutdown` waits for it.
+                connection.client.connect()
+                return try await request(index, connection)
+            }
         }
         var results: [(status: Int, body: [String: Any])] = []
         for try await (status, data) in group {
