@@ -110,6 +110,59 @@ struct AuditSealingTests {
         try await expectChainsIntact(world, including: [world.supplierID], events: [(lower(world.market.completeBid), "bid")])
     }
 
+    /// Migration 0040: an append that can take its chain's head inserts its event sealed, with no second version
+    /// of the row; one that finds the head taken writes it unsealed, and the next append that takes the head
+    /// seals that backlog before its own event, so the chain keeps the order events became visible. On 0039 the
+    /// first transaction updates each of its two events after inserting it (two updates, not none).
+    @Test func anAppendThatHoldsTheHeadInsertsItsEventSealed() async throws {
+        let world = try await World.make()
+        let lim = Self.lim(world)
+        let authority = world.a.authority.id
+        let config = PGConnectionConfiguration(conninfo: world.database.applicationConninfo, applicationName: "t")
+        let append: PGQuery = "SELECT append_audit_event('project.update', 'project', 'sealed-on-insert', NULL, '{}')"
+        let writes: PGQuery = """
+            SELECT n_tup_ins::int, n_tup_upd::int FROM pg_stat_xact_user_tables WHERE relname = 'audit_event'
+            """
+        let headSeq: PGQuery = "SELECT coalesce((SELECT seq::int FROM audit_chain_head WHERE chain_id = \(authority)), 0)"
+        let superuser = PGConnectionConfiguration(conninfo: world.database.superuserConninfo, applicationName: "t")
+        let before = try await PGConnection.withConnection(superuser) { try await $0.query(headSeq).first!.decode(Int.self, at: 0) }
+
+        try await PGConnection.withConnection(config) { holder in
+            try await holder.execute("BEGIN")
+            try await ScopedDatabase.setContext(lim, on: holder)
+            let first = try await holder.query(append).first!.decode(Int.self, at: 0)
+            let second = try await holder.query(append).first!.decode(Int.self, at: 0)
+            #expect((first, second) == (before + 1, before + 2), "each event has its place when written")
+            let (inserted, updated) = try await holder.query(writes).first!.decode(Int.self, Int.self)
+            #expect((inserted, updated) == (2, 0), "inserted sealed, never updated")
+
+            // The holder keeps the head: another transaction's event waits unsealed, without waiting itself.
+            let pending = try await PGConnection.withConnection(config) { other in
+                try await other.withTransaction { other in
+                    try await ScopedDatabase.setContext(lim, on: other)
+                    return try await other.query(append).first!.decode(Int.self, at: 0)
+                }
+            }
+            #expect(pending < 0, "written unsealed while the head is taken")
+            try await holder.execute("COMMIT")
+        }
+
+        // The next append seals the backlog first, then writes its own event after it.
+        let next = try await PGConnection.withConnection(config) { connection in
+            try await connection.withTransaction { connection in
+                try await ScopedDatabase.setContext(lim, on: connection)
+                return try await connection.query(append).first!.decode(Int.self, at: 0)
+            }
+        }
+        #expect(next == before + 4)
+        try await PGConnection.withConnection(superuser) { connection in
+            #expect(try await connection.query(headSeq).first!.decode(Int.self, at: 0) == before + 4)
+            let unsealed = try await connection.query("SELECT count(*)::int FROM audit_event WHERE hash IS NULL").first!.decode(Int.self, at: 0)
+            #expect(unsealed == 0)
+        }
+        try await expectChainsIntact(world, including: [authority], events: [("sealed-on-insert", "project")])
+    }
+
     /// Every chain verifies (the verifier seals first), and each named event is in its chain with a place (seq > 0).
     func expectChainsIntact(_ world: World, including chains: [UUID], events: [(id: String, type: String)]) async throws {
         try await world.database.withPool(conninfo: world.database.ownerConninfo) { pool in
