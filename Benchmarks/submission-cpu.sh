@@ -1,26 +1,26 @@
 #!/usr/bin/env bash
 # Bid submission: server and PostgreSQL CPU per request, from /proc, and (STATS=1) the index scans per submission.
 # A fresh `locality-server --demo` (release build); N draft bids prepared with prepare-bids.py (the demo LIM publishes a
-# £1 project per bid, the demo supplier drafts a complete bid on each); one wrk run at C connections for D seconds,
-# every request submitting a different draft.
+# £1 project per bid; SUPPLIERS suppliers, default 64, draft a complete bid on each, round robin); one wrk run at C
+# connections for D seconds, every request submitting a different draft as the supplier user who drafted it.
 #   Benchmarks/submission-cpu.sh                      # from the project root, after: swift build -c release
 #   BIN=/tmp/before N=8000 D=5 STATS=1 Benchmarks/submission-cpu.sh
-# Environment: C (32), D (8), N (drafts, 10000: enough for C connections at ~1,000 req/s), WARM (seconds of
+# Environment: C (32), D (8), SUPPLIERS (64: 1 submits every bid as the demo supplier), N (drafts, 10000: enough for C connections at ~1,000 req/s), WARM (seconds of
 # warm-up on the first 3,000 drafts before the measured run; none by default), BIN (the server binary: give saved
 # copies to compare two builds in the same minutes, alternating), EXTRA (more locality-server flags), PORT (18781),
-# STATS (1: pg_stat_user_tables scans per submission during the run), PERF (a file: `perf record -g -a` during the run).
+# STATS (1: pg_stat_user_tables scans, and audit_event rows written, per submission during the run), PERF (a file: `perf record -g -a` during the run).
 # Every figure is per request wrk counted; a run that exhausts the drafts answers 404s and says so (Non-2xx).
 set -euo pipefail
 C=${C:-32}; D=${D:-8}; N=${N:-10000}; BIN=${BIN:-.build/release/locality-server}; PORT=${PORT:-18781}
 [ -x "$BIN" ] || { echo "build first: swift build -c release --product locality-server"; exit 1; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d /tmp/lcm-sub.XXXXXX); chmod 755 "$WORK"
-"$BIN" --port "$PORT" --metrics-port 0 --demo --data-dir "$WORK/pg" ${EXTRA:-} >"$WORK/ours.log" 2>&1 &
+LOCALITY_REGISTRATIONS_PER_HOUR=${SUPPLIERS:-64} "$BIN" --port "$PORT" --metrics-port 0 --demo --data-dir "$WORK/pg" ${EXTRA:-} >"$WORK/ours.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$WORK"' EXIT
 for _ in $(seq 1 120); do grep -q 'Tokens (shown once)' "$WORK/ours.log" 2>/dev/null && curl -sf -o /dev/null http://127.0.0.1:$PORT/healthz && break; sleep 1; done
 token() { awk -v r="$1" '$1 == r && $2 ~ /^lcm_/ {print $2}' "$WORK/ours.log" | head -1; }
-SUPPLIER=$(token supplier_user); export LIM_TOKEN; LIM_TOKEN=$(token lim)
+SUPPLIER=$(token supplier_user); export LIM_TOKEN ADMIN_TOKEN; LIM_TOKEN=$(token lim); ADMIN_TOKEN=$(token authority_admin)
 python3 "$HERE/prepare-bids.py" "http://127.0.0.1:$PORT" "$SUPPLIER" "$N" > "$WORK/bids.txt"
 echo "prepared $(wc -l < "$WORK/bids.txt") draft bids"
 psql_owner() { psql -X -q -At -h "$WORK/pg" -p 5432 -U postgres -d locality "$@"; }
@@ -29,14 +29,19 @@ script() {
   cat <<LUA
 local ids = {}
 local skip = $1
-for line in io.lines("$WORK/bids.txt") do if skip > 0 then skip = skip - 1 else ids[#ids + 1] = line end end
+for line in io.lines("$WORK/bids.txt") do
+  if skip > 0 then skip = skip - 1 else
+    local id, token = line:match("^(%S+)%s*(%S*)")
+    ids[#ids + 1] = {id = id, token = token ~= "" and token or "$SUPPLIER"}
+  end
+end
 local counter = 0
 function setup(thread) thread:set("k", counter); counter = counter + 1 end
 function init(args) index = 0 end
 function request()
-  local id = ids[index * 2 + k + 1] or "00000000-0000-0000-0000-000000000000"
+  local bid = ids[index * 2 + k + 1] or {id = "00000000-0000-0000-0000-000000000000", token = "$SUPPLIER"}
   index = index + 1
-  return wrk.format("POST", "/v1/bids/" .. id .. "/submit")
+  return wrk.format("POST", "/v1/bids/" .. bid.id .. "/submit", {Authorization = "Bearer " .. bid.token})
 end
 LUA
 }
@@ -70,4 +75,6 @@ if [ -n "${STATS:-}" ]; then
   echo "index and sequential scans per submission (pg_stat_user_tables during the run):"
   psql_owner -F ' ' -c "SELECT relname, round((idx_scan + seq_scan)::numeric / $n, 2) FROM pg_stat_user_tables
                         WHERE idx_scan + seq_scan > 0 ORDER BY idx_scan + seq_scan DESC LIMIT 12" | sed 's/^/  /'
+  psql_owner -F ' ' -c "SELECT 'audit_event rows inserted, updated per submission:', round(n_tup_ins::numeric / $n, 2),
+                        round(n_tup_upd::numeric / $n, 2) FROM pg_stat_user_tables WHERE relname = 'audit_event'"
 fi

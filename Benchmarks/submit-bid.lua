@@ -1,8 +1,9 @@
--- wrk script: POST /v1/bids/{id}/submit, each request a different draft bid of the demo supplier.
--- Run with the supplier's token (compare.sh passes it as -H):
---   ROLE=supplier_user OURS_PATH=/v1/me PEER_MODE=post OURS_LUA=Benchmarks/submit-bid.lua ../shared/bench/compare.sh
--- Draft bids are prepared by Benchmarks/prepare-bids.py (the demo LIM publishes a small project per bid, the
--- supplier drafts a complete bid on it) before the load starts: twice BIDS_PER_RUN (default 8,000) when fewer
+-- wrk script: POST /v1/bids/{id}/submit, each request a different draft bid, as the supplier user who drafted it.
+-- Run with the demo supplier's token (compare.sh passes it as -H; it names the files below):
+--   LOCALITY_REGISTRATIONS_PER_HOUR=1000 ROLE=supplier_user OURS_PATH=/v1/me PEER_MODE=post \
+--     OURS_LUA=Benchmarks/submit-bid.lua ../shared/bench/compare.sh
+-- Draft bids are prepared by Benchmarks/prepare-bids.py (the demo LIM publishes a small project per bid, one of
+-- SUPPLIERS suppliers, default 64, drafts a complete bid on it) before the load starts: twice BIDS_PER_RUN (default 8,000) when fewer
 -- than BIDS_PER_RUN are left. A run that would submit more than are left sends the rest to an unknown bid (404). They are kept in /tmp/lcm-bids-<token prefix>.txt; a second file records how many have
 -- been used, so the successive wrk runs of compare.sh never submit a bid twice.
 local per_run = tonumber(os.getenv("BIDS_PER_RUN") or "8000")
@@ -42,7 +43,10 @@ function setup(thread)
     local i = 0
     for line in io.lines(state .. ".txt") do
       i = i + 1
-      if i > used then bids[#bids + 1] = line end
+      if i > used then
+        local id, token = line:match("^(%S+)%s*(%S*)")
+        bids[#bids + 1] = {id = id, token = token ~= "" and token or nil}
+      end
     end
   end
   -- Thread k of n takes bids k, k + n, k + 2n, …: no two requests submit the same bid.
@@ -57,9 +61,12 @@ function init(args)
 end
 
 function request()
-  local id = bids[index * n + k + 1] or "00000000-0000-0000-0000-000000000000"
+  local bid = bids[index * n + k + 1] or {id = "00000000-0000-0000-0000-000000000000"}
   index = index + 1
-  return wrk.format("POST", "/v1/bids/" .. id .. "/submit")
+  if bid.token then
+    return wrk.format("POST", "/v1/bids/" .. bid.id .. "/submit", {Authorization = "Bearer " .. bid.token})
+  end
+  return wrk.format("POST", "/v1/bids/" .. bid.id .. "/submit")
 end
 
 function done(summary, latency, requests)
