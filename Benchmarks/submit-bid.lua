@@ -39,18 +39,21 @@ function setup(thread)
       local status = os.execute(command)
       assert(status == 0 or status == true, "preparing bids failed")
     end
-    bids = {}
+    -- Two flat lists (wrk copies a thread's values one level deep): the bid, and its supplier user's token.
+    bids, tokens = {}, {}
     local i = 0
     for line in io.lines(state .. ".txt") do
       i = i + 1
       if i > used then
         local id, token = line:match("^(%S+)%s*(%S*)")
-        bids[#bids + 1] = {id = id, token = token ~= "" and token or nil}
+        bids[#bids + 1] = id
+        tokens[#tokens + 1] = token
       end
     end
   end
   -- Thread k of n takes bids k, k + n, k + 2n, …: no two requests submit the same bid.
   thread:set("bids", bids)
+  thread:set("tokens", tokens)
   thread:set("k", #threads)
   thread:set("n", wrk_threads)
   table.insert(threads, thread)
@@ -61,12 +64,13 @@ function init(args)
 end
 
 function request()
-  local bid = bids[index * n + k + 1] or {id = "00000000-0000-0000-0000-000000000000"}
+  local i = index * n + k + 1
   index = index + 1
-  if bid.token then
-    return wrk.format("POST", "/v1/bids/" .. bid.id .. "/submit", {Authorization = "Bearer " .. bid.token})
+  local id, token = bids[i] or "00000000-0000-0000-0000-000000000000", tokens[i] or ""
+  if token ~= "" then
+    return wrk.format("POST", "/v1/bids/" .. id .. "/submit", {Authorization = "Bearer " .. token})
   end
-  return wrk.format("POST", "/v1/bids/" .. bid.id .. "/submit")
+  return wrk.format("POST", "/v1/bids/" .. id .. "/submit")
 end
 
 function done(summary, latency, requests)
