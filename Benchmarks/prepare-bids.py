@@ -81,6 +81,8 @@ bid = {
     "social_value": [{"measure_code": "NT13", "quantity": 2.5}],
     "declarations": {"accepts_terms": True, "information_accurate": True, "conflicts_of_interest": ""},
 }
+
+
 def register_suppliers(count):
     """count more supplier organisations, admitted to the LIM's authority; returns their users' tokens."""
     if count == 0:
@@ -107,7 +109,6 @@ def register_suppliers(count):
 suppliers = [supplier] + register_suppliers(max(1, int(os.environ.get("SUPPLIERS", "64"))) - 1)
 lock = threading.Lock()
 remaining = [count]
-made = [0]
 
 
 def worker(tag):
@@ -117,9 +118,8 @@ def worker(tag):
         with lock:
             if remaining[0] == 0:
                 return
+            token = suppliers[(count - remaining[0]) % len(suppliers)]   # round robin over the suppliers
             remaining[0] -= 1
-            token = suppliers[made[0] % len(suppliers)]
-            made[0] += 1
         n += 1
         created = client.call("POST", "/v1/projects", lim, dict(project, title=f"Bench {tag}-{n}-{os.getpid()}"))
         client.call("POST", f"/v1/projects/{created['id']}/publish", lim)
