@@ -11,30 +11,36 @@ extension APIHandlers {
         guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
         let bid = try await services.bids.create(
             try Authenticated.scope(), projectID: try pathID(input.path.projectId, "project"), try Self.content(body))
-        return .created(.init(headers: .init(location: "/v1/bids/\(bid.id.lowercased)"), body: .json(.init(bid))))
+        return .created(.init(headers: .init(location: "/v1/bids/\(bid.id.lowercased)"), body: .json(Self.offer(bid))))
     }
 
     func getBid(_ input: Operations.GetBid.Input) async throws -> Operations.GetBid.Output {
         let bid = try await services.bids.get(try Authenticated.scope(), id: try pathID(input.path.bidId, "bid"))
-        return .ok(.init(body: .json(.init(bid))))
+        return .ok(.init(body: .json(Self.offer(bid))))
     }
 
     func updateBid(_ input: Operations.UpdateBid.Input) async throws -> Operations.UpdateBid.Output {
         guard case .json(let body) = input.body else { throw APIProblem.unsupportedMediaType }
         let bid = try await services.bids.update(try Authenticated.scope(), id: try pathID(input.path.bidId, "bid"), try Self.content(body))
-        return .ok(.init(body: .json(.init(bid))))
+        return .ok(.init(body: .json(Self.offer(bid))))
     }
 
     func submitBid(_ input: Operations.SubmitBid.Input) async throws -> Operations.SubmitBid.Output {
         let (bid, receipt) = try await services.bids.submit(try Authenticated.scope(), id: try pathID(input.path.bidId, "bid"))
-        return .ok(.init(body: .json(.init(
+        let submission = Components.Schemas.BidSubmission(
             bid: .init(bid), receipt: .init(bidId: receipt.bidID.lowercased, submittedAt: receipt.submittedAt, sha256: receipt.sha256,
-                                 canonical: receipt.canonical)))))
+                                 canonical: receipt.canonical))
+        return .ok(.init(body: .json(PreEncodedBody.offer(submission, standIn: .init(bid: .standIn, receipt: submission.receipt)))))
     }
 
     func withdrawBid(_ input: Operations.WithdrawBid.Input) async throws -> Operations.WithdrawBid.Output {
         let bid = try await services.bids.withdraw(try Authenticated.scope(), id: try pathID(input.path.bidId, "bid"))
-        return .ok(.init(body: .json(.init(bid))))
+        return .ok(.init(body: .json(Self.offer(bid))))
+    }
+
+    /// A bid as its answer, encoded in one pass (`PreEncodedBody`: its KPIs and commitments are most of it).
+    static func offer(_ bid: Bid) -> Components.Schemas.Bid {
+        PreEncodedBody.offer(.init(bid), standIn: .standIn)
     }
 
     static func content(_ body: Components.Schemas.BidContent) throws -> BidContent {
@@ -57,6 +63,11 @@ extension APIHandlers {
 }
 
 extension Components.Schemas.Bid {
+    /// What the generated layer encodes in place of a bid offered to `PreEncodedBody` (never sent).
+    static let standIn = Self(
+        id: "", projectId: "", supplierId: "", supplierName: "", status: .draft, approach: "", outputs: "", kpis: [], socialValue: [],
+        version: 0, createdAt: Date(timeIntervalSince1970: 0), updatedAt: Date(timeIntervalSince1970: 0))
+
     init(_ bid: Bid) {
         self.init(
             id: bid.id.lowercased, projectId: bid.projectID.lowercased, supplierId: bid.supplierID.lowercased, supplierName: bid.supplierName,

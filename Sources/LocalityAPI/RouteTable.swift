@@ -114,7 +114,14 @@ struct RecordingTransport<Context: RequestContext>: ServerTransport {
             for (key, value) in context.parameters where parameters[String(key)] == nil { parameters[String(key)] = value }
             let metadata = ServerRequestMetadata(pathParameters: parameters)
             guard method == .get || method == .head else {
-                let (response, responseBody) = try await handler(request.head, body, metadata)
+                // A write's answer may come encoded already too (`PreEncodedBody`), replacing the stand-in's body.
+                let slot = PreEncodedBody()
+                let (response, responseBody) = try await PreEncodedBody.$slot.withValue(slot) {
+                    try await handler(request.head, body, metadata)
+                }
+                if let bytes = slot.take(), response.status == .ok || response.status == .created {
+                    return Self.preEncoded(response, bytes).response
+                }
                 return try await Self.response(response, responseBody).response
             }
             // A read its handler allowed to keep may be answered from memory (ResponseCache).
@@ -133,10 +140,8 @@ struct RecordingTransport<Context: RequestContext>: ServerTransport {
             }
             let answer: (response: Response, kept: ByteBuffer?)
             if let bytes = slot.take(), response.status == .ok {
-                var headers = response.headerFields
-                headers[.contentLength] = nil
-                let buffer = ByteBuffer(bytes: bytes)
-                answer = (Response(status: response.status, headers: headers, body: ResponseBody(byteBuffer: buffer)), buffer)
+                let (preEncoded, kept) = Self.preEncoded(response, bytes)
+                answer = (preEncoded, kept)
             } else {
                 answer = try await Self.response(response, responseBody)
             }
@@ -148,6 +153,15 @@ struct RecordingTransport<Context: RequestContext>: ServerTransport {
             }
             return answer.response
         }
+    }
+
+    /// The generated response with the bytes its handler encoded (`PreEncodedBody`) as its body (also returned, for
+    /// the response cache); the stand-in's length goes.
+    private static func preEncoded(_ response: HTTPResponse, _ bytes: [UInt8]) -> (response: Response, kept: ByteBuffer) {
+        var headers = response.headerFields
+        headers[.contentLength] = nil
+        let buffer = ByteBuffer(bytes: bytes)
+        return (Response(status: response.status, headers: headers, body: ResponseBody(byteBuffer: buffer)), buffer)
     }
 
     /// The Hummingbird response for a generated one: a body of known length in one buffer (also returned, for the

@@ -448,15 +448,16 @@ struct StreamingSingleValueContainer: SingleValueEncodingContainer {
 /// A JSON body a handler has already encoded with `StreamingJSONEncoder`, handed to `RecordingTransport` past the
 /// generated layer (whose `Converter` always encodes with `JSONEncoder` and has no hook for another encoder).
 ///
-/// How: for every `GET` (and `HEAD`) the transport puts an empty slot in a task-local; a handler whose answer is
-/// large calls `offer(_:standIn:)` as its last step, which encodes the answer into the slot and returns a small
-/// stand-in of the same generated type for the generated layer to encode; when the generated layer then answers
-/// 200, the transport sends the slot's bytes instead. The bytes are the encoding of a value of the generated
+/// How: for every request the transport puts an empty slot in a task-local; a handler whose answer is large calls
+/// `offer(_:standIn:)` as its last step, which encodes the answer into the slot and returns a small stand-in of the
+/// same generated type for the generated layer to encode; when the generated layer then answers 200 (or, for a
+/// write, 201), the transport sends the slot's bytes instead. The bytes are the encoding of a value of the generated
 /// type, so the contract is the same; with no slot (a test calling the handler directly) or when the encoder
 /// cannot write the value, `offer` returns the value itself and `JSONEncoder` encodes it as before.
 ///
 /// Used for the lists whose pages are large (projects, opportunities, contracts, schools, school contracts, ledger
-/// entries): `JSONEncoder` was 35–56% of the server's CPU on such a page (`perf`, Benchmarks/README.md). Audit
+/// entries): `JSONEncoder` was 35–56% of the server's CPU on such a page (`perf`, Benchmarks/README.md); and for
+/// bids (their KPIs and commitments), which a supplier submits many of at a deadline. Audit
 /// events are left to `JSONEncoder`: their free-form `before`/`after` objects would come out in hash order.
 final class PreEncodedBody: Sendable {
     @TaskLocal static var slot: PreEncodedBody?

@@ -91,6 +91,10 @@ struct MarketplaceTests {
             try await MarketFixture.setDeadline(world.database, projects: [m.openWithComplete], "now() + interval '5 seconds'")
             let accepted = try await client.call(.post, "/v1/bids/\(lower(m.completeBid))/submit", token: world.supplierToken)
             #expect(accepted.status == .ok)
+            // Encoded in one pass (`PreEncodedBody`: the document's order, so the bid's id first), and the bid in it is
+            // the bid as stored.
+            #expect(String(buffer: accepted.body).hasPrefix(#"{"bid":{"id":""#))
+            #expect(accepted.headers[.contentLength] == String(accepted.body.readableBytes))
             let receipt = accepted.jsonObject["receipt"] as? [String: Any]
             #expect((receipt?["sha256"] as? String)?.count == 64)
             // The bidder can verify the receipt with nothing but the receipt: the documented check is
@@ -100,6 +104,7 @@ struct MarketplaceTests {
             #expect(canonical.contains("\"bid_id\":\"\(lower(m.completeBid))\""))
             let stored = try await client.call(.get, "/v1/bids/\(lower(m.completeBid))", token: world.supplierToken).jsonObject
             #expect(stored["receipt_sha256"] as? String == receipt?["sha256"] as? String)
+            #expect(NSDictionary(dictionary: stored).isEqual(to: accepted.jsonObject["bid"] as? [String: Any] ?? [:]))
 
             // …and one second after is refused, with nothing changed.
             try await MarketFixture.setDeadline(world.database, projects: [m.openWithDraft], "now() - interval '1 second'")

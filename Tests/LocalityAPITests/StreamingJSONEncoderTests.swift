@@ -66,6 +66,38 @@ struct StreamingJSONEncoderTests {
         return try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .fragmentsAllowed])
     }
 
+    /// A submitted bid with its receipt (the answer to `POST /v1/bids/{id}/submit`): optional members present and
+    /// absent, KPIs, commitments with fractional quantities, a receipt whose canonical text is JSON inside a string.
+    static let bidSubmission = #"""
+    {"bid":{"id":"f2276f29-1bec-e5f5-67f8-10d803563e2f","project_id":"bc5d5ff6-1fc1-2ea3-18a4-f03e21cf7c5f",
+      "supplier_id":"7efa6b9c-7e11-7c89-e399-f8c602e194ea","supplier_name":"Dales \"Youth\" Trust","status":"submitted",
+      "price_pence":9007199254740993,"approach":"Small groups\nafter school","outputs":"","kpis":[
+        {"title":"Attendance","measure":"Sessions attended","unit":"percentage","baseline":0.5,"target":92.25,
+         "target_date":"2027-07-16","frequency":"termly","evidence_source":"Registers"}],
+      "social_value":[{"measure_code":"NT1","measure_name":"Local jobs","unit":"hours","quantity":12.5,"proxy_value_pence":1000}],
+      "declarations":{"accepts_terms":true,"information_accurate":true,"conflicts_of_interest":"None"},
+      "submitted_at":"2026-11-16T09:30:00.123456Z","receipt_sha256":"ab","version":3,
+      "created_at":"2026-11-15T12:00:00Z","updated_at":"2026-11-16T09:30:00.123456Z"},
+     "receipt":{"bid_id":"f2276f29-1bec-e5f5-67f8-10d803563e2f","submitted_at":"2026-11-16T09:30:00.123456Z","sha256":"ab",
+      "canonical":"{\"bid_id\":\"f2276f29\",\"approach\":\"</b> \\u0001\"}"}}
+    """#
+
+    @Test func aBidSubmissionIsTheJSONFoundationWrites() throws {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .custom { decoder in
+            try InternetDateTranscoder().decode(try decoder.singleValueContainer().decode(String.self))
+        }
+        let submission = try decoder.decode(Components.Schemas.BidSubmission.self, from: Data(Self.bidSubmission.utf8))
+        #expect(submission.bid.outcomeNote == nil && submission.bid.kpis.count == 1)
+        let streamed = try PreEncodedBody.encoder.encode(submission)
+        let foundation = try Self.foundationEncoded(submission)
+        #expect(try Self.canonical(streamed) == Self.canonical(foundation))
+        #expect(streamed.count == foundation.count)
+        let text = String(decoding: streamed, as: UTF8.self)
+        #expect(text.hasPrefix(#"{"bid":{"id":"f2276f29-1bec-e5f5-67f8-10d803563e2f","project_id":"#))
+        #expect(!text.contains("outcome_note"))
+    }
+
     @Test func aPageOfContractsIsTheJSONFoundationWrites() throws {
         let page = try Self.decoded()
         let streamed = try PreEncodedBody.encoder.encode(page)
