@@ -5,6 +5,7 @@ extension PGConnection {
     /// Runs one parameterised statement (prepared once per connection, then executed by name).
     @discardableResult
     public func query(_ query: PGQuery) async throws -> PGResult {
+        try requireOpenTransaction()
         if deferredBegin != nil, let result = try await beginWith(query) { return result }
         let statement = statement(for: query)
         do {
@@ -36,7 +37,7 @@ extension PGConnection {
         guard let first = step(for: prelude), let second = step(for: query) else {
             return try await withTransaction(readOnly: true, prelude: prelude) { try await $0.query(query) }
         }
-        return try await perform(.pipelined(steps: [first, second], resultIndex: 1), cancellable: true)!
+        return try await perform(.pipelined(steps: [first, second], resultIndex: 1, errorsThrough: 1), cancellable: true)!
     }
 
     /// How `query` goes into a pipeline; nil when it is yet to be prepared.
@@ -57,7 +58,7 @@ extension PGConnection {
         guard let (begin, prelude) = deferredBegin else { return nil }
         if let context = step(for: prelude), let first = step(for: query) {
             deferredBegin = nil
-            return try await perform(.pipelined(steps: [.text(begin), context, first], resultIndex: 2), cancellable: true)!
+            return try await perform(.pipelined(steps: [.text(begin), context, first], resultIndex: 2, errorsThrough: 2), cancellable: true)!
         }
         try await sendDeferredBegin()
         return nil
@@ -82,6 +83,7 @@ extension PGConnection {
     /// Runs trusted SQL text with no parameters through the simple-query protocol (several statements
     /// allowed). For migrations and fixed commands only; values always go through `query`.
     public func execute(_ sql: String) async throws {
+        try requireOpenTransaction()
         try await sendDeferredBegin()
         _ = try await perform(.simple(sql), cancellable: true)
     }
@@ -92,6 +94,49 @@ extension PGConnection {
     }
 
     // MARK: Transactions
+
+    /// What `withTransaction` keeps of the transaction it runs, for `queryAndCommit`.
+    struct OpenTransaction {
+        /// Whether the body may end the transaction itself (nothing of the caller's runs after it in the transaction).
+        let mayCommitEarly: Bool
+        let afterCommit: PGQuery?
+        /// COMMIT went out with the body's last statement; from then on whether it applied is unknown until answered.
+        var commitSent = false
+        var committed = false
+    }
+
+    /// A statement after `queryAndCommit` would run outside the transaction: a mistake in the body, refused.
+    private func requireOpenTransaction() throws {
+        if openTransaction?.commitSent == true {
+            throw PGError(kind: .client, message: "a statement after the transaction's last one (queryAndCommit): the transaction is over")
+        }
+    }
+
+    /// Runs `query` as the last statement of the transaction `withTransaction` is running, with its `COMMIT` (and
+    /// the transaction's after-commit statement) in the same round trip, and returns `query`'s result: when it
+    /// returns, the transaction has committed. The first error, `query`'s or the COMMIT's, is thrown and nothing
+    /// is committed (the body's error path rolls back as usual). The body runs nothing more on the connection
+    /// (a statement now throws) and returns; throwing afterwards rolls nothing back.
+    ///
+    /// Where the transaction may not end early the statement runs as any other, and COMMIT follows when the body
+    /// returns, as usual: a transaction begun without `mayCommitEarly` (its caller writes after the body: an
+    /// idempotency key's mark), outside `withTransaction`, before the transaction's first statement has gone
+    /// (`BEGIN` travels with it), or a statement (or after-commit statement) yet to be prepared on this session.
+    /// Not cancellable, as COMMIT is not: for a last statement that does not wait on another's lock.
+    public func queryAndCommit(_ query: PGQuery) async throws -> PGResult {
+        guard let open = openTransaction, open.mayCommitEarly, !open.commitSent, deferredBegin == nil, let last = step(for: query) else {
+            return try await self.query(query)
+        }
+        var steps = [last, PGRequest.PipelineStep.text("COMMIT")]
+        if let afterCommit = open.afterCommit {
+            guard let next = step(for: afterCommit) else { return try await self.query(query) }
+            steps.append(next)
+        }
+        openTransaction?.commitSent = true
+        let result = try await perform(.pipelined(steps: steps, resultIndex: 0, errorsThrough: 1), cancellable: false)!
+        openTransaction?.committed = true
+        return result
+    }
 
     /// Runs `body` in a transaction: COMMIT when it returns, ROLLBACK when it throws.
     ///
@@ -104,15 +149,22 @@ extension PGConnection {
     /// `afterCommit`, when given, is sent with `COMMIT` in the same round trip and runs after it, in a
     /// transaction of its own, when the commit succeeded; its failure is not the transaction's and is not
     /// reported (for a notice to other sessions that must never be part of the committed transaction).
+    ///
+    /// `mayCommitEarly`: the body may end the transaction with its last statement (`queryAndCommit`), one round
+    /// trip fewer. Pass it only when nothing is to run in the transaction after the body.
     public func withTransaction<R: Sendable>(
         isolation: PGIsolationLevel = .readCommitted,
         readOnly: Bool = false,
         prelude: PGQuery? = nil,
         afterCommit: PGQuery? = nil,
+        mayCommitEarly: Bool = false,
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
         let begin = "BEGIN ISOLATION LEVEL \(isolation.rawValue)\(readOnly ? " READ ONLY" : "")"
         try await sendDeferredBegin()
+        let enclosing = openTransaction
+        openTransaction = OpenTransaction(mayCommitEarly: mayCommitEarly, afterCommit: afterCommit)
+        defer { openTransaction = enclosing }
         let outer = phase
         // Until COMMIT or ROLLBACK has been answered, the session counts as inside a transaction: a
         // connection returned in this phase is never lent again (see `checkIn`).
@@ -126,9 +178,13 @@ extension PGConnection {
             }
             result = try await body(self)
         } catch {
+            let commitSent = openTransaction?.commitSent ?? false
             if deferredBegin != nil {
                 // Nothing was sent: there is no transaction to roll back.
                 deferredBegin = nil
+                phase = outer
+            } else if openTransaction?.committed == true {
+                // The body failed after its last statement committed the transaction: nothing to roll back.
                 phase = outer
             } else if !isBroken {
                 do {
@@ -138,13 +194,18 @@ extension PGConnection {
                     markBroken()
                 }
             }
-            if var lost = error as? PGError, lost.breaksConnection {
+            if var lost = error as? PGError, lost.breaksConnection, !commitSent {
                 // The session failed before COMMIT was sent: the transaction was rolled back, by the ROLLBACK
                 // above or by PostgreSQL when the session ended.
                 lost.lostBeforeCommit = true
                 throw lost
             }
             throw error
+        }
+        if openTransaction?.committed == true {
+            // Committed with the body's last statement, its after-commit statement sent with it.
+            phase = outer
+            return result
         }
         if deferredBegin != nil {
             // The body ran no statement: nothing to begin, commit or follow.
@@ -157,7 +218,7 @@ extension PGConnection {
         do {
             if let afterCommit, let next = step(for: afterCommit) {
                 followUp = nil
-                tag = try await perform(.pipelined(steps: [.text("COMMIT"), next], resultIndex: 0), cancellable: false)!.commandTag
+                tag = try await perform(.pipelined(steps: [.text("COMMIT"), next], resultIndex: 0, errorsThrough: 0), cancellable: false)!.commandTag
             } else {
                 tag = try await runUncancellable("COMMIT")
             }

@@ -82,15 +82,17 @@ extension PGConnection {
                 markBroken()
                 return .finished(.failure(PGError(kind: .client, message: "COPY TO STDOUT is not supported; the session is discarded")))
             default:
-                if case .pipelined(_, let resultIndex) = request.work {
-                    // Keep the first error up to the reported step, else that step's result; nothing after it.
+                if case .pipelined(_, let resultIndex, let errorsThrough) = request.work {
+                    // Keep the first error up to `errorsThrough`, else the reported step's result; nothing after.
                     let index = request.pipelineResults
                     request.pipelineResults += 1
                     let failed = PQresultStatus(result) == PGRES_FATAL_ERROR
-                    if request.pending != nil || index > resultIndex || (index < resultIndex && !failed) {
-                        PQclear(result)
-                    } else {
+                    let keptFailure = request.pending.map { PQresultStatus($0) == PGRES_FATAL_ERROR } ?? false
+                    if (index == resultIndex && request.pending == nil) || (failed && index <= errorsThrough && !keptFailure) {
+                        if let kept = request.pending { PQclear(kept) }
                         request.pending = result
+                    } else {
+                        PQclear(result)
                     }
                     continue
                 }

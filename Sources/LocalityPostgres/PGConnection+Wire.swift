@@ -106,7 +106,7 @@ extension PGConnection {
             sent = PQsendQuery(handle, sql) == 1
         case .pipeline(let begin, let sql, let statement, let parameters):
             sent = sendPipeline(request, begin: begin, sql: sql, statement: statement, parameters: parameters)
-        case .pipelined(let steps, _):
+        case .pipelined(let steps, _, _):
             request.stage = .pipelining(prepared: nil)
             sent = PQenterPipelineMode(handle) == 1 && steps.allSatisfy { sendPaired($0.statement, $0.parameters) }
                 && PQpipelineSync(handle) == 1

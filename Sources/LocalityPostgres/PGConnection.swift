@@ -43,6 +43,8 @@ public final class PGConnection: @unchecked Sendable {
     var phase = Phase.inUse
     /// A transaction's `BEGIN` and context not sent yet: they go with its first statement (`withTransaction`).
     var deferredBegin: (begin: String, prelude: PGQuery)?
+    /// The transaction `withTransaction` is running (nil outside one), for `queryAndCommit`.
+    var openTransaction: OpenTransaction?
     /// The ticket of the last request made: each statement gets its own, so a cancel names its target.
     var lastTicket: UInt64 = 0
 

@@ -342,10 +342,12 @@ final class PGRequest: @unchecked Sendable {
         case pipeline(begin: String, sql: String, statement: Statement, parameters: PGParameterArrays)
         /// Statements (each prepared, or unnamed: behind a transaction pooler, or text such as `BEGIN`) and one
         /// sync point in pipeline mode: one round trip. The request's result is the first error among the
-        /// steps up to `resultIndex`, else that step's result; what follows it is not reported (an error there
-        /// is ignored). Used for a read in one implicit transaction (`readInOneRoundTrip`), a transaction's
-        /// `BEGIN` and context sent with its first statement, and `COMMIT` with the statement that follows it.
-        case pipelined(steps: [PipelineStep], resultIndex: Int)
+        /// steps up to `errorsThrough` (at least `resultIndex`), else step `resultIndex`'s result; what follows
+        /// is not reported (an error there is ignored). Used for a read in one implicit transaction
+        /// (`readInOneRoundTrip`), a transaction's `BEGIN` and context sent with its first statement, `COMMIT`
+        /// with the statement that follows it, and a transaction's last statement with its `COMMIT`
+        /// (`queryAndCommit`: the statement's result, or its error or the COMMIT's).
+        case pipelined(steps: [PipelineStep], resultIndex: Int, errorsThrough: Int)
         /// `PQfinish`.
         case close
         /// Stop watching the idle connection's socket: it moves to another loop.
@@ -425,7 +427,7 @@ final class PGRequest: @unchecked Sendable {
         }
         switch work {
         case .query(_, _, let parameters), .pipeline(_, _, _, let parameters): parameters.deallocate()
-        case .pipelined(let steps, _):
+        case .pipelined(let steps, _, _):
             for step in steps { step.parameters.deallocate() }
         case .simple, .close, .detach: break
         }

@@ -146,6 +146,7 @@ public final class PGPool: Service, Sendable {
         retry: PGTransactionRetry = .never,
         prelude: PGQuery? = nil,
         afterCommit: PGQuery? = nil,
+        mayCommitEarly: Bool = false,
         _ body: (PGConnection) async throws -> R
     ) async throws -> R {
         var attempt = 1
@@ -153,7 +154,8 @@ public final class PGPool: Service, Sendable {
             do {
                 return try await withConnection { connection in
                     try await connection.withTransaction(
-                        isolation: isolation, readOnly: readOnly, prelude: prelude, afterCommit: afterCommit, body)
+                        isolation: isolation, readOnly: readOnly, prelude: prelude, afterCommit: afterCommit,
+                        mayCommitEarly: mayCommitEarly, body)
                 }
             } catch let error as PGError
                 where (error.isRetryableTransactionFailure || error.isCachedPlanInvalidated || error.lostBeforeCommit)

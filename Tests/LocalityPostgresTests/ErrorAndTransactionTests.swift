@@ -209,6 +209,82 @@ struct ErrorAndTransactionTests {
         }
     }
 
+    /// `queryAndCommit`: the transaction's last statement, its COMMIT and the after-commit statement in one round trip;
+    /// committed when it returns; the statement's or the COMMIT's failure commits nothing; nothing may follow it.
+    @Test func theLastStatementCanCarryTheCommit() async throws {
+        let database = try await TestDatabase.migrated()
+        try await database.withPool(conninfo: database.ownerConninfo, maxConnections: 2) { pool in
+            try await pool.query("CREATE TABLE t (v int PRIMARY KEY)")
+            try await pool.query("CREATE TABLE followed (v int)")
+            try await pool.query("CREATE TABLE deferred (id int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+            let follow: PGQuery = "INSERT INTO followed SELECT count(*) FROM t WHERE v > \(0)"
+            func count(_ table: String) async throws -> Int {
+                try await pool.query(PGQuery("SELECT count(*) FROM \(unsafeSQL: table)")).first!.decode(Int.self, at: 0)
+            }
+            for round in 1...3 {
+                let before = try await pool.withConnection { $0.requestCount }
+                let returned = try await pool.withTransaction(prelude: "SELECT \(1)", afterCommit: follow, mayCommitEarly: true) { connection in
+                    try await connection.query("INSERT INTO t VALUES (\(round * 10))")
+                    let last = try await connection.queryAndCommit("INSERT INTO t VALUES (\(round * 10 + 1)) RETURNING v")
+                    // Committed already: another session sees both rows before the body returns (round 1 prepares
+                    // the statements one by one, and commits when the body returns, as usual).
+                    if round > 1 { #expect(try await count("t") == round * 2) }
+                    // Nothing may run in the transaction after its last statement.
+                    if round > 1 {
+                        await #expect(throws: PGError.self) { try await connection.query("INSERT INTO t VALUES (\(round * 10 + 2))") }
+                    }
+                    return try last.first!.decode(Int.self, at: 0)
+                }
+                #expect(returned == round * 10 + 1)
+                let trips = try await pool.withConnection { $0.requestCount } - before
+                // BEGIN, the prelude and the first statement; the last, COMMIT and the after-commit statement.
+                if round > 1 { #expect(trips == 2, "round \(round)") }
+                #expect(try await count("t") == round * 2)
+                // The after-commit statement ran after the commit, which it saw.
+                #expect(try await pool.query("SELECT max(v) FROM followed").first!.decode(Int.self, at: 0) == round * 2)
+            }
+            // The last statement fails (a duplicate key): nothing of the transaction is committed, nothing follows,
+            // the session is usable.
+            await #expect(throws: PGError.self) {
+                try await pool.withTransaction(prelude: "SELECT \(1)", afterCommit: follow, mayCommitEarly: true) { connection in
+                    try await connection.query("INSERT INTO t VALUES (\(100))")
+                    try await connection.queryAndCommit("INSERT INTO t VALUES (\(10)) RETURNING v")
+                }
+            }
+            // COMMIT fails (a deferred unique key): nothing committed, nothing follows (the first time the statement
+            // is prepared and COMMIT goes when the body returns; the second time it goes with the statement).
+            for round in 1...2 {
+                await #expect(throws: PGError.self) {
+                    try await pool.withTransaction(prelude: "SELECT \(1)", afterCommit: follow, mayCommitEarly: true) { connection in
+                        try await connection.query("INSERT INTO t VALUES (\(200 + round))")
+                        try await connection.queryAndCommit("INSERT INTO deferred VALUES (\(1)), (\(1))")
+                    }
+                }
+            }
+            #expect(try await count("t") == 6)
+            #expect(try await count("deferred") == 0)
+            #expect(try await count("followed") == 3)
+            // A body that throws after its commit: the transaction stays committed.
+            await #expect(throws: CancellationError.self) {
+                try await pool.withTransaction(prelude: "SELECT \(1)", afterCommit: follow, mayCommitEarly: true) { connection in
+                    try await connection.query("INSERT INTO t VALUES (\(300))")
+                    try await connection.queryAndCommit("INSERT INTO t VALUES (\(301)) RETURNING v")
+                    throw CancellationError()
+                }
+            }
+            #expect(try await count("t") == 8)
+            // Without `mayCommitEarly` (a caller that writes after the body) the statement runs as any other, and the
+            // transaction commits when the body returns.
+            try await pool.withTransaction(prelude: "SELECT \(1)", afterCommit: follow) { connection in
+                try await connection.query("INSERT INTO t VALUES (\(400))")
+                try await connection.queryAndCommit("INSERT INTO t VALUES (\(401)) RETURNING v")
+                #expect(try await count("t") == 8)
+                try await connection.query("INSERT INTO t VALUES (\(402))")
+            }
+            #expect(try await count("t") == 11)
+        }
+    }
+
     @Test func conflictingSerializableTransactionsRetryAndBothLand() async throws {
         let database = try await TestDatabase.migrated()
         try await database.withPool(conninfo: database.ownerConninfo, maxConnections: 4) { pool in

@@ -227,12 +227,14 @@ public struct BidService: Sendable {
             let canonical = Self.receiptCanonical(submitted)
             let digest = Self.sha256Hex(canonical)
             // What the update makes of the locked row, for the audit record: the update and the audit append are
-            // one statement (one round trip), the append running only if the update changed the row.
+            // one statement, the append running only if the update changed the row, and the transaction's last,
+            // sent with its COMMIT (one round trip for all three). If the update changed nothing, the commit
+            // commits nothing and the lock goes.
             var expected = submitted
             expected.status = .submitted
             expected.receiptSHA256 = digest
             expected.version = before.version + 1
-            let changed = try await connection.query(PGQuery("""
+            let changed = try await connection.queryAndCommit(PGQuery("""
                 WITH changed AS (
                     UPDATE bid SET status = 'submitted', submitted_at = $1, receipt_sha256 = decode($2, 'hex'), version = version + 1
                     WHERE id = $3 RETURNING status::text, submitted_at, encode(receipt_sha256, 'hex'), version, updated_at)

@@ -74,15 +74,17 @@ public struct ScopedDatabase: Sendable {
             // A read-only transaction of a request the API marked may go to a replica (ReplicaReads.swift).
             return try await Self.routed(readOnly: readOnly, primary: pool) { pool in
                 // The context goes with BEGIN and the first statement in one round trip.
+                // A body may commit with its last statement (`PGConnection.queryAndCommit`) unless the fence is to
+                // mark its key after it.
                 guard let bulkhead, let tenant = Self.tenantKey(scope) else {
                     return try await pool.withTransaction(
                         isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope),
-                        afterCommit: afterCommit, fenced)
+                        afterCommit: afterCommit, mayCommitEarly: fence == nil, fenced)
                 }
                 return try await bulkhead.run(tenant) {
                     try await pool.withTransaction(
                         isolation: isolation, readOnly: readOnly, retry: retry, prelude: Self.contextQuery(scope),
-                        afterCommit: afterCommit, fenced)
+                        afterCommit: afterCommit, mayCommitEarly: fence == nil, fenced)
                 }
             }
         } catch let error as PGError {
