@@ -1,6 +1,6 @@
 import Foundation
 import LocalityDomain
-@testable import LocalityPostgres
+import LocalityPostgres
 import PostgresTestSupport
 import Testing
 
@@ -161,41 +161,6 @@ struct AuditSealingTests {
             #expect(unsealed == 0)
         }
         try await expectChainsIntact(world, including: [authority], events: [("sealed-on-insert", "project")])
-    }
-
-    /// A bid submission is two round trips once its statements are prepared: BEGIN, the context and the locking
-    /// read; then the update with its audit event, COMMIT and the change announcement (`queryAndCommit`). Each
-    /// submission lands whole (status, receipt, its audit event in the chain).
-    @Test func aBidSubmissionCommitsWithItsLastStatement() async throws {
-        let world = try await World.make()
-        let supplier = Self.supplier(world)
-        let bid = world.market.completeBid
-        try await world.database.withPool(maxConnections: 1) { pool in
-            let bids = BidService(database: ScopedDatabase(pool: pool))
-            func trips<R>(_ body: () async throws -> R) async throws -> (R, Int) {
-                let before = try await pool.withConnection { $0.requestCount }
-                let result = try await body()
-                return (result, try await pool.withConnection { $0.requestCount } - before)
-            }
-            // The first submission prepares the statements (and the withdrawal its own).
-            _ = try await bids.submit(supplier, id: bid)
-            _ = try await bids.withdraw(supplier, id: bid)
-            let ((resubmitted, receipt), count) = try await trips { try await bids.submit(supplier, id: bid) }
-            #expect(count == 2, "\(count) round trips")
-            #expect(resubmitted.status == .submitted && resubmitted.receiptSHA256 == receipt.sha256)
-            let stored = try await bids.get(supplier, id: bid)
-            #expect(stored.status == .submitted && stored.receiptSHA256 == receipt.sha256 && stored.version == resubmitted.version)
-            // Submitted already: refused with nothing changed, the session fine for the next request.
-            await #expect(throws: DomainError.self) { try await bids.submit(supplier, id: bid) }
-            #expect(try await bids.get(supplier, id: bid).version == resubmitted.version)
-        }
-        try await PGConnection.withConnection(.init(conninfo: world.database.superuserConninfo, applicationName: "t")) { connection in
-            let actions = try await connection.query("""
-                SELECT array_agg(action ORDER BY seq) FROM audit_event WHERE entity_type = 'bid' AND entity_id = \(lower(bid))
-                """).first!.decode([String].self, at: 0)
-            #expect(actions.suffix(3) == ["bid.submit", "bid.withdraw", "bid.resubmit"])
-        }
-        try await expectChainsIntact(world, including: [world.supplierID], events: [(lower(bid), "bid")])
     }
 
     /// Every chain verifies (the verifier seals first), and each named event is in its chain with a place (seq > 0).
