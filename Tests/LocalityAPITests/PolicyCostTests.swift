@@ -214,6 +214,12 @@ struct PolicyCostTests {
                 }
                 #expect(try await connection.query(admitted).first!.decode(String.self, at: 0) == "{\(authority.lowercased)}")
                 #expect(try await connection.query(admissionReads).first!.decode(Int.self, at: 0) == 1)
+                // Once read, it is an expression the planner inlines (0041): no function of ours is called for it but
+                // the reader, in the branch taken only when the setting does not hold this supplier's list.
+                let plan = try await connection.query("EXPLAIN (VERBOSE, COSTS OFF) SELECT app_admitted_authority_ids()")
+                    .map { try $0.decode(String.self, at: 0) }.joined(separator: "\n")
+                #expect(!plan.contains("app_admitted_authority_ids()") && plan.contains("app_admitted_authority_ids_read()")
+                        && plan.contains("current_setting('app.admitted_authority_ids'"), "\(plan)")
                 // Another supplier in the same transaction: its own list, read afresh (the applicant is not admitted).
                 try await ScopedDatabase.setContext(applicant, on: connection)
                 #expect(try await connection.query(admitted).first!.decode(String.self, at: 0) == "{}")
@@ -230,6 +236,51 @@ struct PolicyCostTests {
                 #expect(try await connection.query(admitted).first!.decode(String.self, at: 0) == "{}")
                 #expect(try await !connection.query("SELECT project_accepting_bids(\(authority), \(open))").first!.decode(Bool.self, at: 0))
             }
+        }
+    }
+
+    /// A bid's keys (its authority, project, supplier and board) cannot be changed by the application role (0041: it
+    /// may update the bid's other columns only). This is what lets the supplier's update policy test the deadline
+    /// once, in USING, on the row as it was: the row as written belongs to the same project.
+    @Test func aBidsKeysCannotBeChangedSoItsDeadlineIsTestedOnce() async throws {
+        let world = try await World.make()
+        let a = world.a
+        let supplier = AccessScope(authorityID: nil, supplierID: world.supplierID, userID: world.supplierUserID, roles: [.supplierUser],
+                                   boardIDs: [], actor: "user:test")
+        let lim = AccessScope(authorityID: a.authority.id, userID: a.users[.lim]!.id, roles: [.lim], boardIDs: [a.boards[0].id], actor: "user:test")
+        let bid = world.market.draftBid
+        let moves: [(AccessScope, String)] = [
+            (supplier, "project_id = '\(world.market.openEmpty.lowercased)'"),
+            (supplier, "supplier_id = '\(world.applicantID.lowercased)'"),
+            (supplier, "authority_id = authority_id"),
+            (supplier, "board_id = board_id"),
+            (lim, "project_id = project_id"),
+        ]
+        try await PGConnection.withConnection(.init(conninfo: world.database.applicationConninfo, applicationName: "t")) { connection in
+            for (scope, assignment) in moves {
+                await #expect(throws: PGError.self, "SET \(assignment) was allowed") {
+                    try await connection.withTransaction { connection in
+                        try await ScopedDatabase.setContext(scope, on: connection)
+                        do {
+                            try await connection.query("UPDATE public.bid SET \(unsafeSQL: assignment) WHERE id = \(bid)")
+                        } catch let error as PGError {
+                            #expect(error.sqlState == "42501", "\(error)")
+                            throw error
+                        }
+                    }
+                }
+            }
+            // Its other columns still can be, by its supplier, while the project accepts bids; the WITH CHECK no
+            // longer calls the deadline check, the USING does.
+            try await connection.withTransaction { connection in
+                try await ScopedDatabase.setContext(supplier, on: connection)
+                #expect(try await connection.query("UPDATE public.bid SET approach = 'Edited' WHERE id = \(bid)").affectedRows == 1)
+            }
+            let policy = try await connection.query("""
+                SELECT pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid) FROM pg_policy
+                WHERE polname = 'bid_supplier_update' AND polrelid = 'public.bid'::regclass
+                """).first!.decode(String.self, String.self)
+            #expect(policy.0.contains("project_accepting_bids(") && !policy.1.contains("project_accepting_bids("), "\(policy)")
         }
     }
 }
