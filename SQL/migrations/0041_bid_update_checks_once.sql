@@ -18,7 +18,8 @@
 --    application role now may not change a bid's keys at all (UPDATE on the other columns only: the column
 --    privileges below, as 0016 did for social_value_measure and school), so the second test could never differ
 --    from the first. The WITH CHECK keeps what USING does not test: the row stays the caller's, and the supplier
---    is still admitted by the bid's authority.
+--    is still admitted by the bid's authority. A column added to bid later that the application writes needs its
+--    own `GRANT UPDATE (…)`; PolicyCostTests.aBidsKeysCannotBeChangedSoItsDeadlineIsTestedOnce pins the keys.
 --
 -- Written to work under an empty search_path (names of ours schema-qualified), like 0018.
 

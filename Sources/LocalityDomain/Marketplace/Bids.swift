@@ -210,49 +210,72 @@ public struct BidService: Sendable {
     /// Submits (or resubmits a withdrawn bid): complete content, before the deadline by the database clock.
     public func submit(_ scope: AccessScope, id: UUID) async throws -> (Bid, BidReceipt) {
         try scope.require(scope.has(.supplierUser) && scope.supplierID != nil, "submit bids")
-        return try await database.transaction(scope) { connection in
-            // The database clock's time of the check that the project still accepts bids is the submission time.
-            let (before, project, checkedAt, measures) = try await Self.lockOwnBidTimed(connection, id: id, scope: scope)
-            guard before.status == .draft || before.status == .withdrawn else {
-                throw DomainError.conflict("The bid is already \(before.status.rawValue).")
+        do {
+            return try await database.transaction(scope) { connection in
+                try await Self.submit(connection, id: id, scope: scope)
             }
-            let content = BidContent(
-                pricePence: before.pricePence, approach: before.approach, outputs: before.outputs, kpis: before.kpis,
-                socialValue: before.socialValue.map { .init(measureCode: $0.measureCode, quantity: $0.quantity) },
-                declarations: before.declarations)
-            try await Self.validate(connection, content, project: project, submitting: true, measures: measures)
-            let submittedAt = checkedAt
-            var submitted = before
-            submitted.submittedAt = submittedAt
-            let canonical = Self.receiptCanonical(submitted)
-            let digest = Self.sha256Hex(canonical)
-            // What the update makes of the locked row, for the audit record: the update and the audit append are
-            // one statement, the append running only if the update changed the row, and the transaction's last,
-            // sent with its COMMIT (one round trip for all three). If the update changed nothing, the commit
-            // commits nothing and the lock goes.
-            var expected = submitted
-            expected.status = .submitted
-            expected.receiptSHA256 = digest
-            expected.version = before.version + 1
-            let changed = try await connection.queryAndCommit(PGQuery("""
-                WITH changed AS (
-                    UPDATE bid SET status = 'submitted', submitted_at = $1, receipt_sha256 = decode($2, 'hex'), version = version + 1
-                    WHERE id = $3 RETURNING status::text, submitted_at, encode(receipt_sha256, 'hex'), version, updated_at)
-                SELECT changed.*, append_audit_event($4, 'bid', $5, $6, $7) FROM changed
-                """, [
-                    submittedAt.pg, digest.pg, id.pg, (before.status == .withdrawn ? "bid.resubmit" : "bid.submit").pg, id.lowercased.pg,
-                    try AuditLog.jsonBind(AuditedBid(before)), try AuditLog.jsonBind(AuditedBid(expected)),
-                ]))
-            // Row-level security refuses the write too if the deadline passed meanwhile (and nothing is audited).
-            guard let row = changed.first else { throw DomainError.conflict("The bid deadline has passed; nothing was changed.") }
-            var after = before
-            after.status = try storedEnum(try row.decode(String.self, at: 0), column: "bid.status")
-            after.submittedAt = try row.decode(Date?.self, at: 1)
-            after.receiptSHA256 = try row.decode(String?.self, at: 2)
-            after.version = try row.decode(Int.self, at: 3)
-            after.updatedAt = try row.decode(Date.self, at: 4)
-            return (after, BidReceipt(bidID: id, submittedAt: submittedAt, sha256: digest, canonical: canonical))
+        } catch is BidChangedMeanwhile {
+            // Nothing was changed. Why, as it is now: the deadline passed, or a concurrent request submitted, withdrew
+            // or edited the bid since it was read.
+            return try await database.transaction(scope, readOnly: true) { connection in
+                let (current, _, _, _) = try await Self.readOwnBidTimed(connection, id: id, scope: scope)
+                guard current.status == .draft || current.status == .withdrawn else {
+                    throw DomainError.conflict("The bid is already \(current.status.rawValue).")
+                }
+                throw DomainError.conflict("The bid was changed by another request while it was being submitted; nothing was changed.")
+            }
         }
+    }
+
+    /// The submission's update found the bid no longer as it was read (or row-level security refused it: the
+    /// deadline passed meanwhile); nothing was changed.
+    private struct BidChangedMeanwhile: Error {}
+
+    private static func submit(_ connection: PGConnection, id: UUID, scope: AccessScope) async throws -> (Bid, BidReceipt) {
+        // The database clock's time of the check that the project still accepts bids is the submission time.
+        let (before, project, checkedAt, measures) = try await readOwnBidTimed(connection, id: id, scope: scope)
+        guard before.status == .draft || before.status == .withdrawn else {
+            throw DomainError.conflict("The bid is already \(before.status.rawValue).")
+        }
+        let content = BidContent(
+            pricePence: before.pricePence, approach: before.approach, outputs: before.outputs, kpis: before.kpis,
+            socialValue: before.socialValue.map { .init(measureCode: $0.measureCode, quantity: $0.quantity) },
+            declarations: before.declarations)
+        try await validate(connection, content, project: project, submitting: true, measures: measures)
+        let submittedAt = checkedAt
+        var submitted = before
+        submitted.submittedAt = submittedAt
+        let canonical = receiptCanonical(submitted)
+        let digest = sha256Hex(canonical)
+        // The update applies only to the version read and validated (every change of a bid's content or status adds
+        // one to its version): a concurrent edit, submission or withdrawal that committed first leaves it nothing to
+        // change, and one still in flight makes it wait, then find the version changed. The update and the audit
+        // append are one statement, the append running only if the update changed the row, and the transaction's
+        // last, sent with its COMMIT (one round trip for all three). If the update changed nothing, the commit
+        // commits nothing.
+        var expected = submitted
+        expected.status = .submitted
+        expected.receiptSHA256 = digest
+        expected.version = before.version + 1
+        let changed = try await connection.queryAndCommit(PGQuery("""
+            WITH changed AS (
+                UPDATE bid SET status = 'submitted', submitted_at = $1, receipt_sha256 = decode($2, 'hex'), version = version + 1
+                WHERE id = $3 AND version = $8 AND status IN ('draft', 'withdrawn')
+                RETURNING status::text, submitted_at, encode(receipt_sha256, 'hex'), version, updated_at)
+            SELECT changed.*, append_audit_event($4, 'bid', $5, $6, $7) FROM changed
+            """, [
+                submittedAt.pg, digest.pg, id.pg, (before.status == .withdrawn ? "bid.resubmit" : "bid.submit").pg, id.lowercased.pg,
+                try AuditLog.jsonBind(AuditedBid(before)), try AuditLog.jsonBind(AuditedBid(expected)), before.version.pg,
+            ]))
+        // Row-level security refuses the write too if the deadline passed meanwhile (and nothing is audited).
+        guard let row = changed.first else { throw BidChangedMeanwhile() }
+        var after = before
+        after.status = try storedEnum(try row.decode(String.self, at: 0), column: "bid.status")
+        after.submittedAt = try row.decode(Date?.self, at: 1)
+        after.receiptSHA256 = try row.decode(String?.self, at: 2)
+        after.version = try row.decode(Int.self, at: 3)
+        after.updatedAt = try row.decode(Date.self, at: 4)
+        return (after, BidReceipt(bidID: id, submittedAt: submittedAt, sha256: digest, canonical: canonical))
     }
 
     public func withdraw(_ scope: AccessScope, id: UUID) async throws -> Bid {
@@ -325,38 +348,38 @@ public struct BidService: Sendable {
         }
     }
 
-    /// `lockOwnBid` for a submission: the bid locked, what validation needs of its project, the database clock's time
-    /// of the check that the project accepts bids, and the catalogue entries the bid's social value names, in one
-    /// statement (one round trip; with BEGIN and the context, the transaction's first). The project is read by its
-    /// key and only for the columns a submission uses: the full project read (its funding stream's code, its
-    /// amendments) is two more row-level-secured lookups a submission does not need. When row-level security hides
-    /// the bid from `FOR UPDATE` (its deadline passed), or it is not the caller's, `lockOwnBid` finds out why.
-    static func lockOwnBidTimed(_ connection: PGConnection, id: UUID, scope: AccessScope) async throws -> (Bid, ProjectTerms, Date, Measures?) {
+    /// What a submission reads, in one statement (one round trip; with BEGIN and the context, the transaction's
+    /// first): the caller's bid as it is now (not locked: the submission's update applies only to this version of
+    /// it), what validation needs of its project, the database clock's time of the check that the project accepts
+    /// bids, and the catalogue entries the bid's social value names. The project is read by its key and only for the
+    /// columns a submission uses: the full project read (its funding stream's code, its amendments) is two more
+    /// row-level-secured lookups a submission does not need. When the bid is not found (not the caller's, or no
+    /// such bid), `lockOwnBid` finds out why.
+    static func readOwnBidTimed(_ connection: PGConnection, id: UUID, scope: AccessScope) async throws -> (Bid, ProjectTerms, Date, Measures?) {
         // The bid's columns first (decoded as any bid read), then the project's after the `project_found` marker.
-        // The lock is taken in the subquery, before the project is read and checked; a bid changed meanwhile by a
-        // concurrent submission is read again once its lock is granted, as with any `FOR UPDATE`. Whether the project
-        // accepts bids is `project_accepting_bids` spelt out on the row just read, at the statement's time (the
-        // same instant the policy that let `FOR UPDATE` lock the bid asked about).
+        // No `FOR UPDATE`: a lock would cost a WAL record and, through bid's update policy, a second deadline check,
+        // and the update that follows tests the version read here instead (`submit`). Whether the project accepts
+        // bids is `project_accepting_bids` spelt out on the row just read, at the statement's time.
         let result = try await connection.query("""
-            SELECT locked.*, p.id IS NOT NULL AS project_found, p.status::text AS project_status, p.max_value_pence,
+            SELECT current.*, p.id IS NOT NULL AS project_found, p.status::text AS project_status, p.max_value_pence,
                    coalesce(p.status = 'open' AND p.bid_deadline > statement_timestamp(), false) AS accepting_now,
                    statement_timestamp() AS checked_at,
                    (SELECT coalesce(jsonb_object_agg(m.code, jsonb_build_array(m.name, m.unit, m.proxy_value_pence)), '{}')::text
                     FROM social_value_measure m
                     WHERE m.authority_id = p.authority_id AND m.retired_at IS NULL
-                      AND m.code IN (SELECT c ->> 'measure_code' FROM jsonb_array_elements(locked.social_value::jsonb) c)) AS measures
-            FROM (\(unsafeSQL: selectSQL) WHERE b.id = \(id) FOR UPDATE OF b) locked
-            LEFT JOIN project p ON p.authority_id = locked.authority_id AND p.id = locked.project_id
+                      AND m.code IN (SELECT c ->> 'measure_code' FROM jsonb_array_elements(current.social_value::jsonb) c)) AS measures
+            FROM (\(unsafeSQL: selectSQL) WHERE b.id = \(id)) current
+            LEFT JOIN project p ON p.authority_id = current.authority_id AND p.id = current.project_id
             """)
         if let row = result.first, let found = result.columnIndex("project_found") {
-            let locked = try decode(row)
-            if locked.supplierID == scope.supplierID {
+            let current = try decode(row)
+            if current.supplierID == scope.supplierID {
                 guard try row.decode(Bool.self, at: found) else { throw DomainError.notFound("project") }
                 guard try row.decode(Bool.self, "accepting_now") else {
                     let status: ProjectStatus = try storedEnum(try row.decode(String.self, "project_status"), column: "project.status")
                     throw notAccepting(status: status)
                 }
-                return (locked, ProjectTerms(authorityID: locked.authorityID, maxValuePence: try row.decode(Int?.self, "max_value_pence")),
+                return (current, ProjectTerms(authorityID: current.authorityID, maxValuePence: try row.decode(Int?.self, "max_value_pence")),
                         try row.decode(Date.self, "checked_at"), try Measures(json: row.decode(String.self, "measures")))
             }
         }
