@@ -353,9 +353,8 @@ public struct BidService: Sendable {
     /// it), what validation needs of its project, the database clock's time of the check that the project accepts
     /// bids, and the catalogue entries the bid's social value names. The project is read by its key and only for the
     /// columns a submission uses: the full project read (its funding stream's code, its amendments) is two more
-    /// row-level-secured lookups a submission does not need. When the bid is not found (not the caller's, or no
-    /// such bid), `lockOwnBid` finds out why.
-    static func readOwnBidTimed(_ connection: PGConnection, id: UUID, scope: AccessScope) async throws -> (Bid, ProjectTerms, Date, Measures?) {
+    /// row-level-secured lookups a submission does not need.
+    static func readOwnBidTimed(_ connection: PGConnection, id: UUID, scope: AccessScope) async throws -> (Bid, ProjectTerms, Date, Measures) {
         // The bid's columns first (decoded as any bid read), then the project's after the `project_found` marker.
         // No `FOR UPDATE`: a lock would cost a WAL record and, through bid's update policy, a second deadline check,
         // and the update that follows tests the version read here instead (`submit`). Whether the project accepts
@@ -383,9 +382,8 @@ public struct BidService: Sendable {
                         try row.decode(Date.self, "checked_at"), try Measures(json: row.decode(String.self, "measures")))
             }
         }
-        let (locked, project) = try await lockOwnBid(connection, id: id, scope: scope)
-        let now = try await connection.query("SELECT statement_timestamp()").first!.decode(Date.self, at: 0)
-        return (locked, ProjectTerms(project), now, nil)
+        // Not the caller's bid (row-level security shows a supplier only its own), or no such bid: the same answer.
+        throw DomainError.notFound("bid")
     }
 
     /// Returns the statement time of the check (the database clock).
